@@ -1,0 +1,3 @@
+from modelguard.cli import entry_point
+
+entry_point()

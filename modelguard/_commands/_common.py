@@ -1,0 +1,73 @@
+"""Helpers shared by CLI commands: resolving a target to a manifest and a directory, progress."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..errors import UsageError
+from ..manifest import Manifest, load_manifest
+
+
+def looks_like_manifest_file(target: str) -> bool:
+    return target.endswith((".yaml", ".yml")) or os.path.isfile(target)
+
+
+def resolve_target(target: str, directory: str | None, revision: str | None = None,
+                   cache_dir: str | None = None) -> tuple[Manifest, Path]:
+    """A manifest file or a model id with a known manifest, plus the directory to check.
+
+    Without ``directory``, a model id's snapshot in the Hugging Face cache is used.
+    """
+    from .. import hfcache, registry
+
+    if looks_like_manifest_file(target):
+        manifest = load_manifest(target)
+    else:
+        manifest = registry.require_manifest(target, revision)
+    if directory is not None:
+        return manifest, Path(directory)
+    snap = hfcache.snapshot_path(manifest.model, manifest.revision, cache_dir)
+    if snap is None:
+        rev = f" --revision {manifest.revision}" if manifest.revision else ""
+        raise UsageError(
+            f"{manifest.model}{' @ ' + manifest.revision[:12] if manifest.revision else ''} is not in the "
+            f"Hugging Face cache ({hfcache.hf_cache_dir(cache_dir)})",
+            expected="a model directory argument, or the model's snapshot in the cache",
+            remedy=f"pass the directory: modelguard verify {target} DIR, or download it: "
+                   f"modelguard fetch {manifest.model}{rev}",
+        )
+    return manifest, snap
+
+
+class Progress:
+    """A byte counter drawn on stderr when it is a terminal and the job is long."""
+
+    def __init__(self, total: int, label: str, *, min_total: int = 256 * 1024 * 1024) -> None:
+        self.total = total
+        self.label = label
+        self.done = 0
+        self.enabled = sys.stderr.isatty() and total >= min_total
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def __call__(self, n: int) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if now - self._last < 0.2:
+                return
+            self._last = now
+            pct = 100.0 * self.done / self.total if self.total else 100.0
+            sys.stderr.write(f"\r{self.label}: {pct:5.1f}% of {self.total / 1e9:.2f} GB")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()

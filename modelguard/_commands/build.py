@@ -1,0 +1,54 @@
+"""``modelguard build DIR --model ID [--revision REV] [-o FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build",
+        help="write a manifest from a local model directory",
+        description="Hash every file of a model directory (size, md5, sha256) and write a manifest "
+                    "with components assigned by rules.",
+    )
+    p.add_argument("directory", metavar="DIR", nargs="?", help="the model directory")
+    p.add_argument("--model", help="the model id recorded in the manifest, e.g. BAAI/bge-m3")
+    p.add_argument("--revision", help="the commit the files come from (pin a commit, not a branch)")
+    p.add_argument("--rules", choices=("auto", "bge-m3", "generic"), default="auto",
+                   help="how files are grouped into components (default: auto)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out matching files")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout (never overwrites without --force)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..build import build_manifest
+    from ..errors import UsageError
+    from ..manifest import dump_manifest, save_manifest
+
+    if getattr(args, "from_hub", None):
+        return args.from_hub_run(args)
+    if not args.directory:
+        raise UsageError("build needs a model directory", remedy="modelguard build DIR --model ORG/NAME [-o FILE]")
+    if not args.model:
+        raise UsageError("build needs --model", expected="--model ORG/NAME, e.g. --model BAAI/bge-m3",
+                         remedy=f"modelguard build {args.directory} --model ORG/NAME")
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
+    manifest = build_manifest(
+        args.directory, args.model, args.revision,
+        rules=None if args.rules == "auto" else args.rules, exclude=args.exclude,
+    )
+    if out is None:
+        sys.stdout.write(dump_manifest(manifest))
+    else:
+        save_manifest(manifest, out)
+        comps = ", ".join(f"{n}{'' if c.required else ' (optional)'}" for n, c in sorted(manifest.components.items()))
+        sys.stderr.write(f"wrote {out}: {len(manifest.files)} file(s), components: {comps}\n")
+    return 0

@@ -1,0 +1,51 @@
+"""``modelguard verify TARGET [DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._common import Progress, resolve_target
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a model directory or cache snapshot against a manifest",
+        description="Check every file a model needs: present, complete, the right bytes. "
+                    "Exit 0 verified, 1 failed, 2 bad invocation or manifest.",
+    )
+    p.add_argument("target", metavar="TARGET", help="a manifest file, or a model id with a known manifest (BAAI/bge-m3)")
+    p.add_argument("directory", metavar="DIR", nargs="?",
+                   help="model directory (default: the model's snapshot in the Hugging Face cache)")
+    p.add_argument("--revision", help="with a model id: the revision whose manifest applies")
+    p.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: $HF_HUB_CACHE or ~/.cache/huggingface/hub)")
+    p.add_argument("--components", help="comma-separated components to check (default: all)")
+    p.add_argument("--strict", action="store_true", help="files present but not in the manifest are a failure")
+    p.add_argument("--all-digests", action="store_true",
+                   help="check every digest listed (default: the strongest one)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import emit_json
+    from ..verify import format_report, verify
+
+    manifest, directory = resolve_target(args.target, args.directory, args.revision, args.cache_dir)
+    components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
+    entries = manifest.files if components is None else manifest.files_of(*components)
+    progress = Progress(sum(e.size for e in entries), f"verifying {manifest.model}")
+    try:
+        report = verify(
+            manifest, directory, components=components, strict_extra=args.strict,
+            all_digests=args.all_digests, progress=progress,
+        )
+    finally:
+        progress.close()
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        print(format_report(report, quiet=args.quiet))
+    return 0 if report.ok else 1

@@ -1,0 +1,202 @@
+"""Write a manifest from a local model directory.
+
+Every file gets its size, md5 and sha256 (one read each); components are
+assigned by a rule set: bge-m3's (dense / sparse / colbert / tokenizer / onnx)
+when the model looks like bge-m3, a generic one otherwise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .errors import UsageError
+from .hashing import hash_file
+from .manifest import Component, FileEntry, Manifest, check_relative_path
+from .verify import IGNORED_NAMES
+
+BUILD_ALGORITHMS = ("md5", "sha256")
+
+TOKENIZER_PATTERNS = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
+    "tokenizer.model", "*.tiktoken", "chat_template.jinja", "chat_template.json",
+)
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.safetensors.index.json",
+                   "*.bin.index.json", "*.gguf")
+ALT_FRAMEWORK_PATTERNS = ("tf_model.h5", "flax_model.msgpack", "rust_model.ot", "*.h5", "*.msgpack",
+                          "model.ot", "coreml/*", "openvino/*")
+MODEL_CONFIG_PATTERNS = ("config.json", "generation_config.json", "preprocessor_config.json", "*.py")
+ST_PATTERNS = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+               "sentence_*_config.json", "[0-9]_*/*", "[0-9][0-9]_*/*")
+DOC_PATTERNS = ("README*", "LICENSE*", ".gitattributes", "*.md", "*.png", "*.jpg", "*.jpeg", "*.gif",
+                "*.svg", "*.pdf", "data_config.json", "*.ipynb")
+
+
+@dataclass(frozen=True)
+class Rule:
+    patterns: tuple[str, ...]
+    component: str
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Ordered rules (first match wins) and the components they produce."""
+
+    name: str
+    components: dict[str, Component]
+    rules: tuple[Rule, ...]
+    fallback: str
+
+    def component_for(self, path: str) -> str:
+        for rule in self.rules:
+            if any(_match(path, pattern) for pattern in rule.patterns):
+                return rule.component
+        return self.fallback
+
+
+def _match(path: str, pattern: str) -> bool:
+    """A pattern with '/' matches the whole relative path; one without, the file name."""
+    if "/" in pattern:
+        return fnmatch.fnmatchcase(path, pattern)
+    return fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
+
+
+BGE_M3_RULES = RuleSet(
+    name="bge-m3",
+    components={
+        "dense": Component("dense", True, "XLM-RoBERTa backbone (dense embeddings)"),
+        "sparse": Component("sparse", True, "lexical-weight head (sparse_linear.pt)"),
+        "colbert": Component("colbert", True, "multi-vector head (colbert_linear.pt)"),
+        "tokenizer": Component("tokenizer", True, "tokenizer files"),
+        "sentence_transformers": Component("sentence_transformers", True,
+                                           "sentence-transformers module configs (pooling)"),
+        "onnx": Component("onnx", False, "ONNX export"),
+        "docs": Component("docs", False, "documentation and images"),
+        "other": Component("other", False, "files no rule assigned"),
+    },
+    rules=(
+        Rule(("onnx/*", "*.onnx", "*.onnx_data"), "onnx"),
+        Rule(("sparse_linear.pt",), "sparse"),
+        Rule(("colbert_linear.pt",), "colbert"),
+        Rule(TOKENIZER_PATTERNS, "tokenizer"),
+        Rule(ST_PATTERNS, "sentence_transformers"),
+        Rule(("pytorch_model.bin", "model.safetensors", "*.safetensors", "config.json",
+              "*.safetensors.index.json", "*.bin.index.json"), "dense"),
+        Rule(DOC_PATTERNS, "docs"),
+    ),
+    fallback="other",
+)
+
+GENERIC_RULES = RuleSet(
+    name="generic",
+    components={
+        "model": Component("model", True, "weights and model configuration"),
+        "tokenizer": Component("tokenizer", True, "tokenizer files"),
+        "sentence_transformers": Component("sentence_transformers", True,
+                                           "sentence-transformers modules (pooling, dense, normalize)"),
+        "onnx": Component("onnx", False, "ONNX export"),
+        "other_frameworks": Component("other_frameworks", False, "weights for other frameworks"),
+        "docs": Component("docs", False, "documentation and images"),
+        "other": Component("other", False, "files no rule assigned"),
+    },
+    rules=(
+        Rule(("onnx/*", "*.onnx", "*.onnx_data"), "onnx"),
+        Rule(ALT_FRAMEWORK_PATTERNS, "other_frameworks"),
+        Rule(TOKENIZER_PATTERNS, "tokenizer"),
+        Rule(ST_PATTERNS, "sentence_transformers"),
+        Rule(WEIGHT_PATTERNS + MODEL_CONFIG_PATTERNS, "model"),
+        Rule(DOC_PATTERNS, "docs"),
+    ),
+    fallback="other",
+)
+
+RULE_SETS = {"bge-m3": BGE_M3_RULES, "generic": GENERIC_RULES}
+
+
+def choose_rules(model: str, paths: Iterable[str]) -> RuleSet:
+    """bge-m3 rules for bge-m3-shaped models (a sparse or colbert head file), generic otherwise."""
+    names = {p.rsplit("/", 1)[-1] for p in paths}
+    if "bge-m3" in model.lower() or names & {"sparse_linear.pt", "colbert_linear.pt"}:
+        return BGE_M3_RULES
+    return GENERIC_RULES
+
+
+def list_model_files(directory: str | os.PathLike[str]) -> list[str]:
+    """Relative POSIX paths of the files in a model directory, tool folders skipped, sorted."""
+    root = Path(directory)
+    out = []
+    for current, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
+        rel_dir = os.path.relpath(current, root)
+        for name in sorted(files):
+            if name in IGNORED_NAMES or name.endswith((".lock", ".incomplete")):
+                continue
+            full = Path(current) / name
+            if not full.is_file():  # dangling links, FIFOs, devices
+                continue
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+            out.append(rel)
+    return sorted(out)
+
+
+def build_manifest(
+    directory: str | os.PathLike[str],
+    model: str,
+    revision: str | None = None,
+    *,
+    rules: str | RuleSet | None = None,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    algorithms: Iterable[str] = BUILD_ALGORITHMS,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """A manifest for the files in ``directory`` (size, md5 and sha256 of each).
+
+    ``rules`` is ``"bge-m3"``, ``"generic"``, a :class:`RuleSet`, or None to choose
+    from the model id and file names. ``include``/``exclude`` are glob patterns on
+    relative paths.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise UsageError(
+            f"{root} is not a directory" if root.exists() else f"model directory {root} does not exist",
+            path=root, expected="a directory holding the model's files",
+        )
+    paths = list_model_files(root)
+    if include:
+        inc = tuple(include)
+        paths = [p for p in paths if any(_match(p, pat) for pat in inc)]
+    exc = tuple(exclude)
+    paths = [p for p in paths if not any(_match(p, pat) for pat in exc)]
+    if not paths:
+        raise UsageError(f"no files to put in a manifest under {root}", path=root,
+                         remedy="point build at the folder that holds config.json and the weights")
+    for p in paths:
+        check_relative_path(p, source=str(root))
+    if isinstance(rules, RuleSet):
+        rule_set = rules
+    elif rules is None:
+        rule_set = choose_rules(model, paths)
+    elif rules in RULE_SETS:
+        rule_set = RULE_SETS[rules]
+    else:
+        raise UsageError(f"unknown rule set '{rules}'", expected="one of: " + ", ".join(RULE_SETS), actual=rules)
+
+    algorithms = tuple(algorithms)
+
+    def one(path: str) -> FileEntry:
+        full = root / path
+        digests = hash_file(full, algorithms, progress=progress)
+        return FileEntry(path=path, size=full.stat().st_size, component=rule_set.component_for(path),
+                         digests=digests)
+
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 2, 8)) as pool:
+        entries = list(pool.map(one, paths))
+    used = {e.component for e in entries}
+    components = {name: comp for name, comp in rule_set.components.items() if name in used}
+    return Manifest(model=model, revision=revision, components=components, files=tuple(entries))

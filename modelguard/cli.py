@@ -1,0 +1,73 @@
+"""Command line: ``modelguard verify | build | fetch | scan | audit | probe``.
+
+Exit codes: 0 verified, 1 verification failed, 2 bad invocation or bad manifest.
+A user mistake never ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ModelGuardError
+
+# Each command lives in modelguard/_commands/<name>.py with add_parser(subparsers) and run(args) -> int.
+COMMANDS = ("verify", "build")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is 2 too; keep its usage line
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"modelguard: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="modelguard",
+        description="Make model loading safe and repeatable: verify model files against pinned manifests.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        module = importlib.import_module(f"modelguard._commands.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def report_error(exc: ModelGuardError, as_json: bool) -> int:
+    if as_json:
+        emit_json({"ok": False, "error": exc.to_dict()})
+    sys.stderr.write(f"modelguard: error: {exc}\n")
+    return exc.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    as_json = bool(getattr(args, "json", False))
+    try:
+        return int(args.run(args))
+    except ModelGuardError as exc:
+        return report_error(exc, as_json)
+    except KeyboardInterrupt:
+        sys.stderr.write("modelguard: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Where manifests are found: user directories, $MODELGUARD_MANIFEST_PATH, shipped ones."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ManifestNotFoundError, UsageError
+from .manifest import Manifest, load_manifest
+
+ENV_PATH = "MODELGUARD_MANIFEST_PATH"
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+def shipped_manifest_dir() -> Path:
+    """The manifests that ship with modelguard (inside the wheel, or the source tree)."""
+    packaged = Path(__file__).resolve().parent / "_manifests"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "manifests"
+
+
+def user_manifest_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "modelguard" / "manifests"
+
+
+def search_path(extra: list[str | os.PathLike[str]] | None = None) -> list[Path]:
+    """Directories searched, first match wins: ``extra``, $MODELGUARD_MANIFEST_PATH, user dir, shipped."""
+    dirs: list[Path] = [Path(p) for p in extra or ()]
+    env = os.environ.get(ENV_PATH)
+    if env:
+        dirs.extend(Path(p) for p in env.split(os.pathsep) if p)
+    dirs.append(user_manifest_dir())
+    dirs.append(shipped_manifest_dir())
+    return dirs
+
+
+def validate_model_id(model: str) -> str:
+    parts = model.split("/")
+    if not model or len(parts) > 2 or any(p in ("", ".", "..") for p in parts) or "\\" in model or "\x00" in model:
+        raise UsageError(
+            f"'{model}' is not a model id", expected="ORG/NAME, e.g. BAAI/bge-m3", actual=model,
+        )
+    return model
+
+
+def candidate_files(model: str, revision: str | None, dirs: list[Path]) -> list[Path]:
+    validate_model_id(model)
+    out = []
+    for d in dirs:
+        for suffix in MANIFEST_SUFFIXES:
+            if revision:
+                out.append(d / f"{model}@{revision}{suffix}")
+            out.append(d / f"{model}{suffix}")
+    return out
+
+
+def find_manifest(
+    model: str, revision: str | None = None, *, extra_dirs: list[str | os.PathLike[str]] | None = None
+) -> Manifest | None:
+    """The manifest for ``model`` (at ``revision`` if given), or None when none is known.
+
+    A manifest pinned to another revision than the one asked for does not apply.
+    """
+    for path in candidate_files(model, revision, search_path(extra_dirs)):
+        if path.is_file():
+            manifest = load_manifest(path)
+            if manifest.model != model:
+                continue
+            if revision and manifest.revision and not _same_revision(manifest.revision, revision):
+                continue
+            return manifest
+    return None
+
+
+def require_manifest(
+    model: str, revision: str | None = None, *, extra_dirs: list[str | os.PathLike[str]] | None = None
+) -> Manifest:
+    manifest = find_manifest(model, revision, extra_dirs=extra_dirs)
+    if manifest is None:
+        known = ", ".join(known_models()) or "none"
+        raise ManifestNotFoundError(
+            f"no manifest known for {model}" + (f" at revision {revision}" if revision else ""),
+            expected=f"a manifest file {model}.yaml in one of: " + ", ".join(str(d) for d in search_path(extra_dirs)),
+            actual=f"known models: {known}",
+            remedy=f"write one with `modelguard build DIR --model {model} -o manifests/{model}.yaml` "
+                   f"and add its folder to ${ENV_PATH}, or pass the manifest file itself",
+        )
+    return manifest
+
+
+def _same_revision(a: str, b: str) -> bool:
+    a, b = a.lower(), b.lower()
+    if len(a) >= 7 and len(b) >= 7 and all(c in "0123456789abcdef" for c in a + b):
+        return a.startswith(b) or b.startswith(a)
+    return a == b
+
+
+def known_models(extra_dirs: list[str | os.PathLike[str]] | None = None) -> list[str]:
+    """Model ids that have a manifest on the search path."""
+    models = set()
+    for d in search_path(extra_dirs):
+        if not d.is_dir():
+            continue
+        for path in d.rglob("*"):
+            if path.suffix in MANIFEST_SUFFIXES and path.is_file():
+                rel = path.relative_to(d).with_suffix("").as_posix()
+                models.add(rel.split("@", 1)[0])
+    return sorted(models)
+
+
+def iter_manifests(extra_dirs: list[str | os.PathLike[str]] | None = None):
+    """Every manifest on the search path (unreadable ones skipped)."""
+    from .errors import ManifestError
+
+    seen = set()
+    for d in search_path(extra_dirs):
+        if not d.is_dir():
+            continue
+        for path in sorted(d.rglob("*")):
+            if path.suffix in MANIFEST_SUFFIXES and path.is_file():
+                try:
+                    manifest = load_manifest(path)
+                except ManifestError:
+                    continue
+                key = (manifest.model, manifest.revision)
+                if key not in seen:
+                    seen.add(key)
+                    yield manifest

@@ -1,0 +1,591 @@
+"""Verify a model directory against a manifest, and explain every failure.
+
+Cheapest test first: exists -> regular file -> size -> content sniff -> digests.
+All digests a file needs come from one read of it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import VerificationError
+from .hashing import FileChangedError, hash_fd
+from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
+
+SNIFF_BYTES = 1024
+LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+# Directories and files that belong to tools, not to the model.
+IGNORED_NAMES = frozenset({".git", ".cache", "__pycache__", ".DS_Store", ".huggingface", ".locks"})
+
+OK = "ok"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome for one manifest file.
+
+    ``status`` is ``ok``, ``failed`` or ``skipped`` (optional component absent);
+    ``diagnosis`` a stable code (``ok``, ``missing``, ``empty``, ``truncated``,
+    ``oversized``, ``lfs_pointer``, ``error_page``, ``zero_filled``,
+    ``digest_mismatch``, ``unreadable``, ``not_a_file``, ``symlink_escape``,
+    ``changed_while_reading``, ``optional_missing``).
+    """
+
+    path: str
+    component: str
+    required: bool
+    status: str
+    diagnosis: str
+    message: str
+    expected: Mapping[str, Any] = field(default_factory=dict)
+    actual: Mapping[str, Any] = field(default_factory=dict)
+    remedy: str | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "component": self.component,
+            "required": self.required,
+            "status": self.status,
+            "diagnosis": self.diagnosis,
+            "message": self.message,
+            "expected": dict(self.expected),
+            "actual": dict(self.actual),
+            "remedy": self.remedy,
+            "cached": self.cached,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """All file results of one verification, plus files the manifest does not list."""
+
+    model: str
+    revision: str | None
+    directory: str
+    manifest_source: str | None
+    files: tuple[FileResult, ...]
+    extra_files: tuple[str, ...] = ()
+    strict_extra: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def failures(self) -> tuple[FileResult, ...]:
+        return tuple(r for r in self.files if r.status == FAILED)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not (self.strict_extra and self.extra_files)
+
+    @property
+    def failed_components(self) -> tuple[str, ...]:
+        return tuple(sorted({r.component for r in self.failures}))
+
+    @property
+    def missing_optional_components(self) -> tuple[str, ...]:
+        return tuple(sorted({r.component for r in self.files if r.status == SKIPPED}))
+
+    def result(self, path: str) -> FileResult | None:
+        for r in self.files:
+            if r.path == path:
+                return r
+        return None
+
+    def summary(self) -> str:
+        n_ok = sum(r.status == OK for r in self.files)
+        n_skipped = sum(r.status == SKIPPED for r in self.files)
+        if self.ok:
+            text = f"verified: {n_ok} file(s) of {self.model} match the manifest"
+            if n_skipped:
+                text += f"; optional component(s) not present: {', '.join(self.missing_optional_components)}"
+            return text
+        parts = []
+        if self.failures:
+            parts.append(
+                f"{len(self.failures)} of {len(self.files)} file(s) failed"
+                f" (component(s): {', '.join(self.failed_components)})"
+            )
+        if self.strict_extra and self.extra_files:
+            parts.append(f"{len(self.extra_files)} file(s) not in the manifest")
+        return f"FAILED: {self.model}: " + "; ".join(parts)
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`VerificationError` describing every failure, if any."""
+        if self.ok:
+            return
+        lines = [self.summary()]
+        for r in self.failures:
+            lines.append(f"  {r.path} [{r.component}]: {r.message}")
+        for path in self.extra_files if self.strict_extra else ():
+            lines.append(f"  {path}: not listed in the manifest")
+        remedies = list(dict.fromkeys(r.remedy for r in self.failures if r.remedy))
+        raise VerificationError(
+            "\n".join(lines),
+            report=self,
+            path=self.directory,
+            remedy="; ".join(remedies) if remedies else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "modelguard": __version__,
+            "ok": self.ok,
+            "model": self.model,
+            "revision": self.revision,
+            "directory": self.directory,
+            "manifest": self.manifest_source,
+            "summary": {
+                "files": len(self.files),
+                "ok": sum(r.status == OK for r in self.files),
+                "failed": len(self.failures),
+                "skipped": sum(r.status == SKIPPED for r in self.files),
+                "extra": len(self.extra_files),
+            },
+            "failed_components": list(self.failed_components),
+            "missing_optional_components": list(self.missing_optional_components),
+            "files": [r.to_dict() for r in self.files],
+            "extra_files": list(self.extra_files),
+            "strict_extra": self.strict_extra,
+            "elapsed_s": round(self.elapsed_s, 4),
+        }
+
+
+# --------------------------------------------------------------------------- diagnosis helpers
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{n} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def parse_lfs_pointer(head: bytes) -> dict[str, Any] | None:
+    """The oid/size of a Git LFS pointer file's text, or None if it is not one."""
+    if not head.startswith(LFS_PREFIX):
+        return None
+    text = head.decode("utf-8", "replace")
+    oid = re.search(r"^oid sha256:([0-9a-f]{64})\s*$", text, re.M)
+    size = re.search(r"^size (\d+)\s*$", text, re.M)
+    return {"oid_sha256": oid.group(1) if oid else None, "size": int(size.group(1)) if size else None}
+
+
+def sniff_error_page(head: bytes) -> str | None:
+    """'HTML'/'JSON'/'XML' when ``head`` looks like a saved web error page."""
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "HTML"
+    if stripped.startswith(b"<?xml") and b"<error" in stripped:
+        return "XML"
+    if stripped.startswith(b"{") and re.search(rb'"(error|errors|message)"\s*:', stripped[:512]):
+        return "JSON"
+    return None
+
+
+def _first_line(head: bytes) -> str:
+    text = head.decode("utf-8", "replace").strip()
+    if "<title>" in text.lower():
+        m = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+        if m:
+            return m.group(1).strip()[:100]
+    return text.splitlines()[0][:100] if text else ""
+
+
+def _zero_region(fd: int, size: int) -> int | None:
+    """Offset where a trailing all-zero region starts, or None if the last byte is not zero."""
+    block = 1 << 20
+    end = size
+    start_of_zeros = size
+    while end > 0:
+        start = max(0, end - block)
+        data = os.pread(fd, end - start, start)
+        stripped = data.rstrip(b"\x00")
+        if stripped:
+            start_of_zeros = start + len(stripped)
+            break
+        start_of_zeros = start
+        end = start
+    return None if start_of_zeros == size else start_of_zeros
+
+
+def _containing_roots(directory: Path) -> list[Path]:
+    """Directories a file may resolve into: the model dir, and for a HF cache
+    snapshot, that repo's own blobs folder."""
+    roots = [directory.resolve()]
+    if directory.parent.name == "snapshots":
+        roots.append((directory.parent.parent / "blobs").resolve())
+    return roots
+
+
+def _within(path: Path, roots: Iterable[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class _Checker:
+    def __init__(
+        self,
+        manifest: Manifest,
+        directory: Path,
+        *,
+        all_digests: bool,
+        cache: Any,
+        remedy: Callable[[FileEntry, str], str | None],
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.manifest = manifest
+        self.directory = directory
+        self.roots = _containing_roots(directory)
+        self.all_digests = all_digests
+        self.cache = cache
+        self.remedy = remedy
+        self.progress = progress
+
+    def result(self, entry: FileEntry, diagnosis: str, message: str, *, status: str = FAILED,
+               expected: Mapping[str, Any] | None = None, actual: Mapping[str, Any] | None = None,
+               remedy: str | None = None, cached: bool = False) -> FileResult:
+        comp = self.manifest.components[entry.component]
+        if expected is None:
+            expected = {"size": entry.size, **entry.digests}
+        if status == FAILED and remedy is None:
+            remedy = self.remedy(entry, diagnosis)
+        return FileResult(
+            path=entry.path, component=entry.component, required=comp.required, status=status,
+            diagnosis=diagnosis, message=message, expected=expected, actual=actual or {},
+            remedy=remedy, cached=cached,
+        )
+
+    def algorithms_for(self, entry: FileEntry) -> tuple[str, ...]:
+        if self.all_digests:
+            return tuple(a for a in DIGEST_ALGORITHMS if a in entry.digests)
+        return (entry.strongest_digest[0],)
+
+    def check(self, entry: FileEntry) -> FileResult:
+        path = self.directory / entry.path
+        # Symlinks: a link may only resolve inside the model directory (or, for a
+        # Hugging Face cache snapshot, into that repository's blobs folder).
+        try:
+            resolved = path.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:
+            return self.result(entry, "unreadable", f"path cannot be resolved: {exc}")
+        if not _within(resolved, self.roots):
+            return self.result(
+                entry, "symlink_escape",
+                f"links outside the model directory (to {resolved}); not followed",
+                actual={"resolves_to": str(resolved)},
+                remedy=f"replace {path} with the real file; modelguard does not follow links out of the model directory",
+            )
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return self._missing(entry, path)
+        except NotADirectoryError:
+            return self._missing(entry, path)
+        except PermissionError as exc:
+            return self.result(entry, "unreadable", f"permission denied: {exc.strerror}",
+                               remedy=f"make {path} readable by this user (chmod/chown), then verify again")
+        except OSError as exc:
+            return self.result(entry, "unreadable", f"cannot stat: {exc.strerror}")
+        if not stat.S_ISREG(st.st_mode):
+            kind = _file_kind(st.st_mode)
+            return self.result(
+                entry, "not_a_file", f"is a {kind}, not a regular file; not opened",
+                actual={"type": kind}, remedy=f"replace {path} with the real file",
+            )
+        if self.cache is not None:
+            hit = self.cache.lookup(path, st, self.algorithms_for(entry))
+            if hit is not None:
+                return self._compare(entry, st.st_size, hit, None, cached=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except PermissionError as exc:
+            return self.result(entry, "unreadable", f"permission denied: {exc.strerror}",
+                               remedy=f"make {path} readable by this user (chmod/chown), then verify again")
+        except OSError as exc:
+            return self.result(entry, "unreadable", f"cannot open: {exc.strerror}")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = _file_kind(st.st_mode)
+                return self.result(entry, "not_a_file", f"is a {kind}, not a regular file", actual={"type": kind})
+            if st.st_size != entry.size:
+                return self._wrong_size(entry, fd, st.st_size)
+            try:
+                digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress)
+            except FileChangedError as exc:
+                return self.result(entry, "changed_while_reading", f"{exc}; not verified",
+                                   remedy="wait until whatever is writing the file has finished, then verify again")
+            except OSError as exc:
+                return self.result(entry, "unreadable", f"read error: {exc.strerror or exc}")
+            result = self._compare(entry, st.st_size, digests, fd)
+            if result.ok and self.cache is not None:
+                self.cache.store(path, st, digests)
+            return result
+        finally:
+            os.close(fd)
+
+    def _missing(self, entry: FileEntry, path: Path) -> FileResult:
+        comp = self.manifest.components[entry.component]
+        if not comp.required:
+            return self.result(
+                entry, "optional_missing", f"not present (optional component '{entry.component}')",
+                status=SKIPPED, actual={"exists": False},
+            )
+        if path.is_symlink():
+            return self.result(entry, "missing", f"dangling symlink (points to {os.readlink(path)})",
+                               actual={"exists": False})
+        return self.result(entry, "missing", "missing", actual={"exists": False})
+
+    def _wrong_size(self, entry: FileEntry, fd: int, size: int) -> FileResult:
+        head = os.pread(fd, SNIFF_BYTES, 0)
+        actual: dict[str, Any] = {"size": size}
+        pointer = parse_lfs_pointer(head)
+        if pointer is not None:
+            actual["lfs_oid_sha256"] = pointer["oid_sha256"]
+            actual["lfs_size"] = pointer["size"]
+            expected_sha = entry.digests.get("sha256")
+            if pointer["size"] == entry.size and (expected_sha is None or pointer["oid_sha256"] == expected_sha):
+                detail = ("this is the pointer to the right file: run `git lfs pull`" if expected_sha
+                          else "its size matches the manifest: run `git lfs pull`")
+                return self.result(
+                    entry, "lfs_pointer",
+                    f"is a Git LFS pointer stub ({size} bytes), not the file; {detail}",
+                    actual=actual,
+                    remedy=f"cd {self.directory} && git lfs pull --include \"{entry.path}\"",
+                )
+            return self.result(
+                entry, "lfs_pointer",
+                f"is a Git LFS pointer stub ({size} bytes) to a DIFFERENT file "
+                f"(oid {pointer['oid_sha256']}, size {pointer['size']}); the clone is at another revision",
+                actual=actual,
+                remedy=(f"check out revision {self.manifest.revision} and run `git lfs pull`"
+                        if self.manifest.revision else "check out the manifest's revision and run `git lfs pull`"),
+            )
+        page = sniff_error_page(head)
+        if page is not None and size < entry.size:
+            actual["content"] = f"{page} error page"
+            return self.result(
+                entry, "error_page",
+                f"is an {page} error page saved in place of the file ({size} bytes, starts: {_first_line(head)!r})",
+                actual=actual,
+            )
+        if size == 0:
+            return self.result(entry, "empty", f"is empty (0 bytes), expected {entry.size} bytes", actual=actual)
+        if size < entry.size:
+            pct = 100.0 * size / entry.size
+            return self.result(
+                entry, "truncated",
+                f"truncated: {size} of {entry.size} bytes present ({pct:.1f}%, {human_size(entry.size - size)} short); "
+                "the download or copy stopped early",
+                actual=actual,
+            )
+        return self.result(
+            entry, "oversized",
+            f"larger than expected: {size} bytes, expected {entry.size} (+{size - entry.size} bytes); "
+            "a different file, or data appended to it",
+            actual=actual,
+        )
+
+    def _compare(self, entry: FileEntry, size: int, digests: Mapping[str, str], fd: int | None,
+                 cached: bool = False) -> FileResult:
+        mismatched = {a: v for a, v in digests.items() if entry.digests.get(a) != v}
+        actual = {"size": size, **digests}
+        if not mismatched:
+            names = "+".join(digests)
+            return self.result(entry, "ok", f"ok ({human_size(size)}, {names}{', cached' if cached else ''})",
+                               status=OK, actual=actual, cached=cached)
+        detail = "; ".join(f"{a}: expected {entry.digests[a]}, got {v}" for a, v in mismatched.items())
+        if fd is not None and size > 0:
+            zero_from = _zero_region(fd, size)
+            if zero_from == 0:
+                actual["content"] = "all zero bytes"
+                return self.result(entry, "zero_filled",
+                                   f"right size but every byte is zero (a preallocated or wiped file); {detail}",
+                                   actual=actual)
+            if zero_from is not None and size - zero_from >= min(4096, size // 2):
+                actual["zero_from"] = zero_from
+                return self.result(
+                    entry, "zero_filled",
+                    f"right size but bytes {zero_from}..{size} are zero: a preallocated download that did not "
+                    f"finish ({100.0 * zero_from / size:.1f}% written); {detail}",
+                    actual=actual,
+                )
+            head = os.pread(fd, SNIFF_BYTES, 0)
+            page = sniff_error_page(head)
+            if page is not None:
+                actual["content"] = f"{page} error page"
+                return self.result(entry, "error_page",
+                                   f"is an {page} error page saved in place of the file; {detail}", actual=actual)
+        return self.result(
+            entry, "digest_mismatch",
+            f"right size, wrong content: {detail}", actual=actual,
+        )
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, str], str | None]:
+    """The command that repairs a broken file of ``manifest`` in ``directory``."""
+
+    def remedy(entry: FileEntry, diagnosis: str) -> str | None:
+        if diagnosis in ("changed_while_reading",):
+            return None
+        if "/" not in manifest.model:
+            return f"restore {entry.path} from the source the manifest was built from"
+        cmd = f"modelguard fetch {manifest.model}"
+        if manifest.revision:
+            cmd += f" --revision {manifest.revision}"
+        if directory.parent.name != "snapshots":
+            cmd += f" --local-dir {directory}"
+        return cmd
+
+    return remedy
+
+
+def list_extra_files(manifest: Manifest, directory: Path) -> tuple[str, ...]:
+    """Files under ``directory`` the manifest does not list (tool folders skipped)."""
+    listed = {entry.path for entry in manifest.files}
+    extra: list[str] = []
+    if not directory.is_dir():
+        return ()
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
+        rel_root = os.path.relpath(root, directory)
+        for name in files:
+            if name in IGNORED_NAMES:
+                continue
+            rel = name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
+            if rel not in listed:
+                extra.append(rel)
+    return tuple(sorted(extra))
+
+
+def verify(
+    manifest: Manifest | str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    *,
+    components: Iterable[str] | None = None,
+    strict_extra: bool = False,
+    all_digests: bool = False,
+    cache: Any = None,
+    progress: Callable[[int], None] | None = None,
+    max_workers: int | None = None,
+) -> VerifyReport:
+    """Verify ``directory`` against ``manifest`` and return a frozen report.
+
+    ``components`` limits the check to those components; ``strict_extra`` makes
+    files absent from the manifest a failure; ``all_digests`` checks every digest
+    listed instead of the strongest one; ``cache`` is a digest cache with
+    ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
+    """
+    from .manifest import load_manifest
+
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
+    start = time.perf_counter()
+    root = Path(directory)
+    if not root.is_dir():
+        from .errors import UsageError
+
+        raise UsageError(
+            f"model directory {root} does not exist" if not root.exists() else f"{root} is not a directory",
+            path=root, expected="a directory holding the model's files",
+            remedy=(f"download the model first: modelguard fetch {manifest.model}"
+                    + (f" --revision {manifest.revision}" if manifest.revision else "")
+                    + f" --local-dir {root}") if "/" in manifest.model else None,
+        )
+    entries = manifest.files
+    if components is not None:
+        wanted = set(components)
+        unknown = wanted - set(manifest.components)
+        if unknown:
+            from .errors import UsageError
+
+            raise UsageError(
+                f"unknown component(s) {', '.join(sorted(unknown))} for {manifest.model}",
+                expected="one of: " + ", ".join(manifest.components), actual=", ".join(sorted(unknown)),
+            )
+        entries = tuple(e for e in entries if e.component in wanted)
+    checker = _Checker(
+        manifest, root, all_digests=all_digests, cache=cache,
+        remedy=default_remedy(manifest, root), progress=progress,
+    )
+    # Largest files first so the parallel pool does not end on one big file.
+    order = sorted(entries, key=lambda e: -e.size)
+    workers = max_workers or min(len(order), os.cpu_count() or 2, 8) or 1
+    if workers == 1 or len(order) <= 1:
+        results = {e.path: checker.check(e) for e in order}
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = dict(zip((e.path for e in order), pool.map(checker.check, order)))
+    ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
+    extra = list_extra_files(manifest, root) if components is None else ()
+    return VerifyReport(
+        model=manifest.model, revision=manifest.revision, directory=str(root),
+        manifest_source=manifest.source, files=ordered, extra_files=extra,
+        strict_extra=strict_extra, elapsed_s=time.perf_counter() - start,
+    )
+
+
+def format_report(report: VerifyReport, *, quiet: bool = False) -> str:
+    """Human-readable report: one line per file, details under failures, a summary."""
+    lines: list[str] = []
+    if not quiet:
+        rev = f" @ {report.revision[:12]}" if report.revision else ""
+        lines.append(f"{report.model}{rev}  in {report.directory}")
+        width = max((len(r.path) for r in report.files), default=10)
+        cwidth = max((len(r.component) for r in report.files), default=6)
+        for r in report.files:
+            tag = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip"}[r.status]
+            lines.append(f"  {tag}  {r.component:<{cwidth}}  {r.path:<{width}}  {r.message}")
+            if r.status == FAILED:
+                exp = ", ".join(f"{k} {v}" for k, v in r.expected.items())
+                act = ", ".join(f"{k} {v}" for k, v in r.actual.items())
+                if exp:
+                    lines.append(f"        expected: {exp}")
+                if act:
+                    lines.append(f"        actual:   {act}")
+                if r.remedy:
+                    lines.append(f"        fix:      {r.remedy}")
+        if report.extra_files:
+            label = "FAIL" if report.strict_extra else "note"
+            lines.append(f"  {label}  {len(report.extra_files)} file(s) not in the manifest: "
+                         + ", ".join(report.extra_files[:20])
+                         + (" ..." if len(report.extra_files) > 20 else ""))
+    elif not report.ok:
+        for r in report.failures:
+            lines.append(f"FAIL {r.path} [{r.component}]: {r.message}")
+            if r.remedy:
+                lines.append(f"     fix: {r.remedy}")
+    lines.append(report.summary())
+    return "\n".join(lines)
