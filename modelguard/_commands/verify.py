@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="files present but not in the manifest are a failure")
     p.add_argument("--all-digests", action="store_true",
                    help="check every digest listed (default: the strongest one)")
+    p.add_argument("--scan", action="store_true",
+                   help="also scan pickle-based weights for code and check safetensors headers (unsafe: exit 1)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     p.set_defaults(run=run)
@@ -44,8 +46,21 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
+    findings = None
+    if getattr(args, "scan", False):
+        from ..safety import format_findings, scan_manifest_files
+
+        findings = scan_manifest_files(manifest, directory, components)
+    unsafe = [f for f in findings or () if not f.safe]
     if args.json:
-        emit_json(report.to_dict())
+        document = report.to_dict()
+        if findings is not None:
+            document["ok"] = report.ok and not unsafe
+            document["scan"] = {"files": len(findings), "unsafe": len(unsafe),
+                                "findings": [f.to_dict() for f in findings]}
+        emit_json(document)
     else:
         print(format_report(report, quiet=args.quiet))
-    return 0 if report.ok else 1
+        if findings is not None:
+            print(format_findings(findings, quiet=args.quiet))
+    return 0 if report.ok and not unsafe else 1

@@ -1,0 +1,393 @@
+"""Is a model file safe to load? Pickle scanning, safetensors header checks, file types.
+
+Nothing here loads a model file: pickles are disassembled (never unpickled) by
+picklescan, safetensors headers are parsed as JSON with their offsets checked
+against the file size. Every check opens the file without following it out of
+the model directory (callers pass paths that verify already contained) and
+refuses FIFOs and devices before opening them, so a scan never hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import UnsafeFileError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
+SAFETENSORS_SUFFIX = ".safetensors"
+# safetensors refuses headers above 100 MB (HeaderTooLarge); so do we.
+SAFETENSORS_MAX_HEADER = 100_000_000
+LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+ZIP_MAGIC = b"PK\x03\x04"
+
+# Bytes per element of each safetensors dtype; sub-byte types count in bits below.
+_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+    "F64": 64, "I64": 64, "U64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class SafetyFinding:
+    """The safety verdict on one file.
+
+    ``diagnosis`` is a stable code: ``ok``, ``dangerous_pickle``, ``suspicious_pickle``
+    (loads only without ``weights_only``; reported, not refused), ``bad_safetensors``,
+    ``lfs_pointer``, ``mislabeled`` (content of another format than the name says),
+    ``not_a_file``, ``unreadable``.
+    """
+
+    path: str
+    kind: str  # "pickle", "safetensors" or "other"
+    diagnosis: str
+    message: str
+    dangerous_globals: tuple[str, ...] = ()
+    suspicious_globals: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def safe(self) -> bool:
+        return self.diagnosis in (OK, "suspicious_pickle")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "safe": self.safe,
+            "diagnosis": self.diagnosis,
+            "message": self.message,
+            "dangerous_globals": list(self.dangerous_globals),
+            "suspicious_globals": list(self.suspicious_globals),
+            "details": dict(self.details),
+        }
+
+    def raise_if_unsafe(self) -> None:
+        if not self.safe:
+            raise UnsafeFileError(
+                f"refusing to load {self.path}: {self.message}",
+                path=self.path, expected="a file that is safe to load", actual=self.diagnosis,
+                remedy=_remedy(self),
+            )
+
+
+def _remedy(finding: SafetyFinding) -> str:
+    if finding.diagnosis == "dangerous_pickle":
+        return ("do not load this file; get the weights from a trusted source, preferably as .safetensors, "
+                "and pin them in a manifest")
+    if finding.diagnosis == "lfs_pointer":
+        return "the file is a Git LFS pointer: run `git lfs pull` in the clone, or `modelguard fetch` the model"
+    return "replace the file with the original from the model's source (modelguard fetch MODEL --revision REV)"
+
+
+def file_kind(path: str | os.PathLike[str], head: bytes = b"") -> str:
+    """``pickle`` / ``safetensors`` / ``other`` from the name, then the first bytes."""
+    name = os.fspath(path).lower()
+    if name.endswith(SAFETENSORS_SUFFIX):
+        return "safetensors"
+    if name.endswith(PICKLE_SUFFIXES):
+        return "pickle"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return "other"
+
+
+def sniff_format(head: bytes) -> str:
+    """What the first bytes of a file look like: zip, pickle, lfs_pointer, html, empty, safetensors, unknown."""
+    if not head:
+        return "empty"
+    if head.startswith(LFS_PREFIX):
+        return "lfs_pointer"
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html")):
+        return "html"
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n <= SAFETENSORS_MAX_HEADER and head[8:9] == b"{":
+            return "safetensors"
+    return "unknown"
+
+
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading if it is a regular file; never blocks on a FIFO or device."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _NotRegular(st.st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # swapped between stat and open
+        os.close(fd)
+        raise _NotRegular(st.st_mode)
+    return fd, st
+
+
+class _NotRegular(OSError):
+    def __init__(self, mode: int) -> None:
+        super().__init__(f"not a regular file (mode {stat.filemode(mode)})")
+        self.mode = mode
+
+
+def _kind_name(mode: int) -> str:
+    from .verify import _file_kind
+
+    return _file_kind(mode)
+
+
+def scan_file(path: str | os.PathLike[str], *, name: str | None = None) -> SafetyFinding:
+    """Check one file without loading it. ``name`` is how it is shown (default: the path)."""
+    p = Path(path)
+    shown = name or str(p)
+    try:
+        fd, st = _open_regular(p)
+    except _NotRegular as exc:
+        return SafetyFinding(shown, file_kind(p), "not_a_file", f"is a {_kind_name(exc.mode)}, not a regular file; not opened")
+    except OSError as exc:
+        return SafetyFinding(shown, file_kind(p), "unreadable", f"cannot be read: {exc.strerror or exc}")
+    try:
+        head = os.pread(fd, 64, 0)
+        kind = file_kind(p, head)
+        fmt = sniff_format(head)
+        if fmt == "lfs_pointer":
+            hint = {"safetensors": "safetensors would fail with 'header too large' (HeaderTooLarge)",
+                    "pickle": "torch.load would fail with \"invalid load key, 'v'\""}.get(kind, "not the real file")
+            return SafetyFinding(shown, kind, "lfs_pointer",
+                                 f"is a Git LFS pointer ({st.st_size} bytes), not the file: {hint}",
+                                 details={"size": st.st_size})
+        if kind == "safetensors":
+            if fmt in ("zip", "pickle"):
+                return SafetyFinding(shown, kind, "mislabeled",
+                                     f"named .safetensors but holds a {fmt} (a pickle-based checkpoint); not loaded",
+                                     details={"format": fmt})
+            return check_safetensors_fd(fd, st.st_size, shown)
+        if kind == "pickle" or fmt in ("pickle", "zip"):
+            if kind != "pickle" and fmt == "zip" and not _zip_has_pickle(fd):
+                return SafetyFinding(shown, "other", OK, "ok (zip archive without pickles)")
+            return scan_pickle_fd(fd, shown)
+        return SafetyFinding(shown, kind, OK, "ok (not a pickle or safetensors file)")
+    finally:
+        os.close(fd)
+
+
+def _zip_has_pickle(fd: int) -> bool:
+    import zipfile
+
+    try:
+        with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
+            return any(n.endswith((".pkl", ".pickle")) for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+def scan_pickle_fd(fd: int, shown: str) -> SafetyFinding:
+    """Disassemble the pickle(s) in ``fd`` (plain, legacy torch, or zip torch checkpoint) with
+    picklescan and judge the globals they import."""
+    import logging
+
+    from picklescan import scanner
+
+    logging.getLogger("picklescan").setLevel(logging.CRITICAL)  # we report findings ourselves
+    ext = os.path.splitext(shown)[1].lower() or None
+    try:
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            fh.seek(0)
+            result = scanner.scan_bytes(fh, shown, ext)
+    except Exception as exc:  # noqa: BLE001 - picklescan raises many kinds on hostile input
+        return SafetyFinding(shown, "pickle", "dangerous_pickle",
+                             f"cannot be scanned ({type(exc).__name__}: {exc}); refused, as an unscannable pickle may hide code",
+                             details={"scan_error": str(exc)[:200]})
+    dangerous = sorted({f"{g.module}.{g.name}" for g in result.globals if g.safety.value == "dangerous"})
+    suspicious = sorted({f"{g.module}.{g.name}" for g in result.globals if g.safety.value == "suspicious"})
+    suspicious = [g for g in suspicious if g not in _WEIGHTS_ONLY_OK]
+    if dangerous:
+        return SafetyFinding(
+            shown, "pickle", "dangerous_pickle",
+            "pickle imports dangerous callable(s) " + ", ".join(dangerous)
+            + ": loading it with torch.load(weights_only=False) or pickle would run code",
+            dangerous_globals=tuple(dangerous), suspicious_globals=tuple(suspicious),
+        )
+    if result.scan_err:
+        return SafetyFinding(shown, "pickle", "dangerous_pickle",
+                             "pickle stream is malformed after imports were seen; refused, as it may hide code")
+    if suspicious:
+        return SafetyFinding(
+            shown, "pickle", "suspicious_pickle",
+            "pickle imports " + ", ".join(suspicious)
+            + ": not plain tensors (torch.load(weights_only=True) refuses them); review before trusting it",
+            suspicious_globals=tuple(suspicious),
+        )
+    return SafetyFinding(shown, "pickle", OK, "ok (pickle holds only tensors and plain containers)")
+
+
+# Globals torch's weights_only unpickler accepts that picklescan leaves unclassified.
+_WEIGHTS_ONLY_OK = frozenset({
+    "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
+    "torch._utils._rebuild_tensor", "torch._tensor._rebuild_from_type_v2",
+    "torch.Size", "collections.OrderedDict", "builtins.set", "__builtin__.set",
+    "torch.serialization._get_layout", "torch.strided", "torch._utils._rebuild_qtensor",
+    "torch.float32", "torch.float16", "torch.bfloat16", "torch.int64", "torch.int32", "torch.uint8",
+    "torch.bool", "torch.float64", "torch.int8", "torch.int16",
+})
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def check_safetensors_fd(fd: int, size: int, shown: str) -> SafetyFinding:
+    """Check a safetensors header against the file: length, JSON, dtypes, shapes, offsets."""
+
+    def bad(problem: str, **details: Any) -> SafetyFinding:
+        return SafetyFinding(shown, "safetensors", "bad_safetensors",
+                             f"malformed safetensors header: {problem}", details=details)
+
+    if size < 8:
+        return bad(f"file has {size} bytes, fewer than the 8-byte header length", size=size)
+    (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+    if n > SAFETENSORS_MAX_HEADER:
+        return bad(f"header length {n} exceeds {SAFETENSORS_MAX_HEADER} bytes (HeaderTooLarge): "
+                   "not a safetensors file, or its first bytes are damaged", header_length=n, size=size)
+    if 8 + n > size:
+        return bad(f"header length {n} runs past the end of the {size}-byte file (truncated?)",
+                   header_length=n, size=size)
+    raw = os.pread(fd, n, 8)
+    if len(raw) != n:
+        return bad("file shrank while it was read", header_length=n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return bad(f"header is not valid UTF-8 JSON ({type(exc).__name__}: {str(exc)[:120]})")
+    if not isinstance(header, dict):
+        return bad(f"header is a JSON {type(header).__name__}, not an object")
+    buffer_len = size - 8 - n
+    spans: list[tuple[int, int, str]] = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                return bad("__metadata__ is not a mapping of strings")
+            continue
+        if not isinstance(info, dict):
+            return bad(f"tensor '{key}' is not described by an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPE_BITS:
+            return bad(f"tensor '{key}' has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            return bad(f"tensor '{key}' has an invalid shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int for o in offsets)):
+            return bad(f"tensor '{key}' has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        if not 0 <= begin <= end <= buffer_len:
+            return bad(f"tensor '{key}' data_offsets [{begin}, {end}] lie outside the {buffer_len}-byte data "
+                       "section (truncated file?)", tensor=key, buffer_length=buffer_len)
+        elements = 1
+        for d in shape:
+            elements *= d
+        nbits = elements * _DTYPE_BITS[dtype]
+        if (nbits + 7) // 8 != end - begin:
+            return bad(f"tensor '{key}' of dtype {dtype} and shape {shape} needs {(nbits + 7) // 8} bytes "
+                       f"but data_offsets span {end - begin}", tensor=key)
+        spans.append((begin, end, key))
+    spans.sort()
+    position = 0
+    for begin, end, key in spans:
+        if begin < position:
+            return bad(f"tensor '{key}' overlaps the previous tensor (offset {begin} < {position})", tensor=key)
+        if begin > position:
+            return bad(f"gap of {begin - position} unused bytes before tensor '{key}'", tensor=key)
+        position = end
+    if position != buffer_len:
+        return bad(f"tensors cover {position} of the {buffer_len} data bytes (extra data appended?)",
+                   covered=position, buffer_length=buffer_len)
+    return SafetyFinding(shown, "safetensors", OK, f"ok (safetensors header: {len(spans)} tensor(s))",
+                         details={"tensors": len(spans)})
+
+
+def check_safetensors(path: str | os.PathLike[str]) -> SafetyFinding:
+    """Header sanity check of one .safetensors file (see :func:`check_safetensors_fd`)."""
+    finding = scan_file(path)
+    if finding.kind != "safetensors" and finding.diagnosis == OK:
+        return SafetyFinding(finding.path, "safetensors", "mislabeled", "not a safetensors file")
+    return finding
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def needs_scan(path: str) -> bool:
+    """Whether a manifest path is a format that can carry code or a header to check."""
+    return file_kind(path) in ("pickle", "safetensors")
+
+
+def scan_paths(directory: str | os.PathLike[str], paths: Iterable[str]) -> tuple[SafetyFinding, ...]:
+    """Scan the given relative paths of ``directory`` (paths that escape it are refused, not opened)."""
+    from .verify import _containing_roots, _within
+
+    root = Path(directory)
+    roots = _containing_roots(root)
+    out = []
+    for rel in sorted(paths):
+        full = root / rel
+        try:
+            resolved = full.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:
+            out.append(SafetyFinding(rel, file_kind(rel), "unreadable", f"cannot be resolved: {exc}"))
+            continue
+        if not _within(resolved, roots):
+            out.append(SafetyFinding(rel, file_kind(rel), "symlink_escape",
+                                     f"links outside the model directory (to {resolved}); not opened"))
+            continue
+        if not os.path.lexists(full):
+            continue
+        out.append(scan_file(full, name=rel))
+    return tuple(out)
+
+
+def scan_manifest_files(manifest: Any, directory: str | os.PathLike[str],
+                        components: Iterable[str] | None = None) -> tuple[SafetyFinding, ...]:
+    """Scan the pickle and safetensors files a manifest lists (optionally only ``components``)."""
+    entries = manifest.files if components is None else manifest.files_of(*components)
+    return scan_paths(directory, [e.path for e in entries if needs_scan(e.path)])
+
+
+def require_safe(findings: Iterable[SafetyFinding]) -> None:
+    """Raise :class:`UnsafeFileError` naming every unsafe file, if any."""
+    bad = [f for f in findings if not f.safe]
+    if not bad:
+        return
+    lines = [f"{len(bad)} unsafe file(s); not loaded:"] + [f"  {f.path}: {f.message}" for f in bad]
+    raise UnsafeFileError("\n".join(lines), path=bad[0].path, expected="files safe to load",
+                          actual=", ".join(f"{f.path} ({f.diagnosis})" for f in bad), remedy=_remedy(bad[0]))
+
+
+def format_findings(findings: Iterable[SafetyFinding], *, quiet: bool = False) -> str:
+    """Human-readable scan results: unsafe files always, safe ones unless ``quiet``."""
+    findings = tuple(findings)
+    lines = []
+    for f in findings:
+        if not f.safe:
+            lines.append(f"  UNSAFE  {f.path}: {f.message}")
+            lines.append(f"          fix: {_remedy(f)}")
+        elif not quiet or f.diagnosis != OK:
+            lines.append(f"  {'note' if f.diagnosis != OK else 'safe'}    {f.path}: {f.message}")
+    unsafe = sum(not f.safe for f in findings)
+    if unsafe:
+        lines.append(f"scan: UNSAFE: {unsafe} of {len(findings)} scanned file(s) must not be loaded")
+    else:
+        lines.append(f"scan: {len(findings)} pickle/safetensors file(s) scanned, none unsafe")
+    return "\n".join(lines)

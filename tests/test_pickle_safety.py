@@ -1,0 +1,235 @@
+"""Pickle scanning and safetensors header checks: unsafe files are found without loading them."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+
+import pytest
+
+from conftest import run_cli
+from hostile import (
+    make_fifo, make_small_model_dir, write_lfs_stub, write_malicious_pickle,
+    write_malicious_torch_checkpoint, write_raw_safetensors, write_safetensors, write_torch_state_dict,
+)
+from modelguard.errors import UnsafeFileError
+from modelguard.safety import check_safetensors, require_safe, scan_file, scan_paths
+
+
+@pytest.fixture
+def marker(tmp_path):
+    m = tmp_path / "PAYLOAD-RAN"
+    yield m
+    assert not m.exists(), "a malicious pickle's payload ran"
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_plain_state_dict_is_safe(tmp_path, legacy):
+    f = scan_file(write_torch_state_dict(tmp_path / "sparse_linear.pt", legacy=legacy))
+    assert f.safe and f.diagnosis == "ok", f
+    assert f.kind == "pickle"
+    assert "only tensors" in f.message
+    assert not f.dangerous_globals
+
+
+@pytest.mark.parametrize("name,protocol", [("evil.pkl", 2), ("pytorch_model.bin", 2), ("head.pth", 4), ("x.ckpt", 5)])
+def test_malicious_plain_pickle_is_refused(tmp_path, marker, name, protocol):
+    f = scan_file(write_malicious_pickle(tmp_path / name, marker, protocol))
+    assert not f.safe
+    assert f.diagnosis == "dangerous_pickle"
+    assert "posix.system" in f.dangerous_globals
+    assert "posix.system" in f.message and "would run code" in f.message
+    with pytest.raises(UnsafeFileError) as info:
+        f.raise_if_unsafe()
+    assert f"refusing to load {tmp_path / name}" in str(info.value)
+    assert "safetensors" in info.value.remedy
+
+
+def test_malicious_zip_checkpoint_is_refused_and_torch_agrees(tmp_path, marker):
+    import torch
+
+    path = write_malicious_torch_checkpoint(tmp_path / "colbert_linear.pt", marker)
+    f = scan_file(path)
+    assert f.diagnosis == "dangerous_pickle", f
+    assert "posix.system" in f.dangerous_globals
+    # The loader's own allowlist refuses it too (belt and braces): weights_only=True never runs it.
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path, weights_only=True)
+
+
+def test_malicious_pickle_under_an_innocent_name_is_found_by_content(tmp_path, marker):
+    path = write_malicious_pickle(tmp_path / "weights.data", marker)
+    f = scan_file(path)
+    assert f.diagnosis == "dangerous_pickle" and "posix.system" in f.dangerous_globals
+
+
+def test_whole_module_pickle_is_reported_but_not_refused(tmp_path):
+    import torch
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    f = scan_file(tmp_path / "module.pt")
+    assert f.safe and f.diagnosis == "suspicious_pickle"
+    assert "torch.nn.modules.linear.Linear" in f.suspicious_globals
+    assert "weights_only=True" in f.message
+
+
+def test_lfs_stub_named_bin(tmp_path):
+    f = scan_file(write_lfs_stub(tmp_path / "pytorch_model.bin", b"x" * 1000))
+    assert f.diagnosis == "lfs_pointer" and not f.safe
+    assert "invalid load key, 'v'" in f.message
+
+
+def test_fifo_named_like_weights_is_not_opened(tmp_path):
+    path = make_fifo(tmp_path / "pytorch_model.bin")
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("f", scan_file(path)), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "scanning a FIFO hung"
+    assert out["f"].diagnosis == "not_a_file"
+    assert "FIFO" in out["f"].message
+
+
+def test_require_safe_lists_every_unsafe_file(tmp_path, marker):
+    write_malicious_pickle(tmp_path / "a.bin", marker)
+    write_lfs_stub(tmp_path / "b.safetensors", b"y" * 99)
+    write_torch_state_dict(tmp_path / "c.pt")
+    findings = scan_paths(tmp_path, ["a.bin", "b.safetensors", "c.pt", "absent.pt"])
+    assert [f.path for f in findings] == ["a.bin", "b.safetensors", "c.pt"]
+    with pytest.raises(UnsafeFileError) as info:
+        require_safe(findings)
+    text = str(info.value)
+    assert "2 unsafe file(s)" in text and "a.bin" in text and "b.safetensors" in text and "c.pt" not in text
+
+
+# --------------------------------------------------------------------------- safetensors headers
+
+
+def _tensors_agree_unloadable(path):
+    """The safetensors library itself must refuse the file our check refuses."""
+    from safetensors import safe_open
+
+    with pytest.raises(Exception):
+        with safe_open(str(path), framework="pt") as fh:
+            for k in fh.keys():
+                fh.get_tensor(k)
+
+
+def test_real_safetensors_file_passes(tmp_path):
+    f = check_safetensors(write_safetensors(tmp_path / "model.safetensors"))
+    assert f.safe and f.diagnosis == "ok" and f.details["tensors"] == 2
+
+
+def test_real_minilm_weights_pass(minilm_dir):
+    f = check_safetensors(minilm_dir / "model.safetensors")
+    assert f.diagnosis == "ok", f
+    assert f.details["tensors"] > 50
+
+
+F32x2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(
+    "header,data,header_length,expected",
+    [
+        (b'{"a": {"dtype": "F32"', b"", None, "not valid UTF-8 JSON"),
+        (b"[1, 2]", b"", None, "JSON list, not an object"),
+        ({"a": F32x2}, b"\0" * 8, 10**6, "runs past the end"),
+        ({"a": F32x2}, b"\0" * 8, 2**40, "HeaderTooLarge"),
+        ({"a": {**F32x2, "data_offsets": [0, 16]}}, b"\0" * 8, None, "outside the 8-byte data section"),
+        ({"a": F32x2, "b": {**F32x2, "data_offsets": [4, 12]}}, b"\0" * 12, None, "overlaps"),
+        ({"a": {**F32x2, "shape": [3]}}, b"\0" * 8, None, "needs 12 bytes but data_offsets span 8"),
+        ({"a": {**F32x2, "dtype": "F128"}}, b"\0" * 8, None, "unknown dtype 'F128'"),
+        ({"a": {**F32x2, "shape": [-2]}}, b"\0" * 8, None, "invalid shape"),
+        ({"a": {**F32x2, "data_offsets": [0, "8"]}}, b"\0" * 8, None, "invalid data_offsets"),
+        ({"a": F32x2}, b"\0" * 12, None, "cover 8 of the 12 data bytes"),
+        ({"a": {**F32x2, "data_offsets": [4, 12]}}, b"\0" * 12, None, "gap of 4 unused bytes"),
+        ({"__metadata__": {"x": 1}, "a": F32x2}, b"\0" * 8, None, "__metadata__"),
+    ],
+    ids=["json", "not-object", "past-end", "too-large", "offset-out", "overlap", "shape-dtype", "dtype",
+         "shape", "offsets-type", "trailing", "gap", "metadata"],
+)
+def test_malformed_safetensors_headers(tmp_path, header, data, header_length, expected):
+    path = write_raw_safetensors(tmp_path / "model.safetensors", header, data, header_length)
+    f = check_safetensors(path)
+    assert f.diagnosis == "bad_safetensors" and not f.safe, f
+    assert expected in f.message
+    assert f.message.startswith("malformed safetensors header")
+    _tensors_agree_unloadable(path)
+
+
+def test_truncated_safetensors(tmp_path):
+    path = write_safetensors(tmp_path / "model.safetensors")
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-5])
+    f = check_safetensors(path)
+    assert f.diagnosis == "bad_safetensors" and "outside" in f.message
+    path.write_bytes(raw[:6])
+    assert "fewer than the 8-byte header length" in check_safetensors(path).message
+
+
+def test_lfs_pointer_named_safetensors_explains_header_too_large(tmp_path):
+    path = write_lfs_stub(tmp_path / "model.safetensors", b"z" * 4096)
+    f = check_safetensors(path)
+    assert f.diagnosis == "lfs_pointer"
+    assert "Git LFS pointer" in f.message and "HeaderTooLarge" in f.message
+    with pytest.raises(UnsafeFileError) as info:
+        f.raise_if_unsafe()
+    assert "git lfs pull" in info.value.remedy
+    # what the user would otherwise see
+    from safetensors import safe_open
+    with pytest.raises(Exception, match="(?i)header ?too ?large"):
+        safe_open(str(path), framework="pt")
+
+
+def test_pickle_named_safetensors_is_mislabeled(tmp_path, marker):
+    write_malicious_pickle(tmp_path / "model.safetensors", marker)
+    f = scan_file(tmp_path / "model.safetensors")
+    assert f.diagnosis == "mislabeled" and "holds a pickle" in f.message
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _build(directory, out):
+    r = run_cli("build", str(directory), "--model", "local/hostile", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_verify_scan_reports_malicious_pickle(tmp_path, marker):
+    model = make_small_model_dir(tmp_path / "model")
+    write_malicious_pickle(model / "colbert_linear.pt", marker)
+    manifest = _build(model, tmp_path / "m.yaml")
+    plain = run_cli("verify", str(manifest), str(model))
+    assert plain.returncode == 0, plain.stdout  # the bytes match the (hostile) manifest ...
+    r = run_cli("verify", str(manifest), str(model), "--scan")
+    assert r.returncode == 1, r.stdout + r.stderr  # ... but the scan refuses them
+    assert "UNSAFE  colbert_linear.pt" in r.stdout and "posix.system" in r.stdout
+    assert "1 of 3 scanned file(s) must not be loaded" in r.stdout
+    assert "Traceback" not in r.stderr
+    j = run_cli("verify", str(manifest), str(model), "--scan", "--json")
+    assert j.returncode == 1
+    doc = json.loads(j.stdout)
+    assert doc["ok"] is False and doc["scan"]["unsafe"] == 1
+    bad = [f for f in doc["scan"]["findings"] if not f["safe"]]
+    assert bad[0]["path"] == "colbert_linear.pt" and bad[0]["dangerous_globals"] == ["posix.system"]
+
+
+def test_verify_scan_clean_model_and_real_minilm(tmp_path, minilm_dir):
+    model = make_small_model_dir(tmp_path / "model")
+    manifest = _build(model, tmp_path / "m.yaml")
+    r = run_cli("verify", str(manifest), str(model), "--scan")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "scan: 2 pickle/safetensors file(s) scanned, none unsafe" in r.stdout
+    shipped = run_cli("verify", "sentence-transformers/all-MiniLM-L6-v2", str(minilm_dir), "--scan", "--json",
+                      "--components", "model")
+    doc = json.loads(shipped.stdout)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    kinds = {f["path"]: f["diagnosis"] for f in doc["scan"]["findings"]}
+    assert kinds.get("model.safetensors") == "ok"
