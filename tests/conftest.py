@@ -53,3 +53,19 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None =
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_bge_m3_template(tmp_path_factory) -> Path:
+    """A tiny real bge-m3 (tests/_models.py), built once per session; never modify it."""
+    from _models import make_tiny_bge_m3
+
+    return make_tiny_bge_m3(tmp_path_factory.mktemp("tiny-bge-m3-template") / "tiny-bge-m3")
+
+
+@pytest.fixture
+def tiny_bge_m3(tiny_bge_m3_template, tmp_path) -> Path:
+    """A private copy of the tiny bge-m3 that a test may break."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_bge_m3_template, tmp_path / "tiny-bge-m3"))
