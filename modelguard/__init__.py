@@ -24,6 +24,8 @@ _LAZY = {
     "save_manifest": "manifest",
     "find_manifest": "registry",
     "build_manifest": "build",
+    # loader guard
+    "install": "guard", "uninstall": "guard", "allow_random_init": "guard",
 }
 
 # Imported eagerly: the submodule ``modelguard.verify`` would otherwise shadow the

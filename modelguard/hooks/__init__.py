@@ -1,0 +1,89 @@
+"""One module per third-party loader the guard wraps.
+
+``HOOKS`` maps the import name whose import triggers patching to the hook module.
+A hook module defines:
+
+- ``supported(version: str) -> bool``: whether the installed library version is one
+  the hook knows (checked before patching; unsupported -> a warning, no patch);
+- ``patch(module) -> None``: wrap the loader functions (``functools.wraps`` plus the
+  :data:`MARKER` attribute), keeping the originals;
+- ``unpatch() -> None``: put the originals back exactly;
+- optionally ``DISTRIBUTION`` (the distribution name whose version is checked,
+  default: the top-level import name) and ``SUPPORTED`` (text for the warning).
+
+A hook imports its library only inside ``patch``, which runs once the user's program
+has imported it. :class:`Patches` does the bookkeeping for ``patch``/``unpatch``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+HOOKS: dict[str, str] = {
+    # A dotted name patches when that submodule is imported, so ``import transformers``
+    # alone (tokenizers only) does not pull in torch because of modelguard.
+    "transformers.modeling_utils": "modelguard.hooks.transformers",
+    "sentence_transformers": "modelguard.hooks.sentence_transformers",
+}
+
+MARKER = "__modelguard_wrapped__"
+
+
+class Patches:
+    """Replaced attributes of one hook, restorable exactly (``is``-identical originals)."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        """Set ``owner.name`` to ``make(original)``; the raw class-dict value is kept for restore.
+
+        ``make`` receives the attribute as stored in ``owner.__dict__`` when it is there
+        (so a ``classmethod`` object arrives as such), else as ``getattr`` returns it.
+        """
+        raw = owner.__dict__.get(name) if hasattr(owner, "__dict__") and name in vars(owner) else None
+        original = raw if raw is not None else getattr(owner, name)
+        if getattr(_function_of(original), MARKER, False):
+            return
+        replacement = make(original)
+        fn = _function_of(replacement)
+        setattr(fn, MARKER, True)
+        self._saved.append((owner, name, raw))
+        setattr(owner, name, replacement)
+
+    def restore(self) -> None:
+        while self._saved:
+            owner, name, raw = self._saved.pop()
+            if raw is None:
+                try:
+                    delattr(owner, name)
+                except AttributeError:
+                    pass
+            else:
+                setattr(owner, name, raw)
+
+    def __bool__(self) -> bool:
+        return bool(self._saved)
+
+
+def _function_of(value: Any) -> Any:
+    return getattr(value, "__func__", value)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"4.40.0.dev0"`` -> ``(4, 40, 0)``; the leading numeric release part only."""
+    parts: list[int] = []
+    for piece in version.split("."):
+        match = re.match(r"\d+", piece)
+        if not match:
+            break
+        parts.append(int(match.group()))
+        if match.end() != len(piece):
+            break
+    return tuple(parts)
+
+
+def is_wrapped(value: Any) -> bool:
+    """Whether ``value`` (a function, method or classmethod) is a modelguard wrapper."""
+    return bool(getattr(_function_of(value), MARKER, False))

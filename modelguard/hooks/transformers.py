@@ -1,0 +1,89 @@
+"""transformers: ``PreTrainedModel.from_pretrained`` verifies first and refuses new weights.
+
+Before the model is built, the files transformers reads (config and weights of the
+manifest's components that hold them) are verified. After it is built, every weight
+reported missing from the checkpoint (or re-initialized because of a size mismatch)
+raises :class:`~modelguard.errors.RandomInitError`, unless
+:func:`modelguard.allow_random_init` names it. Keys the model itself declares
+optional (``_keys_to_ignore_on_load_missing``), tied weights and non-persistent
+buffers are not reported by transformers, so they are never refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+from typing import Any
+
+from . import Patches, version_tuple
+
+DISTRIBUTION = "transformers"
+SUPPORTED = "transformers >= 4.40"
+# Files transformers reads for a model, at the root of the (sub)folder it loads.
+MODEL_FILE_PATTERNS = (
+    "config.json", "generation_config.json", "*.safetensors", "*.bin", "*.safetensors.index.json",
+    "*.bin.index.json", "*.pt", "*.pth",
+)
+
+_patches = Patches()
+
+
+def supported(version: str) -> bool:
+    release = version_tuple(version)
+    return len(release) >= 2 and release >= (4, 40)
+
+
+def patch(module: Any) -> None:
+    _patches.replace(module.PreTrainedModel, "from_pretrained", _wrap_from_pretrained)
+
+
+def unpatch() -> None:
+    _patches.restore()
+
+
+def loader_components(manifest: Any, subfolder: str = "") -> list[str] | None:
+    """The manifest components holding files transformers reads (None: verify all)."""
+    prefix = subfolder.strip("/") + "/" if subfolder and subfolder.strip("/") else ""
+    found = []
+    for entry in manifest.files:
+        if not entry.path.startswith(prefix):
+            continue
+        name = entry.path[len(prefix):]
+        if "/" in name:
+            continue
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_FILE_PATTERNS):
+            found.append(entry.component)
+    return sorted(set(found)) or None
+
+
+def _wrap_from_pretrained(original: Any) -> Any:
+    func = original.__func__  # a classmethod in every supported version
+
+    @functools.wraps(func)
+    def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        from .. import guard
+
+        name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        label = f"transformers {cls.__name__}.from_pretrained"
+        with guard.verified_scope():
+            if isinstance(name, (str, os.PathLike)) and os.fspath(name):
+                asked = kwargs.get("revision")
+                resolved = guard.resolve_model(name, asked, cache_dir=kwargs.get("cache_dir"))
+                components = None
+                if resolved.manifest is not None:
+                    components = loader_components(resolved.manifest, kwargs.get("subfolder") or "")
+                resolved = guard.check_before_load(
+                    name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
+                )
+                if asked is None and resolved.how == "hub-id" and resolved.revision:
+                    kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
+            want_info = bool(kwargs.pop("output_loading_info", False))
+            model, info = func(cls, *args, output_loading_info=True, **kwargs)
+            new_keys = set(info.get("missing_keys") or ())
+            new_keys.update(item[0] for item in info.get("mismatched_keys") or ())
+            if new_keys:
+                guard.refuse_random_init(new_keys, model=os.fspath(name) if name else cls.__name__, loader=label)
+        return (model, info) if want_info else model
+
+    return classmethod(from_pretrained)

@@ -1,0 +1,36 @@
+"""A tiny real BERT checkpoint for the guard tests (a few kB, made with transformers itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_BERT_CONFIG = dict(
+    vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+    intermediate_size=32, max_position_embeddings=32, type_vocab_size=2, num_labels=3,
+)
+
+
+def tiny_bert_config():
+    from transformers import BertConfig
+
+    return BertConfig(**TINY_BERT_CONFIG)
+
+
+def save_tiny_bert(directory: str | Path, model_class: str = "BertModel", seed: int = 0) -> Path:
+    """Save a freshly built tiny ``model_class`` (a transformers class name) with save_pretrained."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(tiny_bert_config())
+    model.eval()
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    return directory
+
+
+def sample_inputs():
+    import torch
+
+    ids = torch.tensor([[2, 7, 11, 5, 3, 0], [2, 9, 4, 3, 0, 0]])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
