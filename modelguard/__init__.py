@@ -24,6 +24,7 @@ _LAZY = {
     "save_manifest": "manifest",
     "find_manifest": "registry",
     "build_manifest": "build",
+    "fetch": "hub",
     # loader guard
     "install": "guard", "uninstall": "guard", "allow_random_init": "guard",
 }

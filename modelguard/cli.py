@@ -16,7 +16,7 @@ from . import __version__
 from .errors import ModelGuardError
 
 # Each command lives in modelguard/_commands/<name>.py with add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("verify", "build")
+COMMANDS = ("verify", "build", "fetch", "scan", "audit", "probe")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

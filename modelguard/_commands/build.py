@@ -21,6 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out matching files")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout (never overwrites without --force)")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.add_argument("--from-hub", metavar="MODEL",
+                   help="build from the Hub's metadata of MODEL instead of a directory: LFS files get sha256 and "
+                        "size from the listing, small files their git blob sha1; no weights are downloaded; "
+                        "--revision (branch, tag or commit, default main) is resolved and the commit pinned")
+    p.add_argument("--hash-small", action="store_true",
+                   help="with --from-hub: also download the small (non-LFS) files to record their sha256 and md5")
     p.set_defaults(run=run)
 
 
@@ -32,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..manifest import dump_manifest, save_manifest
 
     if getattr(args, "from_hub", None):
-        return args.from_hub_run(args)
+        return _run_from_hub(args)
     if not args.directory:
         raise UsageError("build needs a model directory", remedy="modelguard build DIR --model ORG/NAME [-o FILE]")
     if not args.model:
@@ -51,4 +57,34 @@ def run(args: argparse.Namespace) -> int:
         save_manifest(manifest, out)
         comps = ", ".join(f"{n}{'' if c.required else ' (optional)'}" for n, c in sorted(manifest.components.items()))
         sys.stderr.write(f"wrote {out}: {len(manifest.files)} file(s), components: {comps}\n")
+    return 0
+
+
+def _run_from_hub(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import UsageError
+    from ..hub import build_from_hub
+    from ..manifest import dump_manifest, save_manifest
+
+    if args.directory:
+        raise UsageError("pass either DIR or --from-hub MODEL, not both",
+                         remedy=f"modelguard build --from-hub {args.from_hub} --revision REV [-o FILE]")
+    if args.model and args.model != args.from_hub:
+        raise UsageError("--model differs from --from-hub", expected=args.from_hub, actual=args.model,
+                         remedy="drop --model; --from-hub names the model")
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
+    manifest = build_from_hub(
+        args.from_hub, args.revision, rules=None if args.rules == "auto" else args.rules,
+        exclude=args.exclude, hash_small=args.hash_small,
+    )
+    if out is None:
+        sys.stdout.write(dump_manifest(manifest))
+    else:
+        save_manifest(manifest, out)
+        comps = ", ".join(f"{n}{'' if c.required else ' (optional)'}" for n, c in sorted(manifest.components.items()))
+        sys.stderr.write(f"wrote {out}: {manifest.model} @ {manifest.revision}, {len(manifest.files)} file(s), "
+                         f"components: {comps}\n")
     return 0
