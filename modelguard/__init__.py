@@ -27,6 +27,8 @@ _LAZY = {
     "fetch": "hub",
     # loader guard
     "install": "guard", "uninstall": "guard", "allow_random_init": "guard",
+    # reproducibility
+    "seed_everything": "determinism", "deterministic": "determinism", "probe": "probing", "audit": "auditing",
 }
 
 # Imported eagerly: the submodule ``modelguard.verify`` would otherwise shadow the

@@ -1,0 +1,617 @@
+"""Seed-sensitivity probe: load a model (or a whole pipeline) under two seeds, run
+fixed inputs, compare every output, and say where randomness comes from.
+
+``probe(load, seeds=(0, 1))``: ``load(seed)`` is called with every random number
+generator seeded to ``seed`` and returns a *runner*: a callable taking no
+argument that runs the fixed inputs and returns the outputs (a dict of named
+outputs, a tuple/list, or one array/tensor). Alternatively ``probe(load=...,
+call=...)`` with ``call(model)`` returning the outputs. The probe then runs:
+
+====  ==========  ==========  =========================================
+step  load seed   call seed   compared with A/s0/s0 it shows
+====  ==========  ==========  =========================================
+A     s0          s0          (reference; run twice: "unseeded" noise)
+B     s1          s0          load-time randomness: weights randomly initialized
+A     s0          s1          call-time randomness: sampling enabled
+====  ==========  ==========  =========================================
+
+When ``load`` returns the outputs themselves (not a callable), load and call
+cannot be told apart and a difference is reported as ``seed_dependent``.
+Runners that expose ``state_dict()`` (torch modules, or the built-in runners)
+also get the names of the parameters that differ between the two loads.
+
+The global random state is restored after every step; nothing leaks out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from numbers import Number
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import UsageError
+
+DETERMINISTIC = "deterministic"
+LOAD_RANDOM = "load_random"
+CALL_RANDOM = "call_random"
+LOAD_AND_CALL_RANDOM = "load_and_call_random"
+SEED_DEPENDENT = "seed_dependent"
+UNSEEDED = "unseeded"
+
+KINDS = ("bge-m3", "sentence-transformers", "causal-lm")
+PROBE_TEXTS = (
+    "What is the capital of France?",
+    "Paris is the capital and largest city of France.",
+)
+# bge-m3 outputs -> the manifest component whose weights produce them.
+BGE_M3_COMPONENTS = {"dense": "dense", "sparse": "sparse", "colbert": "colbert"}
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two runs of one output: identical or not, and by how much (numbers only)."""
+
+    identical: bool
+    max_abs_diff: float | None = None
+    max_abs_value: float | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"identical": self.identical, "max_abs_diff": self.max_abs_diff,
+                "max_abs_value": self.max_abs_value, "detail": self.detail}
+
+    def describe(self) -> str:
+        if self.identical:
+            return "identical"
+        if self.max_abs_diff is not None:
+            scale = f" (values up to {self.max_abs_value:.3g})" if self.max_abs_value else ""
+            return f"differs: max abs diff {self.max_abs_diff:.3g}{scale}"
+        return f"differs: {self.detail}" if self.detail else "differs"
+
+
+def _to_array(value: Any) -> Any:
+    """numpy array for tensors/arrays/number lists, else None."""
+    import numpy as np
+
+    if type(value).__module__.startswith("torch"):
+        value = value.detach().to("cpu")
+        if value.dtype.is_floating_point or value.dtype.is_complex:
+            value = value.double() if not value.dtype.is_complex else value
+        return value.numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, np.generic):
+        return np.asarray(value)
+    return None
+
+
+class _Diff:
+    def __init__(self, atol: float) -> None:
+        self.atol = atol
+        self.identical = True
+        self.max_diff: float | None = None
+        self.max_value: float | None = None
+        self.details: list[str] = []
+
+    def differ(self, where: str, why: str) -> None:
+        self.identical = False
+        if len(self.details) < 3:
+            self.details.append(f"{where}: {why}" if where else why)
+
+    def numbers(self, where: str, a: Any, b: Any) -> None:
+        import numpy as np
+
+        a = np.asarray(a)
+        b = np.asarray(b)
+        if a.shape != b.shape:
+            self.differ(where, f"shape {tuple(a.shape)} vs {tuple(b.shape)}")
+            return
+        if a.size == 0:
+            return
+        if a.dtype.kind in "biu" and b.dtype.kind in "biu":  # ids, counts: how many differ, not by how much
+            n = int(np.count_nonzero(a != b))
+            if n:
+                self.differ(where, f"{n} of {a.size} value(s) differ")
+        elif a.dtype.kind in "biufc" and b.dtype.kind in "biufc":
+            fa, fb = a.astype(np.float64), b.astype(np.float64)
+            both_nan = np.isnan(fa) & np.isnan(fb)
+            delta = np.where(both_nan, 0.0, np.abs(fa - fb))
+            diff = float(np.nanmax(np.where(np.isnan(delta), np.inf, delta)))
+            finite = np.abs(fa[np.isfinite(fa)])
+            value = float(finite.max()) if finite.size else 0.0
+            self.max_value = value if self.max_value is None else max(self.max_value, value)
+            if diff > self.atol:
+                self.max_diff = diff if self.max_diff is None else max(self.max_diff, diff)
+                n = int(np.count_nonzero(delta > self.atol))
+                self.differ(where, f"{n} of {a.size} value(s) differ")
+        elif not np.array_equal(a, b):
+            self.differ(where, "values differ")
+
+    def walk(self, where: str, a: Any, b: Any) -> None:
+        arr_a, arr_b = _to_array(a), _to_array(b)
+        if arr_a is not None or arr_b is not None:
+            self.numbers(where, a if arr_a is None else arr_a, b if arr_b is None else arr_b)
+        elif isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys = list(dict.fromkeys([*a.keys(), *b.keys()]))
+            for key in keys:
+                sub = f"{where}[{key!r}]"
+                if key in a and key in b:
+                    self.walk(sub, a[key], b[key])
+                else:
+                    present = a.get(key, b.get(key))
+                    # Sparse outputs (token -> weight) drop zero weights: a missing key is a 0.
+                    if _is_number(present):
+                        self.numbers(sub, a.get(key, 0.0), b.get(key, 0.0))
+                    else:
+                        self.differ(sub, "present in one run only")
+        elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            if len(a) != len(b):
+                self.differ(where, f"length {len(a)} vs {len(b)}")
+                return
+            if a and all(_is_number(x) for x in a) and all(_is_number(x) for x in b):
+                self.numbers(where, list(a), list(b))
+                return
+            for i, (x, y) in enumerate(zip(a, b)):
+                self.walk(f"{where}[{i}]", x, y)
+        elif _is_number(a) and _is_number(b):
+            self.numbers(where, a, b)
+        elif a != b:
+            self.differ(where, f"{_short(a)} vs {_short(b)}")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, Number) and not isinstance(x, bool)
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def compare_outputs(a: Any, b: Any, *, atol: float = 0.0) -> Comparison:
+    """Compare two runs of one output (tensors, arrays, numbers, dicts, lists, strings)."""
+    diff = _Diff(atol)
+    diff.walk("", a, b)
+    if diff.identical:
+        return Comparison(True, 0.0 if diff.max_value is not None else None, diff.max_value)
+    return Comparison(False, diff.max_diff, diff.max_value, "; ".join(diff.details))
+
+
+def _named_outputs(outputs: Any) -> dict[str, Any]:
+    if isinstance(outputs, Mapping):
+        return {str(k): v for k, v in outputs.items()}
+    if isinstance(outputs, tuple) and not hasattr(outputs, "_fields"):
+        return {f"output[{i}]": v for i, v in enumerate(outputs)}
+    if hasattr(outputs, "_asdict"):
+        return dict(outputs._asdict())
+    return {"output": outputs}
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class OutputProbe:
+    """One output across the probe's runs, and what makes it vary."""
+
+    name: str
+    component: str
+    diagnosis: str
+    message: str
+    load: Comparison
+    call: Comparison | None = None
+    repeat: Comparison | None = None
+
+    @property
+    def deterministic(self) -> bool:
+        return self.diagnosis == DETERMINISTIC
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "component": self.component, "diagnosis": self.diagnosis,
+            "deterministic": self.deterministic, "message": self.message,
+            "load_seed_change": self.load.to_dict(),
+            "call_seed_change": None if self.call is None else self.call.to_dict(),
+            "same_seed_repeat": None if self.repeat is None else self.repeat.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """All outputs of a probe. ``deterministic`` when no output changes with the seed."""
+
+    seeds: tuple[int, int]
+    outputs: tuple[OutputProbe, ...]
+    separated: bool
+    random_parameters: tuple[str, ...] = ()
+    target: str | None = None
+    kind: str | None = None
+    model: str | None = None
+    elapsed_s: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def deterministic(self) -> bool:
+        return all(o.deterministic for o in self.outputs)
+
+    @property
+    def load_dependent(self) -> tuple[str, ...]:
+        """Outputs that change when only the load-time seed changes."""
+        return tuple(o.name for o in self.outputs if o.diagnosis in (LOAD_RANDOM, LOAD_AND_CALL_RANDOM))
+
+    @property
+    def call_dependent(self) -> tuple[str, ...]:
+        """Outputs that change when only the call-time seed changes."""
+        return tuple(o.name for o in self.outputs if o.diagnosis in (CALL_RANDOM, LOAD_AND_CALL_RANDOM))
+
+    def output(self, name: str) -> OutputProbe:
+        for o in self.outputs:
+            if o.name == name:
+                return o
+        raise KeyError(f"no output {name!r}; outputs: {', '.join(o.name for o in self.outputs)}")
+
+    def summary(self) -> str:
+        if self.deterministic:
+            return (f"deterministic: {len(self.outputs)} output(s) identical under seeds "
+                    f"{self.seeds[0]} and {self.seeds[1]}")
+        parts = []
+        if self.load_dependent:
+            comps = sorted({self.output(n).component for n in self.load_dependent})
+            parts.append(f"randomly initialized weights (component(s): {', '.join(comps)})")
+        if self.call_dependent:
+            parts.append(f"sampling at call time ({', '.join(self.call_dependent)})")
+        other = [o.name for o in self.outputs if o.diagnosis in (UNSEEDED, SEED_DEPENDENT)]
+        if other:
+            parts.append(f"seed-dependent or unseeded output(s): {', '.join(other)}")
+        return "NOT deterministic: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "modelguard": __version__,
+            "ok": self.deterministic,
+            "deterministic": self.deterministic,
+            "target": self.target, "model": self.model, "kind": self.kind,
+            "seeds": list(self.seeds),
+            "load_and_call_separated": self.separated,
+            "summary": self.summary(),
+            "load_dependent": list(self.load_dependent),
+            "call_dependent": list(self.call_dependent),
+            "random_parameters": list(self.random_parameters),
+            "outputs": [o.to_dict() for o in self.outputs],
+            "notes": list(self.notes),
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def format_probe(report: ProbeReport) -> str:
+    """Human-readable probe report: one block per output, then the summary."""
+    s0, s1 = report.seeds
+    head = report.model or report.target
+    lines = [f"probe{' ' + head if head else ''}{' (' + report.kind + ')' if report.kind else ''}: seeds {s0} and {s1}"]
+    width = max((len(o.name) for o in report.outputs), default=6)
+    for o in report.outputs:
+        tag = "ok  " if o.deterministic else "VARY"
+        lines.append(f"  {tag}  {o.name:<{width}}  {o.message}")
+        lines.append(f"        load seed {s0} -> {s1}: {o.load.describe()}")
+        if o.call is not None:
+            lines.append(f"        call seed {s0} -> {s1}: {o.call.describe()}")
+        if o.repeat is not None and not o.repeat.identical:
+            lines.append(f"        same seed twice:  {o.repeat.describe()}")
+    if report.random_parameters:
+        names = list(report.random_parameters)
+        lines.append(f"  parameters that differ between the two loads ({len(names)}): "
+                     + ", ".join(names[:8]) + (" ..." if len(names) > 8 else ""))
+    lines.extend(f"  note: {n}" for n in report.notes)
+    lines.append(report.summary())
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+def _diagnose(name: str, component: str, load: Comparison, call: Comparison | None,
+              repeat: Comparison | None, seeds: tuple[int, int], params: Sequence[str]) -> tuple[str, str]:
+    if repeat is not None and not repeat.identical:
+        return UNSEEDED, ("varies even with the same seed: nondeterministic kernels, or a random source "
+                          "modelguard does not seed (run it inside modelguard.deterministic())")
+    load_varies = not load.identical
+    call_varies = call is not None and not call.identical
+    random_init = (f"weights randomly initialized at load time (component {component})"
+                   + (f"; e.g. {', '.join(params[:3])}" if params else "")
+                   + "; fix the missing/broken weight file (modelguard verify), or install the guard")
+    sampling = ("sampling enabled at call time (do_sample/temperature): fix the call seed, or turn "
+                "sampling off (do_sample=False, temperature=0)")
+    if call is None:
+        if load_varies:
+            return SEED_DEPENDENT, (f"changes with the seed ({seeds[0]} vs {seeds[1]}); return a callable "
+                                    "from the loader to tell load-time from call-time randomness")
+        return DETERMINISTIC, "identical under both seeds"
+    if load_varies and call_varies:
+        return LOAD_AND_CALL_RANDOM, f"{random_init}; and {sampling}"
+    if load_varies:
+        return LOAD_RANDOM, random_init
+    if call_varies:
+        return CALL_RANDOM, sampling
+    return DETERMINISTIC, "identical under both seeds, at load and at call time"
+
+
+def _differing_parameters(a: Any, b: Any) -> tuple[str, ...]:
+    get_a, get_b = getattr(a, "state_dict", None), getattr(b, "state_dict", None)
+    if not callable(get_a) or not callable(get_b):
+        return ()
+    try:
+        sa, sb = get_a(), get_b()
+    except Exception:  # a runner's own state_dict is a convenience, never a reason to fail the probe
+        return ()
+    out = []
+    for key in sorted(set(sa) | set(sb)):
+        if key not in sa or key not in sb:
+            out.append(key)
+        elif not compare_outputs(sa[key], sb[key]).identical:
+            out.append(key)
+    return tuple(out)
+
+
+def probe(
+    load: Callable[[int], Any] | str | os.PathLike[str] | None = None,
+    *,
+    call: Callable[[Any], Any] | None = None,
+    seeds: Sequence[int] = (0, 1),
+    components: Mapping[str, str] | None = None,
+    atol: float = 0.0,
+    **model_options: Any,
+) -> ProbeReport:
+    """Find what makes outputs change with the seed; see the module docstring.
+
+    ``load(seed)`` returns a runner (no-argument callable giving the outputs), or,
+    with ``call``, a model that ``call(model)`` runs. A path or model id instead of
+    ``load`` probes that model with a built-in runner (:func:`probe_model`).
+    ``components`` names the component behind each output (default: its name);
+    ``atol`` is the largest difference still counted as identical (default exact).
+    """
+    if isinstance(load, (str, os.PathLike)):
+        return probe_model(load, seeds=seeds, atol=atol, **model_options)
+    if model_options:
+        raise UsageError(f"unexpected option(s) {', '.join(model_options)} for probe(load=...)",
+                         remedy="these options apply only when probing a model directory or id")
+    if not callable(load):
+        raise UsageError("probe needs a loader: probe(load) or probe(load=..., call=...)",
+                         expected="a callable load(seed), or a model directory / model id", actual=repr(load),
+                         remedy="modelguard.probe(lambda seed: make_pipeline())")
+    if call is not None and not callable(call):
+        raise UsageError("probe's call must be callable", expected="call(model) -> outputs", actual=repr(call))
+    seeds = tuple(seeds)
+    if len(seeds) != 2 or seeds[0] == seeds[1]:
+        raise UsageError(f"probe needs two different seeds, got {seeds!r}", expected="e.g. seeds=(0, 1)",
+                         actual=repr(seeds))
+    from .determinism import _check_seed, seeded
+
+    s0, s1 = (_check_seed(s) for s in seeds)
+    start = time.perf_counter()
+    with seeded(s0):
+        loaded_a = load(s0)
+    with seeded(s1):
+        loaded_b = load(s1)
+
+    def runner_of(loaded: Any) -> Callable[[], Any] | None:
+        if call is not None:
+            return lambda: call(loaded)
+        return loaded if callable(loaded) else None
+
+    run_a, run_b = runner_of(loaded_a), runner_of(loaded_b)
+    separated = run_a is not None and run_b is not None
+    if separated:
+        with seeded(s0):
+            out_a = _named_outputs(run_a())
+        with seeded(s0):
+            out_a_again = _named_outputs(run_a())
+        with seeded(s1):
+            out_a_s1 = _named_outputs(run_a())
+        with seeded(s0):
+            out_b = _named_outputs(run_b())
+    else:
+        out_a, out_b = _named_outputs(loaded_a), _named_outputs(loaded_b)
+        out_a_again = out_a_s1 = None
+    params = _differing_parameters(loaded_a, loaded_b)
+    components = dict(components or {})
+    results = []
+    for name in dict.fromkeys([*out_a, *out_b]):
+        component = components.get(name, name)
+        if name not in out_a or name not in out_b:
+            cmp = Comparison(False, detail="produced by one load only")
+            results.append(OutputProbe(name, component, LOAD_RANDOM if separated else SEED_DEPENDENT,
+                                       "produced under one seed only", cmp))
+            continue
+        load_cmp = compare_outputs(out_a[name], out_b[name], atol=atol)
+        call_cmp = compare_outputs(out_a[name], out_a_s1[name], atol=atol) if out_a_s1 is not None else None
+        repeat_cmp = compare_outputs(out_a[name], out_a_again[name], atol=atol) if out_a_again is not None else None
+        relevant = [p for p in params if _param_component(p, component)] or list(params)
+        diagnosis, message = _diagnose(name, component, load_cmp, call_cmp, repeat_cmp, (s0, s1), relevant)
+        results.append(OutputProbe(name, component, diagnosis, message, load_cmp, call_cmp, repeat_cmp))
+    return ProbeReport(seeds=(s0, s1), outputs=tuple(results), separated=separated,
+                       random_parameters=params, elapsed_s=time.perf_counter() - start)
+
+
+def _param_component(param: str, component: str) -> bool:
+    return param.split(".", 1)[0].startswith(component)
+
+
+# --------------------------------------------------------------------------- built-in runners
+
+
+class _Runner:
+    """A loaded model plus its fixed inputs: ``runner()`` gives the outputs."""
+
+    def __init__(self, module: Any, run: Callable[[], dict[str, Any]]) -> None:
+        self._module = module
+        self._run = run
+
+    def __call__(self) -> dict[str, Any]:
+        with contextlib.redirect_stdout(sys.stderr):
+            return self._run()
+
+    def state_dict(self) -> Any:
+        return self._module.state_dict()
+
+
+def detect_kind(directory: Path, model_id: str | None = None) -> str:
+    """``bge-m3``, ``sentence-transformers`` or ``causal-lm`` for a model directory."""
+    import json
+
+    if (directory / "colbert_linear.pt").exists() or (directory / "sparse_linear.pt").exists() \
+            or (model_id or "").lower().startswith("baai/bge-m3"):
+        return "bge-m3"
+    if (directory / "modules.json").is_file():
+        return "sentence-transformers"
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    archs = config.get("architectures") or [] if isinstance(config, dict) else []
+    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal-lm"
+    raise UsageError(
+        f"cannot tell how to run the model in {directory}",
+        path=directory,
+        expected="bge-m3 head files (colbert_linear.pt/sparse_linear.pt), a sentence-transformers modules.json, "
+                 "or a config.json whose architectures name a *ForCausalLM / *LMHeadModel",
+        actual=f"architectures: {archs or 'none'}",
+        remedy="pass --kind bge-m3|sentence-transformers|causal-lm, or probe your own pipeline with "
+               "modelguard.probe(load, call=...)",
+    )
+
+
+def _bge_m3_loader(directory: Path, texts: Sequence[str]) -> Callable[[int], _Runner]:
+    def load(seed: int) -> _Runner:
+        from FlagEmbedding import BGEM3FlagModel
+
+        with contextlib.redirect_stdout(sys.stderr):
+            model = BGEM3FlagModel(str(directory), use_fp16=False, devices="cpu")
+
+        def run() -> dict[str, Any]:
+            out = model.encode(list(texts), batch_size=len(texts), max_length=64, return_dense=True,
+                               return_sparse=True, return_colbert_vecs=True)
+            return {"dense": out["dense_vecs"], "sparse": out["lexical_weights"], "colbert": out["colbert_vecs"]}
+
+        return _Runner(model.model, run)
+
+    return load
+
+
+def _sentence_transformers_loader(directory: Path, texts: Sequence[str]) -> Callable[[int], _Runner]:
+    def load(seed: int) -> _Runner:
+        from sentence_transformers import SentenceTransformer
+
+        with contextlib.redirect_stdout(sys.stderr):
+            model = SentenceTransformer(str(directory), device="cpu")
+        return _Runner(model, lambda: {"embeddings": model.encode(list(texts), show_progress_bar=False)})
+
+    return load
+
+
+def _causal_lm_loader(directory: Path, texts: Sequence[str], max_new_tokens: int) -> Callable[[int], _Runner]:
+    def load(seed: int) -> _Runner:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with contextlib.redirect_stdout(sys.stderr):
+            model = AutoModelForCausalLM.from_pretrained(str(directory)).eval()
+            prompts = _lm_prompts(directory, texts, model.config)
+
+        def run() -> dict[str, Any]:
+            logits, generated = [], []
+            pad = model.generation_config.pad_token_id
+            if pad is None:
+                pad = model.generation_config.eos_token_id
+            if isinstance(pad, list):
+                pad = pad[0] if pad else None
+            with torch.no_grad():
+                for ids in prompts:
+                    logits.append(model(ids).logits[0, -1])
+                    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                         min_new_tokens=max_new_tokens, pad_token_id=pad)
+                    generated.append(out[0, ids.shape[1]:])
+            return {"logits": logits, "generated_ids": generated}
+
+        return _Runner(model, run)
+
+    return load
+
+
+def _lm_prompts(directory: Path, texts: Sequence[str], config: Any) -> list[Any]:
+    import torch
+
+    has_tokenizer = any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json",
+                                                            "tokenizer.model", "vocab.json"))
+    if has_tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        prompts = [torch.tensor([tokenizer(t)["input_ids"]]) for t in texts]
+        if all(p.shape[1] > 0 for p in prompts):
+            return prompts
+    vocab = int(getattr(config, "vocab_size", 0) or 2)
+    return [torch.tensor([[(7 * i + 3 * j) % vocab for j in range(4 + i)]]) for i in range(len(texts))]
+
+
+def probe_model(
+    target: str | os.PathLike[str],
+    *,
+    kind: str | None = None,
+    seeds: Sequence[int] = (0, 1),
+    texts: Sequence[str] = PROBE_TEXTS,
+    max_new_tokens: int = 8,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    atol: float = 0.0,
+) -> ProbeReport:
+    """Probe a model directory or a cached model id with a built-in runner.
+
+    bge-m3 (FlagEmbedding): outputs ``dense``, ``sparse``, ``colbert``;
+    sentence-transformers: ``embeddings``; causal LMs (transformers): ``logits``
+    (next-token logits of each prompt) and ``generated_ids`` (``generate`` with
+    the model's own generation config). Nothing is downloaded.
+    """
+    from .auditing import locate_model
+
+    if kind is not None and kind not in KINDS:
+        raise UsageError(f"unknown model kind {kind!r}", expected="one of: " + ", ".join(KINDS), actual=kind)
+    if max_new_tokens < 1:
+        raise UsageError("max_new_tokens must be at least 1", actual=max_new_tokens)
+    located = locate_model(target, revision=revision, cache_dir=cache_dir)
+    directory = located.directory
+    kind = kind or detect_kind(directory, located.model)
+    texts = tuple(texts)
+    if kind == "bge-m3":
+        loader, comps = _bge_m3_loader(directory, texts), BGE_M3_COMPONENTS
+    elif kind == "sentence-transformers":
+        loader, comps = _sentence_transformers_loader(directory, texts), {"embeddings": "model"}
+    else:
+        loader = _causal_lm_loader(directory, texts, max_new_tokens)
+        comps = {"logits": "model", "generated_ids": "model"}
+    report = probe(loader, seeds=seeds, components=comps, atol=atol)
+    notes: list[str] = []
+    if kind == "bge-m3" and report.load_dependent:
+        missing = [n for n in ("colbert_linear.pt", "sparse_linear.pt") if not (directory / n).is_file()]
+        if missing:
+            notes.append(f"missing in {directory}: {', '.join(missing)}; FlagEmbedding then builds BOTH the "
+                         "sparse and colbert heads with random weights (it logs this only at INFO level)")
+    return ProbeReport(
+        seeds=report.seeds, outputs=report.outputs, separated=report.separated,
+        random_parameters=report.random_parameters, target=str(target), kind=kind, model=located.model,
+        elapsed_s=report.elapsed_s, notes=tuple(notes),
+    )
+
+
+__all__ = ["probe", "probe_model", "ProbeReport", "OutputProbe", "Comparison", "compare_outputs",
+           "detect_kind", "format_probe", "KINDS"]
