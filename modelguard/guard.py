@@ -496,14 +496,16 @@ def check_before_load(
         if not wanted:
             return resolved
     directory = resolved.directory
+    fetched = None
     if directory is None:
-        directory = _download(resolved, wanted, policy)
+        fetched = _download(resolved, wanted, policy, cache_dir)
+        directory = Path(fetched.directory)
         resolved = ResolvedModel(resolved.model_id, resolved.revision, directory, manifest, resolved.how)
     key = (os.path.realpath(directory), ",".join(wanted) if wanted is not None else "*")
     done = _verified.get()
     if done is not None and (key in done or (key[0], "*") in done):
         return resolved
-    report = _verify(manifest, directory, wanted)
+    report = fetched if fetched is not None else _verify(manifest, directory, wanted)
     if not report.ok:
         if on_failure == "repair" and not policy.effective_offline():
             _repair(manifest, directory, wanted, report)
@@ -555,51 +557,45 @@ def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loa
     if unknown == "refuse":
         raise ManifestNotFoundError(
             message.replace("so its files are not verified; random initialization is still refused",
-                            f"and {ENV_UNKNOWN}=refuse forbids loading unverified models"),
+                            "and the unknown-model policy 'refuse' forbids loading unverified models"),
             path=where, remedy=remedy,
         )
     warnings.warn(f"{message}\n  fix: {remedy}", UnknownModelWarning, stacklevel=4)
 
 
-def _download(resolved: ResolvedModel, components: list[str] | None, policy: Policy) -> Path:
-    """A Hub model with a manifest but not in the cache: fetch exactly its pinned files."""
+def _download(resolved: ResolvedModel, components: list[str] | None, policy: Policy,
+              cache_dir: str | os.PathLike[str] | None) -> Any:
+    """A Hub model with a manifest but not in the cache: fetch exactly its pinned files.
+
+    Returns the verification report of the fetched files.
+    """
     manifest = resolved.manifest
     assert manifest is not None and resolved.model_id is not None
-    fetch = f"modelguard fetch {manifest.model}" + (f" --revision {manifest.revision}" if manifest.revision else "")
+    fetch_cmd = f"modelguard fetch {manifest.model}" + (f" --revision {manifest.revision}" if manifest.revision else "")
     if policy.effective_offline():
         from .errors import OfflineError
 
         raise OfflineError(
             f"{manifest.model} is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE)",
             expected=f"a snapshot of {manifest.model}" + (f" at {manifest.revision}" if manifest.revision else ""),
-            actual="no snapshot in " + str(_hf_cache()),
-            remedy=f"run `{fetch}` while online, then load again",
+            actual="no snapshot in " + str(_hf_cache(cache_dir)),
+            remedy=f"run `{fetch_cmd}` while online, then load again",
         )
-    entries = manifest.files if components is None else manifest.files_of(*components)
-    required = [e.path for e in entries if manifest.components[e.component].required]
     try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(
-            manifest.model, revision=resolved.revision or manifest.revision, allow_patterns=required,
-        )
-    except Exception as exc:  # huggingface_hub raises many types; all mean "not downloaded"
-        from .errors import DownloadError
-
-        raise DownloadError(
-            f"{manifest.model} is not in the Hugging Face cache and downloading it failed: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            expected=f"{len(required)} file(s) of {manifest.model} in the cache",
-            actual="no snapshot in " + str(_hf_cache()),
-            remedy=f"check the network and HF_ENDPOINT, then run `{fetch}`",
+        from .hub import fetch
+    except ImportError:
+        raise ModelGuardError(
+            f"{manifest.model} is not in the Hugging Face cache, and this installation of modelguard cannot download",
+            expected="modelguard with Hub support (modelguard.hub.fetch)", actual="no modelguard.hub",
+            remedy="download the model first (huggingface-cli download), then load again",
         ) from None
-    return Path(folder)
+    return fetch(manifest, resolved.revision, components=components, cache_dir=cache_dir)
 
 
-def _hf_cache() -> Path:
+def _hf_cache(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     from .hfcache import hf_cache_dir
 
-    return hf_cache_dir()
+    return hf_cache_dir(cache_dir)
 
 
 def _repair(manifest: Manifest, directory: Path, components: list[str] | None, report: Any) -> None:
