@@ -1,20 +1,37 @@
-"""Digests of files: every digest a file needs from one read of it."""
+"""Digests of files: every digest a file needs from one read of it, at the speed of the hardware.
+
+A file is read once, whatever the number of digests. Small files are hashed in the calling
+thread. Large ones go through a pipeline: the calling thread reads chunks into a small ring of
+buffers and one thread per digest hashes them. Reading overlaps hashing, and two digests
+(md5 + sha256) cost the wall time of the slower one, not the sum: hashlib releases the GIL
+while it hashes. Several files are hashed in parallel by :func:`hash_files` (and by
+:func:`modelguard.verify`).
+
+``hashlib``, ``threading`` and ``queue`` are imported on first use, so importing this module
+(and ``modelguard``) stays cheap.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 CHUNK_SIZE = 1 << 20
+# Below this size a file is hashed in the calling thread: starting threads costs more than
+# the overlap saves.
+PIPELINE_MIN_SIZE = 8 << 20
+# Chunks in flight per file in the pipeline (memory: RING_BUFFERS * CHUNK_SIZE per file).
+RING_BUFFERS = 4
 
 
 class FileChangedError(OSError):
     """The file changed (size, mtime, inode) while it was being read."""
 
 
-def new_hasher(algorithm: str, size: int) -> "hashlib._Hash":
+def new_hasher(algorithm: str, size: int) -> Any:
     """A fresh hasher. ``git_sha1`` is git's blob id: sha1 of ``blob <size>\\0`` + content."""
+    import hashlib
+
     if algorithm == "sha256":
         return hashlib.sha256()
     if algorithm == "md5":
@@ -26,8 +43,10 @@ def new_hasher(algorithm: str, size: int) -> "hashlib._Hash":
     raise ValueError(f"unknown digest algorithm {algorithm!r}")
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What identifies one version of a file's content: device, inode, size, mtime, ctime."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 
 def hash_fd(
@@ -36,8 +55,12 @@ def hash_fd(
     *,
     progress: Callable[[int], None] | None = None,
     chunk_size: int = CHUNK_SIZE,
+    threads: bool | None = None,
 ) -> dict[str, str]:
     """Hash the open file ``fd`` (from its start) with every algorithm in one read.
+
+    ``threads`` forces the pipeline on (True) or off (False); by default it is used for
+    files of :data:`PIPELINE_MIN_SIZE` bytes or more.
 
     Raises :class:`FileChangedError` when the file's size, mtime or inode differ
     after the read from before it, so a file being written is never reported
@@ -47,24 +70,99 @@ def hash_fd(
     before = os.fstat(fd)
     hashers = [new_hasher(a, before.st_size) for a in algorithms]
     updates = [h.update for h in hashers]
+    if threads is None:
+        threads = before.st_size >= PIPELINE_MIN_SIZE
+    os.lseek(fd, 0, os.SEEK_SET)
+    if threads:
+        total = _read_pipelined(fd, updates, progress, chunk_size)
+    else:
+        total = _read_serial(fd, updates, progress, chunk_size)
+    after = os.fstat(fd)
+    if stat_key(before) != stat_key(after) or total != after.st_size:
+        raise FileChangedError(f"file changed while it was read ({total} bytes read, size now {after.st_size})")
+    return {a: h.hexdigest() for a, h in zip(algorithms, hashers)}
+
+
+def _read_serial(fd: int, updates: Sequence[Callable[[Any], None]],
+                 progress: Callable[[int], None] | None, chunk_size: int) -> int:
     buf = bytearray(chunk_size)
     view = memoryview(buf)
     total = 0
-    os.lseek(fd, 0, os.SEEK_SET)
     while True:
         n = os.readv(fd, [buf])
         if not n:
-            break
+            return total
         chunk = view[:n]
         for update in updates:
             update(chunk)
         total += n
         if progress is not None:
             progress(n)
-    after = os.fstat(fd)
-    if _stat_key(before) != _stat_key(after) or total != after.st_size:
-        raise FileChangedError(f"file changed while it was read ({total} bytes read, size now {after.st_size})")
-    return {a: h.hexdigest() for a, h in zip(algorithms, hashers)}
+
+
+def _read_pipelined(fd: int, updates: Sequence[Callable[[Any], None]],
+                    progress: Callable[[int], None] | None, chunk_size: int) -> int:
+    """Read in this thread into a ring of buffers; hash in one thread per digest.
+
+    Chunk ``i`` goes into buffer ``i % RING_BUFFERS``. Each digest thread owns a semaphore
+    of RING_BUFFERS slots: the reader takes a slot of every digest thread before filling a
+    buffer, a digest thread gives one back after hashing a chunk, so a buffer is refilled
+    only once every digest thread is done with it.
+    """
+    import queue
+    import threading
+
+    bufs = [bytearray(chunk_size) for _ in range(RING_BUFFERS)]
+    views = [memoryview(b) for b in bufs]
+    slots = [threading.Semaphore(RING_BUFFERS) for _ in updates]
+    queues: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in updates]
+    errors: list[BaseException] = []
+
+    def hash_chunks(update: Callable[[Any], None], chunks: queue.SimpleQueue, slot: threading.Semaphore) -> None:
+        failed = False
+        while True:
+            chunk = chunks.get()
+            if chunk is None:
+                return
+            if not failed:
+                try:
+                    update(chunk)
+                except BaseException as exc:  # reported by the reader; keep draining
+                    errors.append(exc)
+                    failed = True
+            slot.release()
+
+    workers = [
+        threading.Thread(target=hash_chunks, args=(u, q, s), name="modelguard-hash", daemon=True)
+        for u, q, s in zip(updates, queues, slots)
+    ]
+    for w in workers:
+        w.start()
+    total = 0
+    i = 0
+    try:
+        while not errors:
+            for slot in slots:
+                slot.acquire()
+            k = i % RING_BUFFERS
+            n = os.readv(fd, [bufs[k]])
+            if not n:
+                break
+            chunk = views[k][:n]
+            for q in queues:
+                q.put(chunk)
+            total += n
+            i += 1
+            if progress is not None:
+                progress(n)
+    finally:
+        for q in queues:
+            q.put(None)
+        for w in workers:
+            w.join()
+    if errors:
+        raise errors[0]
+    return total
 
 
 def hash_file(
@@ -72,13 +170,38 @@ def hash_file(
     algorithms: Iterable[str] = ("sha256",),
     *,
     progress: Callable[[int], None] | None = None,
+    threads: bool | None = None,
 ) -> dict[str, str]:
     """Digests of the file at ``path``: ``{"sha256": "...", ...}``."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return hash_fd(fd, algorithms, progress=progress)
+        return hash_fd(fd, algorithms, progress=progress, threads=threads)
     finally:
         os.close(fd)
+
+
+def hash_files(
+    paths: Iterable[str | os.PathLike[str]],
+    algorithms: Iterable[str] = ("sha256",),
+    *,
+    max_workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, str]]:
+    """Digests of several files, hashed in parallel threads: ``{path: {algorithm: hex}}``.
+
+    Largest files start first so the pool does not end waiting on one big file.
+    An unreadable file raises its ``OSError``.
+    """
+    algorithms = tuple(dict.fromkeys(algorithms))
+    sized = sorted(((os.fspath(p), os.stat(p).st_size) for p in paths), key=lambda ps: -ps[1])
+    workers = max_workers or min(len(sized), os.cpu_count() or 2, 8) or 1
+    if workers == 1:
+        return {p: hash_file(p, algorithms, progress=progress) for p, _ in sized}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda p: hash_file(p, algorithms, progress=progress), [p for p, _ in sized])
+        return dict(zip((p for p, _ in sized), results))
 
 
 def hash_bytes(data: bytes, algorithms: Iterable[str] = ("sha256",)) -> dict[str, str]:

@@ -10,7 +10,6 @@ import os
 import re
 import stat
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -280,7 +279,9 @@ class _Checker:
             return tuple(a for a in DIGEST_ALGORITHMS if a in entry.digests)
         return (entry.strongest_digest[0],)
 
-    def check(self, entry: FileEntry) -> FileResult:
+    def check(self, entry: FileEntry, *, hash_content: bool = True, use_cache: bool = True) -> FileResult | None:
+        """The result for ``entry``. With ``hash_content=False``, None when only reading
+        the file could tell (no cache hit); ``use_cache=False`` skips the cache lookup."""
         path = self.directory / entry.path
         # Symlinks: a link may only resolve inside the model directory (or, for a
         # Hugging Face cache snapshot, into that repository's blobs folder).
@@ -312,10 +313,15 @@ class _Checker:
                 entry, "not_a_file", f"is a {kind}, not a regular file; not opened",
                 actual={"type": kind}, remedy=f"replace {path} with the real file",
             )
-        if self.cache is not None:
-            hit = self.cache.lookup(path, st, self.algorithms_for(entry))
+        if self.cache is not None and use_cache and st.st_size == entry.size:
+            hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
             if hit is not None:
-                return self._compare(entry, st.st_size, hit, None, cached=True)
+                cached = self._compare(entry, st.st_size, hit, None, cached=True)
+                if cached.ok:
+                    return cached
+                # a mismatch is diagnosed from the bytes themselves (zero fill, error page)
+        if not hash_content:
+            return None
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except PermissionError as exc:
@@ -339,7 +345,7 @@ class _Checker:
                 return self.result(entry, "unreadable", f"read error: {exc.strerror or exc}")
             result = self._compare(entry, st.st_size, digests, fd)
             if result.ok and self.cache is not None:
-                self.cache.store(path, st, digests)
+                self.cache.store(resolved, st, digests)
             return result
         finally:
             os.close(fd)
@@ -497,7 +503,7 @@ def verify(
     components: Iterable[str] | None = None,
     strict_extra: bool = False,
     all_digests: bool = False,
-    cache: Any = None,
+    cache: Any = True,
     progress: Callable[[int], None] | None = None,
     max_workers: int | None = None,
 ) -> VerifyReport:
@@ -505,8 +511,11 @@ def verify(
 
     ``components`` limits the check to those components; ``strict_extra`` makes
     files absent from the manifest a failure; ``all_digests`` checks every digest
-    listed instead of the strongest one; ``cache`` is a digest cache with
-    ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
+    listed instead of the strongest one. ``cache``: True (default) remembers the digests of
+    files that verified in the user's durable cache (:mod:`modelguard.statcache`) so an
+    unchanged file later costs a stat; False re-hashes every file; a directory uses a cache
+    there; or any object with ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
+    Files are hashed in parallel threads (``max_workers``), largest first.
     """
     from .manifest import load_manifest
 
@@ -536,18 +545,33 @@ def verify(
                 expected="one of: " + ", ".join(manifest.components), actual=", ".join(sorted(unknown)),
             )
         entries = tuple(e for e in entries if e.component in wanted)
+    from .statcache import resolve_cache
+
     checker = _Checker(
-        manifest, root, all_digests=all_digests, cache=cache,
+        manifest, root, all_digests=all_digests, cache=resolve_cache(cache),
         remedy=default_remedy(manifest, root), progress=progress,
     )
+    # First every check that needs no read (missing, wrong size, cache hit), in this
+    # thread: an unchanged model then costs a stat per file and starts no thread.
+    results: dict[str, FileResult] = {}
+    to_hash: list[FileEntry] = []
+    for e in entries:
+        r = checker.check(e, hash_content=False)
+        if r is None:
+            to_hash.append(e)
+        else:
+            results[e.path] = r
     # Largest files first so the parallel pool does not end on one big file.
-    order = sorted(entries, key=lambda e: -e.size)
+    order = sorted(to_hash, key=lambda e: -e.size)
     workers = max_workers or min(len(order), os.cpu_count() or 2, 8) or 1
     if workers == 1 or len(order) <= 1:
-        results = {e.path: checker.check(e) for e in order}
+        results.update((e.path, checker.check(e, use_cache=False)) for e in order)
     else:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = dict(zip((e.path for e in order), pool.map(checker.check, order)))
+            hashed = pool.map(lambda e: checker.check(e, use_cache=False), order)
+            results.update(zip((e.path for e in order), hashed))
     ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
     extra = list_extra_files(manifest, root) if components is None else ()
     return VerifyReport(

@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="check every digest listed (default: the strongest one)")
     p.add_argument("--scan", action="store_true",
                    help="also scan pickle-based weights for code and check safetensors headers (unsafe: exit 1)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="re-hash every file; do not use or update the verified-digest cache")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     p.set_defaults(run=run)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = verify(
             manifest, directory, components=components, strict_extra=args.strict,
-            all_digests=args.all_digests, progress=progress,
+            all_digests=args.all_digests, progress=progress, cache=not args.no_cache,
         )
     finally:
         progress.close()
