@@ -1,0 +1,178 @@
+"""The transformers hook on real tiny BERT checkpoints made here."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+import modelguard
+from modelguard import guard
+from modelguard.errors import RandomInitError, VerificationError
+
+from _tiny_bert import sample_inputs, save_tiny_bert
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-bert")
+    return {
+        "base": save_tiny_bert(root / "base", "BertModel"),
+        "seqcls": save_tiny_bert(root / "seqcls", "BertForSequenceClassification"),
+        "mlm": save_tiny_bert(root / "mlm", "BertForMaskedLM"),
+    }
+
+
+@pytest.fixture(autouse=True)
+def installed():
+    guard.uninstall()
+    modelguard.install(unknown="allow")
+    yield
+    guard.uninstall()
+
+
+def with_manifest(src: Path, dst: Path, model: str = "acme/tiny-bert") -> Path:
+    shutil.copytree(src, dst)
+    modelguard.save_manifest(modelguard.build_manifest(dst, model), dst / "modelguard.yaml")
+    return dst
+
+
+def test_classification_head_from_base_checkpoint_is_refused(checkpoints):
+    with pytest.raises(RandomInitError) as info:
+        transformers.BertForSequenceClassification.from_pretrained(checkpoints["base"])
+    err = info.value
+    assert err.keys == ("classifier.bias", "classifier.weight")
+    text = str(err)
+    assert "BertForSequenceClassification.from_pretrained" in text
+    assert "2 weight(s) were not in the checkpoint and would be randomly initialized: " \
+           "classifier.bias, classifier.weight" in text
+    assert "allow_random_init(keys='classifier.*')" in text
+
+
+def test_auto_class_goes_through_the_same_check(checkpoints):
+    with pytest.raises(RandomInitError, match="classifier.bias, classifier.weight"):
+        transformers.AutoModelForSequenceClassification.from_pretrained(checkpoints["base"])
+
+
+def test_allow_random_init_keys_lets_the_new_head_be_built(checkpoints):
+    with modelguard.allow_random_init(keys="classifier.*"):
+        model, info = transformers.BertForSequenceClassification.from_pretrained(
+            checkpoints["base"], output_loading_info=True,
+        )
+    assert isinstance(model, transformers.BertForSequenceClassification)
+    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+    # the opt-out ends with the block
+    with pytest.raises(RandomInitError):
+        transformers.BertForSequenceClassification.from_pretrained(checkpoints["base"])
+
+
+def test_an_opt_out_for_other_keys_does_not_cover_the_head(checkpoints):
+    with modelguard.allow_random_init(keys="pooler.*"), modelguard.allow_random_init("colbert"):
+        with pytest.raises(RandomInitError, match="classifier"):
+            transformers.BertForSequenceClassification.from_pretrained(checkpoints["base"])
+
+
+def test_environment_opt_out(checkpoints, monkeypatch):
+    monkeypatch.setenv("MODELGUARD_ALLOW_RANDOM_INIT", "keys=classifier.*")
+    model = transformers.BertForSequenceClassification.from_pretrained(checkpoints["base"])
+    assert isinstance(model, transformers.BertForSequenceClassification)
+
+
+def test_head_reinitialized_for_a_size_mismatch_is_refused(checkpoints):
+    with pytest.raises(RandomInitError) as info:
+        transformers.BertForSequenceClassification.from_pretrained(
+            checkpoints["seqcls"], num_labels=5, ignore_mismatched_sizes=True,
+        )
+    assert set(info.value.keys) == {"classifier.weight", "classifier.bias"}
+
+
+def test_complete_model_loads_with_outputs_identical_to_an_unguarded_load(checkpoints):
+    inputs = sample_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", guard.GuardWarning)
+        guarded = transformers.BertForSequenceClassification.from_pretrained(checkpoints["seqcls"])
+    with torch.no_grad():
+        guarded_out = guarded(**inputs).logits
+    guard.uninstall()
+    plain = transformers.BertForSequenceClassification.from_pretrained(checkpoints["seqcls"])
+    with torch.no_grad():
+        plain_out = plain(**inputs).logits
+    assert torch.equal(guarded_out, plain_out)
+    for (name, a), (_, b) in zip(guarded.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_tied_weights_and_buffers_are_not_false_positives(checkpoints):
+    # BertForMaskedLM ties its decoder to the word embeddings, and BERT keeps
+    # position_ids / token_type_ids buffers that checkpoints do not store.
+    model = transformers.BertForMaskedLM.from_pretrained(checkpoints["mlm"])
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    base = transformers.BertModel.from_pretrained(checkpoints["base"])
+    assert base.embeddings.position_ids.shape[-1] == base.config.max_position_embeddings
+
+
+def test_base_model_from_a_masked_lm_checkpoint_names_the_new_pooler(checkpoints):
+    with pytest.raises(RandomInitError) as info:
+        transformers.AutoModel.from_pretrained(checkpoints["mlm"])
+    assert info.value.keys == ("pooler.dense.bias", "pooler.dense.weight")
+
+
+def test_files_are_verified_before_the_model_is_built(checkpoints, tmp_path):
+    d = with_manifest(checkpoints["seqcls"], tmp_path / "seqcls")
+    weights = d / "model.safetensors"
+    # Truncated: safetensors itself would fail with a header error; the guard must speak first.
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(VerificationError) as info:
+        transformers.BertForSequenceClassification.from_pretrained(d)
+    text = str(info.value)
+    assert "modelguard refused to load acme/tiny-bert (transformers BertForSequenceClassification.from_pretrained)" in text
+    assert "model.safetensors [model]: truncated:" in text
+    assert "fix:" in text
+
+
+def test_flipped_byte_in_weights_is_refused_and_warn_policy_loads(checkpoints, tmp_path, monkeypatch):
+    d = with_manifest(checkpoints["seqcls"], tmp_path / "seqcls")
+    weights = d / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor's bytes: loads fine, silently different
+    weights.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match=r"model.safetensors \[model\]: right size, wrong content"):
+        transformers.BertForSequenceClassification.from_pretrained(d)
+
+    monkeypatch.setenv("MODELGUARD_POLICY", "warn")
+    with pytest.warns(guard.GuardWarning, match="loading despite failed checks: acme/tiny-bert"):
+        model = transformers.BertForSequenceClassification.from_pretrained(d)
+    assert isinstance(model, transformers.BertForSequenceClassification)
+
+
+def test_only_the_components_transformers_reads_are_checked(checkpoints, tmp_path):
+    d = with_manifest(checkpoints["seqcls"], tmp_path / "seqcls")
+    (d / "tokenizer.json").write_text('{"truncation": null}')
+    modelguard.save_manifest(modelguard.build_manifest(d, "acme/tiny-bert"), d / "modelguard.yaml")
+    (d / "tokenizer.json").write_text('{"truncation": 1}')  # broken tokenizer, weights intact
+    model = transformers.BertForSequenceClassification.from_pretrained(d)
+    assert isinstance(model, transformers.BertForSequenceClassification)
+
+
+def test_random_init_is_refused_for_unknown_models_too(checkpoints, monkeypatch):
+    monkeypatch.setenv("MODELGUARD_UNKNOWN", "warn")
+    guard.uninstall()
+    modelguard.install()
+    with pytest.warns(guard.UnknownModelWarning), pytest.raises(RandomInitError):
+        transformers.BertForSequenceClassification.from_pretrained(checkpoints["base"])
+
+
+def test_without_the_guard_the_head_is_silently_random(checkpoints):
+    guard.uninstall()
+    outputs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = transformers.BertForSequenceClassification.from_pretrained(checkpoints["base"])
+        with torch.no_grad():
+            outputs.append(model(**sample_inputs()).logits)
+    assert not torch.equal(outputs[0], outputs[1])
