@@ -25,6 +25,7 @@ HOOKS: dict[str, str] = {
     # alone (tokenizers only) does not pull in torch because of modelguard.
     "transformers.modeling_utils": "modelguard.hooks.transformers",
     "sentence_transformers": "modelguard.hooks.sentence_transformers",
+    "FlagEmbedding": "modelguard.hooks.flagembedding",
 }
 
 MARKER = "__modelguard_wrapped__"
