@@ -1,0 +1,191 @@
+"""One read per file for every digest, in the calling thread or through the pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelguard import hashing
+from modelguard.hashing import FileChangedError, hash_bytes, hash_fd, hash_file, hash_files, new_hasher
+
+ALGORITHMS = ("sha256", "md5", "git_sha1")
+
+
+def reference(data: bytes) -> dict[str, str]:
+    """Digests computed straight with hashlib (and git's blob header), not by modelguard."""
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "md5": hashlib.md5(data).hexdigest(),
+        "git_sha1": hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest(),
+    }
+
+
+def hash_path(path, algorithms, *, threads, chunk_size=hashing.CHUNK_SIZE, progress=None):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return hash_fd(fd, algorithms, threads=threads, chunk_size=chunk_size, progress=progress)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["serial", "pipelined"])
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 5 * 4096 + 17, 64 * 4096])
+def test_digests_match_hashlib(tmp_path, size, threads):
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    # a 4 KiB chunk size makes the pipeline wrap around its ring of buffers many times
+    got = hash_path(path, ALGORITHMS, threads=threads, chunk_size=4096)
+    assert got == reference(data)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=50_000), chunk_size=st.integers(min_value=1, max_value=9000),
+       threads=st.booleans())
+def test_any_content_any_chunking(tmp_path_factory, data, chunk_size, threads):
+    path = tmp_path_factory.mktemp("h") / "f.bin"
+    path.write_bytes(data)
+    assert hash_path(path, ("md5", "sha256"), threads=threads, chunk_size=chunk_size) == {
+        k: v for k, v in reference(data).items() if k in ("md5", "sha256")
+    }
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_git_sha1_is_gits_blob_id(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"hidden_size": 32}\n')
+    git = subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True)
+    assert hash_file(path, ["git_sha1"]) == {"git_sha1": git.stdout.strip()}
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["serial", "pipelined"])
+def test_one_read_for_all_digests(tmp_path, monkeypatch, threads):
+    data = os.urandom(300_000)
+    path = tmp_path / "w.bin"
+    path.write_bytes(data)
+    read_bytes = []
+    real_readv = os.readv
+
+    def counting_readv(fd, buffers):
+        n = real_readv(fd, buffers)
+        read_bytes.append(n)
+        return n
+
+    monkeypatch.setattr(os, "readv", counting_readv)
+    got = hash_path(path, ALGORITHMS, threads=threads, chunk_size=65536)
+    assert got == reference(data)
+    assert sum(read_bytes) == len(data), "the file was read more than once"
+
+
+def test_pipeline_hashes_each_digest_in_its_own_thread(tmp_path, monkeypatch):
+    path = tmp_path / "w.bin"
+    path.write_bytes(os.urandom(200_000))
+    threads_of: dict[str, set[int]] = {}
+    real_new_hasher = hashing.new_hasher
+
+    class Recording:
+        def __init__(self, algorithm, size):
+            self.inner = real_new_hasher(algorithm, size)
+            self.algorithm = algorithm
+
+        def update(self, chunk):
+            threads_of.setdefault(self.algorithm, set()).add(threading.get_ident())
+            self.inner.update(chunk)
+
+        def hexdigest(self):
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(hashing, "new_hasher", Recording)
+    got = hash_path(path, ("md5", "sha256"), threads=True, chunk_size=16384)
+    assert got == {k: v for k, v in reference(path.read_bytes()).items() if k in ("md5", "sha256")}
+    assert len(threads_of["md5"]) == 1 and len(threads_of["sha256"]) == 1
+    md5_thread, = threads_of["md5"]
+    sha_thread, = threads_of["sha256"]
+    assert md5_thread != sha_thread, "md5 and sha256 were computed one after the other in one thread"
+    assert threading.get_ident() not in (md5_thread, sha_thread)
+
+
+def test_large_files_use_the_pipeline_by_default(tmp_path, monkeypatch):
+    calls = []
+    real = hashing._read_pipelined
+
+    def spy(*args):
+        calls.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(hashing, "_read_pipelined", spy)
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 1000)
+    hash_file(small)
+    assert calls == []
+    monkeypatch.setattr(hashing, "PIPELINE_MIN_SIZE", 1000)
+    assert hash_file(small) == {"sha256": hashlib.sha256(b"x" * 1000).hexdigest()}
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["serial", "pipelined"])
+def test_progress_counts_every_byte(tmp_path, threads):
+    path = tmp_path / "p.bin"
+    path.write_bytes(os.urandom(100_001))
+    seen = []
+    hash_path(path, ["sha256"], threads=threads, chunk_size=8192, progress=seen.append)
+    assert sum(seen) == 100_001
+    assert len(seen) == 13
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["serial", "pipelined"])
+def test_file_growing_while_read_is_refused(tmp_path, threads):
+    path = tmp_path / "growing.bin"
+    path.write_bytes(os.urandom(64 * 1024))
+    appended = []
+
+    def writer(_n):
+        if not appended:
+            with open(path, "ab") as f:
+                f.write(b"more bytes")
+            appended.append(True)
+
+    with pytest.raises(FileChangedError, match=r"file changed while it was read \(\d+ bytes read, size now 65546\)"):
+        hash_path(path, ["sha256"], threads=threads, chunk_size=4096, progress=writer)
+
+
+def test_read_error_in_pipeline_is_raised_and_threads_end(tmp_path):
+    before = {t for t in threading.enumerate() if t.name == "modelguard-hash"}
+    fd = os.open(tmp_path, os.O_RDONLY)  # a directory: fstat works, read fails
+    try:
+        with pytest.raises(IsADirectoryError):
+            hash_fd(fd, ("md5", "sha256"), threads=True)
+    finally:
+        os.close(fd)
+    after = {t for t in threading.enumerate() if t.name == "modelguard-hash"}
+    assert after == before, "digest threads were left running"
+
+
+def test_hash_files_in_parallel_matches_one_by_one(tmp_path):
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"f{i}.bin"
+        p.write_bytes(os.urandom(1000 * (i + 1)))
+        paths.append(p)
+    got = hash_files(paths, ("sha256", "md5"), max_workers=4)
+    assert set(got) == {str(p) for p in paths}
+    for p in paths:
+        assert got[str(p)] == {k: v for k, v in reference(p.read_bytes()).items() if k in ("sha256", "md5")}
+
+
+def test_hash_bytes_equals_hash_file(tmp_path):
+    data = b"tokenizer bytes" * 999
+    (tmp_path / "t").write_bytes(data)
+    assert hash_bytes(data, ALGORITHMS) == hash_file(tmp_path / "t", ALGORITHMS) == reference(data)
+
+
+def test_unknown_algorithm_is_named():
+    with pytest.raises(ValueError, match="unknown digest algorithm 'sha3'"):
+        new_hasher("sha3", 0)
