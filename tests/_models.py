@@ -168,3 +168,36 @@ def lfs_pointer_bytes(data: bytes) -> bytes:
         f"oid sha256:{hashlib.sha256(data).hexdigest()}\n"
         f"size {len(data)}\n"
     ).encode()
+
+
+M3_TEXTS = (
+    "hello world",
+    "what is the capital of france",
+    "paris is the capital city of france, on the river",
+    "bge m3 sparse and colbert heads for search and retrieval",
+)
+
+
+def load_bge_m3(path, **kwargs):
+    """``BGEM3FlagModel`` on the CPU in float32, with the argument names of the installed FlagEmbedding."""
+    from importlib.metadata import version
+
+    from FlagEmbedding import BGEM3FlagModel
+
+    from modelguard.hooks import version_tuple
+
+    options = {"use_fp16": False}
+    options["devices" if version_tuple(version("FlagEmbedding"))[:2] >= (1, 3) else "device"] = "cpu"
+    options.update(kwargs)
+    return BGEM3FlagModel(str(path), **options)
+
+
+def m3_outputs(model, texts=M3_TEXTS) -> dict:
+    """Dense, sparse (lexical weights) and colbert outputs of a loaded bge-m3, as plain values."""
+    out = model.encode(list(texts), batch_size=len(texts), max_length=32, return_dense=True,
+                       return_sparse=True, return_colbert_vecs=True)
+    return {
+        "dense": [row.tolist() for row in out["dense_vecs"]],
+        "sparse": [{str(k): float(v) for k, v in sorted(d.items())} for d in out["lexical_weights"]],
+        "colbert": [vecs.tolist() for vecs in out["colbert_vecs"]],
+    }
