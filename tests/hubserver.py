@@ -157,9 +157,10 @@ class HubServer:
 
     def transfers(self, hub_file: HubFile) -> list[Request]:
         """GET requests that carried (part of) the bytes of ``hub_file``."""
-        key = f"/lfs/{hub_file.sha256}" if hub_file.lfs else f"/resolve/"
-        return [r for r in self.requests("GET", key)
-                if hub_file.lfs or r.path.endswith("/" + hub_file.path)]
+        if hub_file.lfs:
+            return self.requests("GET", f"/lfs/{hub_file.sha256}")
+        own = re.compile(r"\A/[^/]+/[^/]+/resolve/[^/]+/" + re.escape(hub_file.path) + r"\Z")
+        return [r for r in self.requests("GET", "/resolve/") if own.match(r.path)]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -421,3 +422,56 @@ class _Handler(BaseHTTPRequestHandler):
             out.append({"type": "directory", "path": d, "size": 0, "oid": hashlib.sha1(d.encode()).hexdigest()})
         out.sort(key=lambda x: x["path"])
         self._send(200, json.dumps(out).encode())
+
+
+# --------------------------------------------------------------------------- fixtures for the hub tests
+
+TINY_MODEL = "org/tiny"
+
+
+def tiny_model_files(seed: int = 0) -> dict[str, bytes]:
+    """A small sentence-transformers-shaped model: real safetensors weights (LFS), JSON configs."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    weights = save({
+        "embeddings.weight": rng.standard_normal((128, 192)).astype(np.float32),
+        "pooler.bias": rng.standard_normal((192,)).astype(np.float32),
+    })
+    vocab = {f"tok{i}": i for i in range(200)}
+    return {
+        "config.json": json.dumps({"model_type": "bert", "hidden_size": 192, "seed": seed}, indent=2).encode(),
+        "model.safetensors": weights,
+        "tokenizer.json": json.dumps({"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab}}).encode(),
+        "1_Pooling/config.json": b'{"word_embedding_dimension": 192, "pooling_mode_mean_tokens": true}\n',
+    }
+
+
+@dataclass
+class PublishedModel:
+    hub: HubServer
+    model: str
+    commit: str
+    files: dict[str, bytes]
+    manifest_path: Path
+    manifest_dir: Path
+
+
+def publish(hub: HubServer, tmp_path: Path, model: str = TINY_MODEL, files: dict[str, bytes] | None = None,
+            manifest_files: dict[str, bytes] | None = None) -> PublishedModel:
+    """Serve ``files`` as ``model`` and write its manifest (built from ``manifest_files``, default the same
+    files) with modelguard's own directory builder into ``tmp_path/manifests``."""
+    from modelguard.build import build_manifest
+    from modelguard.manifest import save_manifest
+
+    files = files or tiny_model_files()
+    commit = hub.add_repo(model, files)
+    src = tmp_path / "manifest-source"
+    for rel, data in (manifest_files or files).items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    manifest = build_manifest(src, model, commit)
+    mdir = tmp_path / "manifests"
+    path = save_manifest(manifest, mdir / f"{model}.yaml")
+    return PublishedModel(hub, model, commit, files, path, mdir)
