@@ -35,6 +35,7 @@ SAMPLING_PARAMETERS = ("temperature", "top_k", "top_p", "typical_p", "min_p", "e
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "typical_p": 1.0, "min_p": None,
                      "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None}
 BGE_M3_HEADS = ("colbert_linear.pt", "sparse_linear.pt")
+PARAMETER_FREE_MODULES = (".Normalize",)
 
 HOW_TO_BE_DETERMINISTIC = (
     "transformers: model.generate(..., do_sample=False) or model.generation_config = "
@@ -189,7 +190,7 @@ def format_audit(report: AuditReport) -> str:
     for section in report.sections:
         lines.append(f"{section}:")
         for f in report.section(section):
-            src = f"{f.source}: " if f.source else ""
+            src = f"{f.source}: " if f.source and not f.message.startswith(f.source) else ""
             lines.append(f"  {tags.get(f.severity, f.severity)}  {src}{f.message}")
             if f.remedy:
                 lines.append(f"        fix: {f.remedy}")
@@ -338,6 +339,9 @@ def check_sentence_transformers(ctx: AuditContext) -> Iterator[Finding]:
         return
     for module in modules:
         rel = str(module.get("path", "") or "")
+        # Normalize has no parameters and no files: its folder is absent in real repos (all-MiniLM-L6-v2).
+        if str(module.get("type", "")).endswith(PARAMETER_FREE_MODULES):
+            continue
         if rel and not (ctx.directory / rel).is_dir():
             yield Finding(
                 "sentence-transformers", "module_missing", FAILED,
