@@ -162,6 +162,19 @@ class _StrictSafeLoader:
                     finally:
                         self.depth -= 1
 
+                def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+                    # A key given twice would silently keep only its last value.
+                    seen: set[Any] = set()
+                    for key_node, _ in getattr(node, "value", ()):
+                        if isinstance(key_node, yaml.ScalarNode):
+                            key = (key_node.tag, key_node.value)
+                            if key in seen:
+                                raise yaml.constructor.ConstructorError(
+                                    None, None, f"duplicate key '{key_node.value}'", key_node.start_mark
+                                )
+                            seen.add(key)
+                    return super().construct_mapping(node, deep=deep)
+
             # Timestamps and other implicit types become plain strings; a manifest
             # holds only strings, ints, bools, lists and mappings.
             Loader.add_constructor(
@@ -197,14 +210,33 @@ def parse_manifest_text(text: str | bytes, source: str = "<manifest>") -> Manife
     try:
         data = yaml.load(text, Loader=_StrictSafeLoader.get())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        detail = str(exc).strip().replace("\n", " ")
-        raise ManifestError(
-            f"manifest {source} is not valid YAML: {detail}",
-            path=source, remedy="fix the YAML syntax at the position shown",
-        ) from None
+        raise _yaml_error(exc, source) from None
     except (RecursionError, ValueError, OverflowError) as exc:
         raise ManifestError(f"manifest {source} cannot be parsed: {exc}", path=source) from None
     return validate_manifest(data, source=source)
+
+
+def _yaml_error(exc: Any, source: str) -> ManifestError:
+    """A ManifestError naming the line, column and problem of a YAML error."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = (getattr(exc, "problem", None) or str(exc)).strip().replace("\n", " ")
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if tag:
+        shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return ManifestError(
+            f"manifest {source}{where}: YAML tag '{shown}' is not allowed: a manifest holds only plain data "
+            "(strings, numbers, booleans, lists, mappings)",
+            path=source, expected="plain YAML without tags", actual=shown,
+            remedy="remove the tag; modelguard reads manifests with a safe loader and never builds objects from them",
+        )
+    context = getattr(exc, "context", None)
+    if context and context not in problem:
+        problem = f"{problem} ({context})"
+    return ManifestError(
+        f"manifest {source} is not valid YAML{where}: {problem}",
+        path=source, remedy="fix the YAML at the line and column shown",
+    )
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -357,7 +389,10 @@ def validate_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     for index, item in enumerate(raw_files):
         label = f"files[{index}]"
         if isinstance(item, dict) and isinstance(item.get("path"), str):
-            label = f"files[{index}] ({item['path']})"
+            shown_path = item["path"]
+            if any(ord(ch) < 32 for ch in shown_path):
+                shown_path = _show(shown_path)
+            label = f"files[{index}] ({shown_path})"
         if not isinstance(item, dict):
             check.fail(label, "not a mapping", "{path, size, sha256|md5|git_sha1, component}", item)
         check.keys(item, ("path", "size", "component", "md5", "sha256", "git_sha1", "tensors"), label)
