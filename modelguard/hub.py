@@ -784,8 +784,9 @@ def format_scan(report: ScanReport) -> str:
             for commit in bad:
                 lines.append(f"          fix: modelguard fetch {repo.repo_id} --revision {commit}"
                              if _has_manifest(repo.repo_id, commit) else
-                             f"          fix: huggingface-cli download {repo.repo_id} --revision {commit} "
-                             "--force-download (or modelguard build --from-hub, then fetch)")
+                             f"          fix: modelguard build --from-hub {repo.repo_id} --revision {commit} "
+                             f"-o {repo.repo_id.replace('/', '--')}.yaml && modelguard fetch "
+                             f"{repo.repo_id.replace('/', '--')}.yaml")
     n_bad = sum(not r.ok for r in report.repos)
     lines.append(f"FAILED: corruption in {n_bad} of {len(report.repos)} repo(s)" if n_bad
                  else f"clean: {len(report.repos)} repo(s) checked")
