@@ -199,6 +199,10 @@ def sniff_error_page(head: bytes) -> str | None:
     return None
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "AEFHILMNORSX" else "a"
+
+
 def _first_line(head: bytes) -> str:
     text = head.decode("utf-8", "replace").strip()
     if "<title>" in text.lower():
@@ -360,7 +364,9 @@ class _Checker:
         if path.is_symlink():
             return self.result(entry, "missing", f"dangling symlink (points to {os.readlink(path)})",
                                actual={"exists": False})
-        return self.result(entry, "missing", "missing", actual={"exists": False})
+        return self.result(entry, "missing",
+                           f"missing: not in {self.directory} (required component '{entry.component}')",
+                           actual={"exists": False})
 
     def _wrong_size(self, entry: FileEntry, fd: int, size: int) -> FileResult:
         head = os.pread(fd, SNIFF_BYTES, 0)
@@ -388,11 +394,14 @@ class _Checker:
                         if self.manifest.revision else "check out the manifest's revision and run `git lfs pull`"),
             )
         page = sniff_error_page(head)
-        if page is not None and size < entry.size:
+        # An HTML/XML page is never a model file; a JSON error body only counts when it is
+        # shorter than the file (a config.json may legitimately hold an "error" key).
+        if page is not None and (size < entry.size or page != "JSON"):
             actual["content"] = f"{page} error page"
             return self.result(
                 entry, "error_page",
-                f"is an {page} error page saved in place of the file ({size} bytes, starts: {_first_line(head)!r})",
+                f"is {_article(page)} {page} error page saved in place of the file ({size} bytes, expected "
+                f"{entry.size}; starts: {_first_line(head)!r}): the download saved the server's error response",
                 actual=actual,
             )
         if size == 0:
@@ -438,10 +447,11 @@ class _Checker:
                 )
             head = os.pread(fd, SNIFF_BYTES, 0)
             page = sniff_error_page(head)
-            if page is not None:
+            if page is not None and not (page == "JSON" and entry.path.endswith(".json")):
                 actual["content"] = f"{page} error page"
                 return self.result(entry, "error_page",
-                                   f"is an {page} error page saved in place of the file; {detail}", actual=actual)
+                                   f"is {_article(page)} {page} error page saved in place of the file "
+                                   f"(starts: {_first_line(head)!r}); {detail}", actual=actual)
         return self.result(
             entry, "digest_mismatch",
             f"right size, wrong content: {detail}", actual=actual,
