@@ -328,3 +328,20 @@ def test_offline_error_from_the_api(repo, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OfflineError, match="need downloading: .*model.safetensors \\(missing\\)"):
         fetch(repo.model)
+
+
+def test_fetch_real_minilm_with_the_shipped_unpinned_manifest(hub, minilm_dir, monkeypatch):
+    """The shipped all-MiniLM-L6-v2 manifest pins no revision: main is resolved to its commit
+    (recorded in refs/main like the client does) and the real files verify."""
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+    commit = hub.add_directory(model, minilm_dir)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    proc = run_cli("fetch", model, "--json", env={"HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["fetched_revision"] == commit
+    assert sorted(a["path"] for a in doc["actions"]) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert (repo_folder(model) / "refs" / "main").read_text() == commit
+    assert (repo_folder(model) / "snapshots" / commit / "model.safetensors").read_bytes() == \
+        (minilm_dir / "model.safetensors").read_bytes()
+    assert run_cli("verify", model).returncode == 0
