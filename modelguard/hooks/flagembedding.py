@@ -207,7 +207,7 @@ def _prepare(name_or_path: Any, *, cache_dir: Any, colbert_dim: Any, loader: str
         failed_heads = [c for c in HEAD_FILES if report is not None and c in report.failed_components]
         if not failed_heads:
             raise
-        raise _error_from_report(exc, failed_heads, loader) from None
+        raise _error_from_report(exc, failed_heads, loader, colbert_dim) from None
     directory = Path(resolved.directory) if resolved.directory is not None else Path(name)
     plan = _Plan(directory=directory, resolved=resolved, allowed_absent=(),
                  names=(os.fspath(name_or_path), name, str(directory)))
@@ -381,7 +381,7 @@ def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[
     )
 
 
-def _error_from_report(exc: Any, failed_heads: list[str], loader: str) -> Exception:
+def _error_from_report(exc: Any, failed_heads: list[str], loader: str, colbert_dim: Any) -> Exception:
     """A verification failure that touches a head, as a MissingHeadError naming it."""
     from ..errors import MissingHeadError
 
@@ -391,6 +391,15 @@ def _error_from_report(exc: Any, failed_heads: list[str], loader: str) -> Except
     heads = ", ".join(f"{r.component} ({r.path}: {r.diagnosis})" for r in results)
     message = (f"modelguard refused to load {report.model} ({loader}): broken head file(s): {heads}; "
                f"without the guard, {_CONSEQUENCE}\n{exc.message}")
+    # What the file holds, when it is there: "wrong size" may be a head of another shape.
+    directory = Path(report.directory)
+    shapes = _expected_shapes(directory, colbert_dim)
+    for r in results:
+        if r.diagnosis in ("missing", "lfs_pointer"):
+            continue
+        check = _inspect_head(directory, r.component, r.path, shapes.get(r.component), None)
+        if check.diagnosis in ("wrong_shape", "wrong_keys", "unloadable", "wrong_dtype"):
+            message += f"\n  {r.path} opened: {check.message}"
     remedy = exc.remedy or first.remedy or ""
     missing = [r.component for r in results if r.diagnosis == "missing"]
     if missing:
