@@ -14,8 +14,8 @@ import torch
 import modelguard
 from conftest import run_cli
 from modelguard.errors import UsageError
-from modelguard.probing import (CALL_RANDOM, DETERMINISTIC, LOAD_RANDOM, SEED_DEPENDENT, compare_outputs,
-                                probe_model)
+from modelguard.probing import (CALL_RANDOM, DETERMINISTIC, LOAD_RANDOM, SEED_DEPENDENT, UNSEEDED,
+                                compare_outputs, probe_model)
 
 from _tiny_lm import make_tiny_causal_lm
 
@@ -89,6 +89,16 @@ def test_probe_without_a_runner_reports_seed_dependence_only():
     assert report.output("noise").diagnosis == SEED_DEPENDENT
     assert "return a callable" in report.output("noise").message
     assert report.output("constant").diagnosis == DETERMINISTIC
+
+
+def test_probe_finds_randomness_no_seed_controls():
+    """numpy's default_rng() draws its seed from the OS: same seed, different output."""
+    report = modelguard.probe(lambda seed: (lambda: {"rng": np.random.default_rng().random(3)}))
+    out = report.output("rng")
+    assert out.diagnosis == UNSEEDED
+    assert not out.repeat.identical
+    assert "varies even with the same seed" in out.message
+    assert "seed-dependent or unseeded output(s): rng" in report.summary()
 
 
 def test_probe_leaves_the_global_random_state_alone():
