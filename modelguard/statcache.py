@@ -1,6 +1,6 @@
 """A durable cache of verified digests, keyed on what ``stat`` says about a file.
 
-After a file verifies, its digests are remembered under its real path and
+After a file verifies, its digests are remembered under its absolute path and
 (device, inode, size, mtime_ns, ctime_ns). A later verify of the same unchanged file
 costs a stat and one small read instead of hashing gigabytes. Rewriting a file in place
 changes its ctime, replacing it changes its inode, and user space cannot set either
@@ -12,7 +12,7 @@ miss: never an error, never a pass. A file whose timestamps are younger than
 (a few ms on Linux, 2 s on FAT), and a write later in the same tick would leave the key
 unchanged (git's "racily clean" problem).
 
-Store: one small JSON file per entry, named by the sha256 of the file's real path, in
+Store: one small JSON file per entry, named by the sha256 of the file's path, in
 ``<cache dir>/digests/v1/``, written to a temporary file and renamed into place.
 Not sqlite: its WAL mode needs shared memory that network file systems (NFS home
 directories on clusters) do not give, while ``rename`` is atomic on every POSIX file
@@ -66,7 +66,7 @@ class NoCache:
 
 
 class StatCache:
-    """Verified digests by (real path, device, inode, size, mtime_ns, ctime_ns).
+    """Verified digests by (absolute path, device, inode, size, mtime_ns, ctime_ns).
 
     ``directory`` is the cache root (default :func:`default_cache_dir`); entries live in
     ``directory/digests/v1``. ``racy_window_ns``: files modified more recently than this
@@ -91,7 +91,10 @@ class StatCache:
 
     @staticmethod
     def _key_path(path: Any) -> str:
-        return os.path.realpath(os.fspath(path))
+        # abspath, not realpath: no syscalls, and safe because the stat key already pins
+        # the file a path leads to (a retargeted link or folder gives another inode/ctime).
+        # verify() passes paths it has already resolved.
+        return os.path.abspath(os.fspath(path))
 
     def _entry_file(self, real: str) -> str:
         import hashlib

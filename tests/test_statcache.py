@@ -229,6 +229,22 @@ def test_key_includes_the_path(tmp_path, model):
     assert cache.lookup(link, st, ["sha256"]) is None
 
 
+def test_retargeted_link_is_a_miss(tmp_path):
+    """Entries are keyed on the path as given; the stat of what it leads to pins the content."""
+    cache = no_race_cache(tmp_path)
+    first, second = tmp_path / "blob-a", tmp_path / "blob-b"
+    first.write_bytes(b"A" * 4096)
+    second.write_bytes(b"B" * 4096)
+    os.utime(second, ns=(os.stat(first).st_atime_ns, os.stat(first).st_mtime_ns))
+    link = tmp_path / "model.bin"
+    link.symlink_to(first)
+    cache.store(link, os.stat(link), {"sha256": hashlib.sha256(b"A" * 4096).hexdigest()})
+    assert cache.lookup(link, os.stat(link), ["sha256"]) == {"sha256": hashlib.sha256(b"A" * 4096).hexdigest()}
+    link.unlink()
+    link.symlink_to(second)
+    assert cache.lookup(link, os.stat(link), ["sha256"]) is None
+
+
 def test_all_digests_needs_every_digest_then_hits(tmp_path, model, reads):
     manifest, directory, files = model
     cache = no_race_cache(tmp_path)
@@ -392,7 +408,7 @@ def test_concurrent_writers_from_several_processes_leave_a_consistent_store(tmp_
     assert len(names) == 8
     for path, digests in files.items():
         doc = json.loads(entry_file(cache, Path(path)).read_text())
-        assert doc["format"] == FORMAT_VERSION and doc["path"] == os.path.realpath(path)
+        assert doc["format"] == FORMAT_VERSION and doc["path"] == os.path.abspath(path)
         assert doc["digests"]["sha256"] == digests["sha256"]
         assert doc["digests"].get("md5", digests["md5"]) == digests["md5"]
         assert cache.lookup(path, os.stat(path), ["sha256"]) == {"sha256": digests["sha256"]}
