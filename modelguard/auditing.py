@@ -137,6 +137,11 @@ class AuditReport:
     def failed(self) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.severity == FAILED)
 
+    @property
+    def sampling_varies(self) -> bool:
+        """True when a sampling setting (not a broken file) makes outputs vary."""
+        return any(f.severity == VARIES and f.section == "sampling" for f in self.findings)
+
     def section(self, name: str) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.section == name)
 
@@ -153,7 +158,7 @@ class AuditReport:
             return f"ok: nothing in the configuration makes outputs vary ({checked})"
         parts = []
         if self.varies:
-            parts.append(f"{len(self.varies)} setting(s) make outputs vary ("
+            parts.append(f"{len(self.varies)} finding(s) make outputs vary ("
                          + ", ".join(dict.fromkeys(f.code for f in self.varies)) + ")")
         if self.failed:
             parts.append(f"{len(self.failed)} failure(s) ("
@@ -175,7 +180,7 @@ class AuditReport:
             "sections": {s: [f.to_dict() for f in self.section(s)] for s in self.sections},
             "manifest": self.manifest_source,
             "integrity": None if self.integrity is None else self.integrity.to_dict(),
-            "how_to_make_deterministic": list(HOW_TO_BE_DETERMINISTIC) if self.varies else [],
+            "how_to_make_deterministic": list(HOW_TO_BE_DETERMINISTIC) if self.sampling_varies else [],
             "elapsed_s": round(self.elapsed_s, 4),
         }
 
@@ -194,7 +199,7 @@ def format_audit(report: AuditReport) -> str:
             lines.append(f"  {tags.get(f.severity, f.severity)}  {src}{f.message}")
             if f.remedy:
                 lines.append(f"        fix: {f.remedy}")
-    if report.varies:
+    if report.sampling_varies:
         lines.append("to get deterministic output:")
         lines.extend(f"  - {h}" for h in HOW_TO_BE_DETERMINISTIC)
     lines.append(report.summary())
