@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 from .errors import UsageError
 from .hashing import hash_file
 from .manifest import Component, FileEntry, Manifest, check_relative_path
-from .verify import IGNORED_NAMES
+from .verify import IGNORED_NAMES, IGNORED_SUFFIXES
 
 BUILD_ALGORITHMS = ("md5", "sha256")
 
@@ -134,7 +134,7 @@ def list_model_files(directory: str | os.PathLike[str]) -> list[str]:
         dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
         rel_dir = os.path.relpath(current, root)
         for name in sorted(files):
-            if name in IGNORED_NAMES or name.endswith((".lock", ".incomplete")):
+            if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
                 continue
             full = Path(current) / name
             if not full.is_file():  # dangling links, FIFOs, devices
@@ -176,8 +176,19 @@ def build_manifest(
     if not paths:
         raise UsageError(f"no files to put in a manifest under {root}", path=root,
                          remedy="point build at the folder that holds config.json and the weights")
+    from .verify import _containing_roots, _within
+
+    roots = _containing_roots(root)
     for p in paths:
         check_relative_path(p, source=str(root))
+        target = (root / p).resolve()
+        if not _within(target, roots):
+            raise UsageError(
+                f"{root / p} links outside the model directory (to {target}); verify would refuse it",
+                path=root / p, expected="files inside the model directory",
+                actual=f"a link to {target}",
+                remedy=f"replace the link with the file it points to, or leave it out with --exclude '{p}'",
+            )
     if isinstance(rules, RuleSet):
         rule_set = rules
     elif rules is None:

@@ -22,6 +22,8 @@ SNIFF_BYTES = 1024
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 # Directories and files that belong to tools, not to the model.
 IGNORED_NAMES = frozenset({".git", ".cache", "__pycache__", ".DS_Store", ".huggingface", ".locks"})
+# Lock files and partial downloads left by download tools.
+IGNORED_SUFFIXES = (".lock", ".incomplete")
 
 OK = "ok"
 FAILED = "failed"
@@ -498,7 +500,7 @@ def list_extra_files(manifest: Manifest, directory: Path) -> tuple[str, ...]:
         dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
         rel_root = os.path.relpath(root, directory)
         for name in files:
-            if name in IGNORED_NAMES:
+            if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
                 continue
             rel = name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
             if rel not in listed:
