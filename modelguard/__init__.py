@@ -8,7 +8,8 @@ imported here. Public names are loaded on first use.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -31,14 +32,26 @@ _LAZY = {
     "seed_everything": "determinism", "deterministic": "determinism", "probe": "probing", "audit": "auditing",
 }
 
-# Imported eagerly: the submodule ``modelguard.verify`` would otherwise shadow the
-# function ``modelguard.verify`` once anything imports it.
-from .verify import FileResult, VerifyReport, verify  # noqa: E402
+# ``verify`` and its result types load on first use too (the verify engine, dataclasses and
+# typing cost more than the rest of ``import modelguard``). The import system binds a loaded
+# submodule to the package attribute of the same name: the package class below keeps that
+# from replacing the function ``modelguard.verify`` with the submodule ``modelguard.verify``.
+_LAZY.update({"verify": "verify", "VerifyReport": "verify", "FileResult": "verify"})
 
-__all__ = ["__version__", "verify", "VerifyReport", "FileResult", *_LAZY]
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "verify" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
 
 
-def __getattr__(name: str) -> Any:
+sys.modules[__name__].__class__ = _Package
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'modelguard' has no attribute {name!r}")

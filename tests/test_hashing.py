@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -189,3 +190,18 @@ def test_hash_bytes_equals_hash_file(tmp_path):
 def test_unknown_algorithm_is_named():
     with pytest.raises(ValueError, match="unknown digest algorithm 'sha3'"):
         new_hasher("sha3", 0)
+
+
+def test_import_modelguard_loads_no_engine_and_keeps_verify_the_function():
+    code = (
+        "import sys; before = set(sys.modules); import modelguard; "
+        "new = set(sys.modules) - before; "
+        "heavy = {'modelguard.verify', 'modelguard.hashing', 'modelguard.statcache', 'hashlib', "
+        "'concurrent.futures', 'threading', 'dataclasses', 'json', 'sqlite3', 'yaml', 'torch', "
+        "'transformers', 'huggingface_hub'}; "
+        "print(sorted(new & heavy)); "
+        "import modelguard.verify as engine; from modelguard.verify import format_report; "
+        "print(modelguard.verify is modelguard.verify.__globals__['verify'], callable(format_report))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines() == ["[]", "True True"], proc.stdout + proc.stderr
