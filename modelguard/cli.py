@@ -67,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:
+        # A path the user gave cannot be read or written: say which and why, no traceback.
+        from .errors import UsageError
+
+        where = exc.filename if exc.filename is not None else None
+        problem = exc.strerror or str(exc)
+        return report_error(
+            UsageError(f"{where}: {problem}" if where else problem, path=where,
+                       remedy="check the path and its permissions"),
+            as_json,
+        )
 
 
 def entry_point() -> None:

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else None
     if out is not None and out.exists() and not args.force:
         raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
+    _check_output_folder(out)
     manifest = build_manifest(
         args.directory, args.model, args.revision,
         rules=None if args.rules == "auto" else args.rules, exclude=args.exclude,
@@ -76,6 +77,7 @@ def _run_from_hub(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else None
     if out is not None and out.exists() and not args.force:
         raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
+    _check_output_folder(out)
     manifest = build_from_hub(
         args.from_hub, args.revision, rules=None if args.rules == "auto" else args.rules,
         exclude=args.exclude, hash_small=args.hash_small,
@@ -88,3 +90,20 @@ def _run_from_hub(args: argparse.Namespace) -> int:
         sys.stderr.write(f"wrote {out}: {manifest.model} @ {manifest.revision}, {len(manifest.files)} file(s), "
                          f"components: {comps}\n")
     return 0
+
+
+def _check_output_folder(out) -> None:
+    """Refuse early (before hashing) an -o FILE whose folder cannot exist."""
+    from ..errors import UsageError
+
+    if out is None:
+        return
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory", path=out, expected="a manifest file name, e.g. model.yaml",
+                         remedy=f"pass -o {out / 'model.yaml'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"cannot write {out}: {parent} is not a directory", path=out,
+                                 remedy="pass -o with a path inside a folder")
+            return
