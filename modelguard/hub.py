@@ -21,7 +21,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import hfcache
 from .errors import DownloadError, OfflineError, UsageError
@@ -258,7 +258,9 @@ def fetch_files(
 
     if local_dir is not None:
         target = _local_target(Path(local_dir))
-        commit = rev if _COMMIT.match(rev) else None
+        # An unpinned manifest: every file comes from the one commit the branch names now.
+        commit = rev if _COMMIT.match(rev) or is_offline() else _resolve_commit(manifest, rev, None, endpoint)
+        commit = commit if commit and _COMMIT.match(commit) else None
     elif _snapshot is not None:
         commit = _snapshot.name
         target = _cache_target(_snapshot.parent.parent, commit)
@@ -269,31 +271,35 @@ def fetch_files(
 
     from filelock import FileLock
 
-    target.lock_path.parent.mkdir(parents=True, exist_ok=True)
-    target.directory.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.lock_path)):
-        before = verify(manifest, target.directory, components=wanted)
-        todo = [r for r in before.files if r.status == FAILED
-                or (r.status == SKIPPED and wanted is not None and r.component in wanted)]
-        actions = {r.path: FileAction(r.path, r.component, "kept", r.diagnosis, size=manifest.file(r.path).size,
-                                      message=r.message)
-                   for r in before.files if r.ok}
-        if todo and is_offline():
-            listed = ", ".join(f"{r.path} ({r.diagnosis})" for r in todo)
-            raise OfflineError(
-                f"HF_HUB_OFFLINE is set, but {len(todo)} file(s) of {manifest.model} need downloading: {listed}",
-                path=target.directory, expected="files present and verified, or the Hub reachable",
-                actual=f"{len(todo)} file(s) missing or broken",
-                remedy=f"unset HF_HUB_OFFLINE and run `{_fetch_command(manifest, commit or rev, local_dir)}`, "
-                       "or copy the files in from a machine that has them",
-            )
-        download_rev = commit or rev
-        for r in todo:
-            entry = manifest.file(r.path)
-            assert entry is not None
-            actions[r.path] = _download_entry(manifest, entry, r.diagnosis, download_rev, endpoint, target,
-                                              attempts=attempts)
-        after = verify(manifest, target.directory, components=wanted) if todo else before
+    created = _make_dirs(target.directory, target.lock_path.parent)
+    try:
+        lock = FileLock(str(target.lock_path))
+        with lock:
+            before = verify(manifest, target.directory, components=wanted)
+            todo = [r for r in before.files if r.status == FAILED
+                    or (r.status == SKIPPED and wanted is not None and r.component in wanted)]
+            actions = {r.path: FileAction(r.path, r.component, "kept", r.diagnosis, size=manifest.file(r.path).size,
+                                          message=r.message)
+                       for r in before.files if r.ok}
+            if todo and is_offline():
+                listed = ", ".join(f"{r.path} ({r.diagnosis})" for r in todo)
+                raise OfflineError(
+                    f"HF_HUB_OFFLINE is set, but {len(todo)} file(s) of {manifest.model} need downloading: {listed}",
+                    path=target.directory, expected="files present and verified, or the Hub reachable",
+                    actual=f"{len(todo)} file(s) missing or broken",
+                    remedy=f"unset HF_HUB_OFFLINE and run `{_fetch_command(manifest, commit or rev, local_dir)}`, "
+                           "or copy the files in from a machine that has them",
+                )
+            download_rev = commit or rev
+            for r in todo:
+                entry = manifest.file(r.path)
+                assert entry is not None
+                actions[r.path] = _download_entry(manifest, entry, r.diagnosis, download_rev, endpoint, target,
+                                                  attempts=attempts)
+            after = verify(manifest, target.directory, components=wanted) if todo else before
+    except OfflineError:
+        _remove_if_empty(created, lock_file=target.lock_path)
+        raise
     ordered = tuple(actions[r.path] for r in after.files if r.path in actions)
     result = FetchResult(report=after, actions=ordered, revision=commit or rev, endpoint=endpoint)
     if not result.ok:
@@ -318,11 +324,37 @@ def fetch_files(
     return result
 
 
-def _resolve_commit(manifest: Manifest, rev: str, repo: Path, endpoint: str) -> str:
-    """The commit a revision names: itself, the cache's refs/<rev> (offline), or the Hub's answer."""
+def _make_dirs(*dirs: Path) -> list[Path]:
+    """Create ``dirs`` (and parents); return the folders this call created, deepest first."""
+    created: list[Path] = []
+    for d in dirs:
+        missing = []
+        p = d
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        d.mkdir(parents=True, exist_ok=True)
+        created.extend(missing)
+    return sorted(set(created), key=lambda p: -len(p.parts))
+
+
+def _remove_if_empty(created: list[Path], *, lock_file: Path) -> None:
+    """Undo :func:`_make_dirs` where nothing else was put in the folders (and drop our lock file)."""
+    if lock_file.parent in created:
+        lock_file.unlink(missing_ok=True)
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+def _resolve_commit(manifest: Manifest, rev: str, repo: Path | None, endpoint: str) -> str:
+    """The commit a revision names: itself, the cache's refs/<rev> (offline), or the Hub's answer
+    (recorded in the cache's refs/<rev> like huggingface_hub does, when ``repo`` is given)."""
     if _COMMIT.match(rev):
         return rev
-    if is_offline():
+    if is_offline() and repo is not None:
         commit = hfcache.resolve_ref(manifest.model, rev, repo.parent)
         if commit is None:
             raise OfflineError(
@@ -345,6 +377,8 @@ def _resolve_commit(manifest: Manifest, rev: str, repo: Path, endpoint: str) -> 
             expected="an X-Repo-Commit header with 40 hex digits", actual=repr(commit),
             remedy="check HF_ENDPOINT points at a Hugging Face Hub (or mirror)",
         )
+    if repo is None:
+        return commit
     refs = repo / "refs" / rev
     refs.parent.mkdir(parents=True, exist_ok=True)
     tmp = refs.with_name(f".{refs.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -609,7 +643,7 @@ class ScanReport:
         }
 
 
-def _check_blob(blob: Path) -> tuple[str, ScanProblem | None]:
+def _check_blob(blob: Path, progress: Callable[[int], None] | None = None) -> tuple[str, ScanProblem | None]:
     """('checked'|'unchecked', problem). A blob named by 64 hex digits must have that sha256;
     one named by 40 hex digits (a small file's git blob id) that git sha1."""
     name = blob.name
@@ -620,7 +654,7 @@ def _check_blob(blob: Path) -> tuple[str, ScanProblem | None]:
     else:
         return "unchecked", None
     try:
-        digest = hash_file(blob, (algorithm,))[algorithm]
+        digest = hash_file(blob, (algorithm,), progress=progress)[algorithm]
     except OSError as exc:
         return "checked", ScanProblem(f"blobs/{name}", "unreadable", f"cannot read: {exc.strerror or exc}", name)
     if digest == name:
@@ -642,12 +676,19 @@ def _check_blob(blob: Path) -> tuple[str, ScanProblem | None]:
                                   name)
 
 
-def scan_cache(cache_dir: str | os.PathLike[str] | None = None, *, max_workers: int | None = None) -> ScanReport:
+def scan_cache(
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    max_workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScanReport:
     """Check every repo in the Hugging Face cache.
 
     Each blob named by a digest is hashed and compared with its name, so corruption
     is found in any cached model; a snapshot with a known manifest is also verified
     against it (missing manifest files make it ``incomplete``, broken ones ``corrupt``).
+    Every blob is read: no digest cache, so bytes that rotted in place are found too.
+    ``progress`` is called with the number of bytes hashed as they are.
     """
     from . import registry
     from .errors import ManifestError
@@ -670,7 +711,7 @@ def scan_cache(cache_dir: str | os.PathLike[str] | None = None, *, max_workers: 
                              if not b.name.endswith(".incomplete") and b.is_file())
     workers = max_workers or min(8, os.cpu_count() or 2)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        blob_results = list(pool.map(lambda job: _check_blob(job[1]), blob_jobs))
+        blob_results = list(pool.map(lambda job: _check_blob(job[1], progress), blob_jobs))
     per_repo: dict[int, list[tuple[Path, str, ScanProblem | None]]] = {}
     for (i, blob), (kind, problem) in zip(blob_jobs, blob_results):
         per_repo.setdefault(i, []).append((blob, kind, problem))
@@ -754,6 +795,19 @@ def _scan_snapshot(snap: Path, repo_dir: Path, corrupt: dict[str, ScanProblem], 
     status = "corrupt" if problems else ("incomplete" if missing else "ok")
     return RevisionScan(revision=snap.name, refs=refs, files=n_files, manifest=source, status=status,
                         problems=tuple(problems), missing=tuple(missing))
+
+
+def cache_blob_bytes(cache_dir: str | os.PathLike[str] | None = None) -> int:
+    """Total size of the blobs ``scan_cache`` would hash (for a progress display)."""
+    root = hfcache.hf_cache_dir(cache_dir)
+    total = 0
+    for blobs in root.glob("*--*/blobs") if root.is_dir() else ():
+        for blob in blobs.iterdir():
+            try:
+                total += blob.stat().st_size
+            except OSError:
+                pass
+    return total
 
 
 def format_scan(report: ScanReport) -> str:

@@ -318,6 +318,7 @@ def test_offline_mode_is_respected_with_a_clear_message(repo, hub):
     assert "HF_HUB_OFFLINE is set, but 4 file(s) of org/tiny need downloading" in proc.stderr
     assert "unset HF_HUB_OFFLINE" in proc.stderr and "Traceback" not in proc.stderr
     assert hub.requests() == []  # not one request went out
+    assert not repo_folder(repo.model).exists()  # and nothing was created
     assert fetch(repo.model).ok
     proc = run_cli("fetch", repo.model, env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr

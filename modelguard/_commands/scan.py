@@ -21,9 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import emit_json
-    from ..hub import format_scan, scan_cache
+    from ..hub import cache_blob_bytes, format_scan, scan_cache
+    from ._common import Progress
 
-    report = scan_cache(args.cache_dir)
+    progress = Progress(cache_blob_bytes(args.cache_dir), "scanning the Hugging Face cache")
+    try:
+        report = scan_cache(args.cache_dir, progress=progress)
+    finally:
+        progress.close()
     if args.json:
         emit_json(report.to_dict())
     else:
