@@ -165,6 +165,10 @@ class AuditReport:
                          + ", ".join(dict.fromkeys(f.section for f in self.failed)) + ")")
         return "NOT ok: " + "; ".join(parts)
 
+    def format(self) -> str:
+        """The human-readable report (what ``modelguard audit`` prints)."""
+        return format_audit(self)
+
     def to_dict(self) -> dict[str, Any]:
         from . import __version__
 

@@ -273,6 +273,10 @@ class ProbeReport:
             parts.append(f"seed-dependent or unseeded output(s): {', '.join(other)}")
         return "NOT deterministic: " + "; ".join(parts)
 
+    def format(self) -> str:
+        """The human-readable report (what ``modelguard probe`` prints)."""
+        return format_probe(self)
+
     def to_dict(self) -> dict[str, Any]:
         from . import __version__
 

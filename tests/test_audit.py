@@ -97,6 +97,7 @@ def test_greedy_model_is_ok_and_notes_the_unused_temperature(greedy_lm):
     assert (note.code, note.severity) == ("sampling_settings_unused", NOTE)
     assert "temperature=0.7 set but do_sample is not true" in note.message
     assert "vllm" in note.message
+    assert report.format().endswith("ok: nothing in the configuration makes outputs vary (no manifest applied)")
     proc = run_cli("audit", str(greedy_lm))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok: nothing in the configuration makes outputs vary" in proc.stdout

@@ -62,7 +62,7 @@ def test_probe_finds_nothing_with_do_sample_false(sampling_lm):
         return lambda: {"generated_ids": _generate(model, do_sample=False), "logits": model(PROMPT).logits}
 
     report = modelguard.probe(load, seeds=(3, 4))
-    assert report.deterministic, modelguard.probing.format_probe(report)
+    assert report.deterministic, report.format()
     assert [o.diagnosis for o in report.outputs] == [DETERMINISTIC, DETERMINISTIC]
     assert report.summary() == "deterministic: 2 output(s) identical under seeds 3 and 4"
 
@@ -164,7 +164,7 @@ def test_probe_bge_m3_missing_colbert_head(tiny_bge_m3):
 def test_probe_complete_bge_m3_is_deterministic(tiny_bge_m3):
     report = modelguard.probe(str(tiny_bge_m3))
     assert report.kind == "bge-m3"
-    assert report.deterministic, modelguard.probing.format_probe(report)
+    assert report.deterministic, report.format()
     assert [o.name for o in report.outputs] == ["dense", "sparse", "colbert"]
     assert report.random_parameters == ()
 
