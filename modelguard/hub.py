@@ -419,16 +419,18 @@ def _download_entry(manifest: Manifest, entry: FileEntry, diagnosis: str, rev: s
     from huggingface_hub.utils import build_hf_headers
 
     algorithms = tuple(entry.digests)
+    strongest = entry.strongest_digest[0]
     errors: list[str] = []
-    expected_text = f"{entry.size} bytes, " + ", ".join(f"{a} {v}" for a, v in entry.digests.items())
+    expected_text = f"{entry.size} bytes, {strongest} {entry.digests[strongest]}"
     url = hf_hub_url(manifest.model, entry.path, revision=rev, endpoint=endpoint)
     target.tmp_dir.mkdir(parents=True, exist_ok=True)
     was_present = diagnosis not in ("missing", "optional_missing")
 
     def failed(message: str, n: int) -> FileAction:
         state = ("the existing file was left untouched" if was_present else "nothing was written")
+        first, _, rest = message.partition("\n")
         return FileAction(entry.path, entry.component, "failed", diagnosis, attempts=n, size=entry.size,
-                          message=f"{message}; {state}", errors=tuple(errors))
+                          message=f"{first}; {state}" + (f"\n{rest}" if rest else ""), errors=tuple(errors))
 
     for attempt in range(1, attempts + 1):
         if attempt > 1:
@@ -470,8 +472,7 @@ def _download_entry(manifest: Manifest, entry: FileEntry, diagnosis: str, rev: s
             digests = hash_file(tmp, algorithms)
             bad = {a: v for a, v in digests.items() if v != entry.digests[a]}
             if size != entry.size or bad:
-                got = ", ".join(f"{a} {v}" for a, v in digests.items())
-                errors.append(f"attempt {attempt}: wrong bytes: {size} bytes, {got}")
+                errors.append(f"attempt {attempt}: wrong bytes: {size} bytes, {strongest} {digests[strongest]}")
                 continue
             kept = _install(target, entry, tmp, etag or digests.get("sha256") or _safe_name(entry.path))
         finally:
@@ -483,8 +484,26 @@ def _download_entry(manifest: Manifest, entry: FileEntry, diagnosis: str, rev: s
         return FileAction(entry.path, entry.component, action, diagnosis, attempts=attempt, size=entry.size,
                           kept_aside=kept, message=msg, errors=tuple(errors))
     return failed(
-        f"no download of {attempts} attempt(s) delivered the right bytes (expected {expected_text}): "
-        + "; ".join(errors), attempts)
+        f"no download of {attempts} attempt(s) delivered the right bytes\n"
+        f"      expected: {expected_text}\n      got:      " + "\n                ".join(_group_attempts(errors)),
+        attempts)
+
+
+def _group_attempts(errors: list[str]) -> list[str]:
+    """'attempt 1: X', 'attempt 2: X', 'attempt 3: Y' -> ['attempts 1-2: X', 'attempt 3: Y']."""
+    groups: list[tuple[int, int, str]] = []
+    for text in errors:
+        m = re.match(r"attempt (\d+): (.*)\Z", text, re.S)
+        if not m:
+            groups.append((0, 0, text))
+            continue
+        n, what = int(m.group(1)), m.group(2)
+        if groups and groups[-1][2] == what and groups[-1][1] == n - 1:
+            groups[-1] = (groups[-1][0], n, what)
+        else:
+            groups.append((n, n, what))
+    return [what if a == 0 else (f"attempt {a}: {what}" if a == b else f"attempts {a}-{b}: {what}")
+            for a, b, what in groups]
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             emit_json(document)
         else:
             for a in result.actions:
-                if a.action != "kept":
+                if a.action in ("downloaded", "repaired"):
                     sys.stdout.write(f"  {a.action:<10}  {a.path}: {a.message}\n")
         sys.stderr.write(f"modelguard: error: {exc}\n")
         return exc.exit_code
