@@ -248,9 +248,11 @@ def _mark_verified(directory: Path) -> None:
 def _snapshot_download(repo_id: str, cache_dir: Any) -> str:
     from huggingface_hub import snapshot_download
 
+    # $HF_ENDPOINT read now, not when huggingface_hub was imported.
     return snapshot_download(
         repo_id=repo_id, cache_dir=cache_dir or os.getenv("HF_HUB_CACHE"),
         ignore_patterns=["flax_model.msgpack", "rust_model.ot", "tf_model.h5"],
+        endpoint=os.environ.get("HF_ENDPOINT") or None,
     )
 
 
