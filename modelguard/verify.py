@@ -288,6 +288,14 @@ class _Checker:
     def check(self, entry: FileEntry, *, hash_content: bool = True, use_cache: bool = True) -> FileResult | None:
         """The result for ``entry``. With ``hash_content=False``, None when only reading
         the file could tell (no cache hit); ``use_cache=False`` skips the cache lookup."""
+        located = self.locate(entry, use_cache=use_cache)
+        if isinstance(located, FileResult):
+            return located
+        return self.read_and_compare(entry, *located) if hash_content else None
+
+    def locate(self, entry: FileEntry, *, use_cache: bool = True) -> FileResult | tuple[Path, Path]:
+        """Every check that needs no read of the content (links, existence, type, cache
+        hit): a result, or ``(path, resolved path)`` of a file whose bytes must be read."""
         path = self.directory / entry.path
         # Symlinks: a link may only resolve inside the model directory (or, for a
         # Hugging Face cache snapshot, into that repository's blobs folder).
@@ -326,8 +334,10 @@ class _Checker:
                 if cached.ok:
                     return cached
                 # a mismatch is diagnosed from the bytes themselves (zero fill, error page)
-        if not hash_content:
-            return None
+        return path, resolved
+
+    def read_and_compare(self, entry: FileEntry, path: Path, resolved: Path) -> FileResult:
+        """Open, size, content sniff and digests of a file :meth:`locate` passed on."""
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except PermissionError as exc:
@@ -566,24 +576,25 @@ def verify(
     # First every check that needs no read (missing, wrong size, cache hit), in this
     # thread: an unchanged model then costs a stat per file and starts no thread.
     results: dict[str, FileResult] = {}
-    to_hash: list[FileEntry] = []
+    to_read: list[tuple[FileEntry, Path, Path]] = []
     for e in entries:
-        r = checker.check(e, hash_content=False)
-        if r is None:
-            to_hash.append(e)
+        located = checker.locate(e)
+        if isinstance(located, FileResult):
+            results[e.path] = located
         else:
-            results[e.path] = r
-    # Largest files first so the parallel pool does not end on one big file.
-    order = sorted(to_hash, key=lambda e: -e.size)
-    workers = max_workers or min(len(order), os.cpu_count() or 2, 8) or 1
-    if workers == 1 or len(order) <= 1:
-        results.update((e.path, checker.check(e, use_cache=False)) for e in order)
+            to_read.append((e, *located))
+    # Then the reads, in parallel threads (hashlib releases the GIL), largest files first
+    # so the pool does not end on one big file.
+    to_read.sort(key=lambda item: -item[0].size)
+    workers = max_workers or min(len(to_read), os.cpu_count() or 2, 8) or 1
+    if workers == 1 or len(to_read) <= 1:
+        results.update((e.path, checker.read_and_compare(e, p, r)) for e, p, r in to_read)
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            hashed = pool.map(lambda e: checker.check(e, use_cache=False), order)
-            results.update(zip((e.path for e in order), hashed))
+            done = pool.map(lambda item: checker.read_and_compare(*item), to_read)
+            results.update(zip((e.path for e, _, _ in to_read), done))
     ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
     extra = list_extra_files(manifest, root) if components is None else ()
     return VerifyReport(
