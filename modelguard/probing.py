@@ -79,7 +79,7 @@ class Comparison:
 
 def _to_array(value: Any) -> Any:
     """numpy array for tensors/arrays/number lists, else None."""
-    import numpy as np
+    np = _require("numpy", "torch")
 
     if type(value).__module__.startswith("torch"):
         value = value.detach().to("cpu")
@@ -468,6 +468,17 @@ class _Runner:
         return self._module.state_dict()
 
 
+def _require(module: str, extra: str) -> Any:
+    """Import a library the probe needs, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"the probe needs {module}, which cannot be imported: {exc}",
+                         expected=f"{module} installed", remedy=f"pip install 'modelguard[{extra}]'") from None
+
+
 def detect_kind(directory: Path, model_id: str | None = None) -> str:
     """``bge-m3``, ``sentence-transformers`` or ``causal-lm`` for a model directory."""
     import json
@@ -497,7 +508,7 @@ def detect_kind(directory: Path, model_id: str | None = None) -> str:
 
 def _bge_m3_loader(directory: Path, texts: Sequence[str]) -> Callable[[int], _Runner]:
     def load(seed: int) -> _Runner:
-        from FlagEmbedding import BGEM3FlagModel
+        BGEM3FlagModel = _require("FlagEmbedding", "flagembedding").BGEM3FlagModel
 
         with contextlib.redirect_stdout(sys.stderr):
             model = BGEM3FlagModel(str(directory), use_fp16=False, devices="cpu")
@@ -514,7 +525,7 @@ def _bge_m3_loader(directory: Path, texts: Sequence[str]) -> Callable[[int], _Ru
 
 def _sentence_transformers_loader(directory: Path, texts: Sequence[str]) -> Callable[[int], _Runner]:
     def load(seed: int) -> _Runner:
-        from sentence_transformers import SentenceTransformer
+        SentenceTransformer = _require("sentence_transformers", "transformers").SentenceTransformer
 
         with contextlib.redirect_stdout(sys.stderr):
             model = SentenceTransformer(str(directory), device="cpu")
@@ -526,8 +537,8 @@ def _sentence_transformers_loader(directory: Path, texts: Sequence[str]) -> Call
 def _causal_lm_loader(directory: Path, texts: Sequence[str], max_new_tokens: int) -> Callable[[int], _Runner]:
     def load(seed: int) -> _Runner:
         import torch
-        from transformers import AutoModelForCausalLM
 
+        AutoModelForCausalLM = _require("transformers", "transformers").AutoModelForCausalLM
         with contextlib.redirect_stdout(sys.stderr):
             model = AutoModelForCausalLM.from_pretrained(str(directory)).eval()
             prompts = _lm_prompts(directory, texts, model.config)
