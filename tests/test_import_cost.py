@@ -1,0 +1,55 @@
+"""Importing modelguard, its CLI, and verifying a model from the command line import none of
+the heavy libraries (checked in a fresh interpreter, where nothing was imported before)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "FlagEmbedding", "huggingface_hub", "sentence_transformers")
+
+PROBE = """
+import json, sys
+{code}
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))
+print(json.dumps(heavy))
+"""
+
+
+def imported_heavy(code: str) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(code=code, heavy=HEAVY)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_probe_sees_a_heavy_import():
+    # the check itself can fail: importing huggingface_hub is seen
+    assert imported_heavy("import huggingface_hub") == ["huggingface_hub"]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import modelguard",
+        "import modelguard.cli",
+        "import modelguard; modelguard.load_manifest, modelguard.build_manifest, modelguard.ModelGuardError",
+        "from modelguard.cli import build_parser; build_parser()",
+    ],
+)
+def test_import_is_cheap(code):
+    assert imported_heavy(code) == []
+
+
+def test_cli_verify_imports_no_heavy_library(minilm_dir):
+    code = (
+        "from modelguard.cli import main\n"
+        f"rc = main(['verify', 'sentence-transformers/all-MiniLM-L6-v2', {str(minilm_dir)!r}, '--quiet'])\n"
+        "assert rc == 0, rc\n"
+    )
+    assert imported_heavy(code) == []

@@ -1,0 +1,86 @@
+"""A non-editable install (a wheel built from the source, installed into its own folder)
+finds the shipped manifests and verifies a model by its id."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "modelguard", "manifests")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of this source tree, built from a copy so no build output lands in the repository."""
+    work = tmp_path_factory.mktemp("pkg")
+    src = work / "src"
+    src.mkdir()
+    for name in SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif path.is_file():
+            shutil.copy(path, src / name)
+    if not (src / "README.md").exists():  # pyproject names it; the text does not matter here
+        (src / "README.md").write_text("modelguard\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", str(work / "dist"), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    wheels = list((work / "dist").glob("modelguard-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+def test_wheel_contains_the_shipped_manifests(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for model in ("BAAI/bge-m3", "BAAI/bge-large-en-v1.5", "sentence-transformers/all-MiniLM-L6-v2"):
+        assert f"modelguard/_manifests/{model}.yaml" in names
+    assert "modelguard/__main__.py" in names and "modelguard/_commands/verify.py" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "modelguard = modelguard.cli:entry_point" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_installed_wheel_verifies_a_model_by_id(wheel, tmp_path, minilm_dir):
+    target = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (target / "modelguard" / "_manifests" / "BAAI" / "bge-m3.yaml").is_file()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import modelguard, modelguard.registry as r; "
+                               "print(modelguard.__file__); print(r.shipped_manifest_dir())"],
+        capture_output=True, text=True, cwd=outside, env=env, timeout=120,
+    )
+    assert where.returncode == 0, where.stderr
+    module_file, manifest_dir = where.stdout.split()
+    # the installed copy is the one in use, and its manifests come from inside it
+    assert Path(module_file).is_relative_to(target), module_file
+    assert Path(manifest_dir) == (target / "modelguard" / "_manifests").resolve()
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelguard", "verify", "sentence-transformers/all-MiniLM-L6-v2", str(minilm_dir)],
+        capture_output=True, text=True, cwd=outside, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1] == "verified: 3 file(s) of sentence-transformers/all-MiniLM-L6-v2 match the manifest"
+    json_proc = subprocess.run(
+        [sys.executable, "-m", "modelguard", "verify", "sentence-transformers/all-MiniLM-L6-v2", str(minilm_dir),
+         "--json"],
+        capture_output=True, text=True, cwd=outside, env=env, timeout=300,
+    )
+    assert '"manifest": "' + str((target / "modelguard" / "_manifests").resolve()) in json_proc.stdout
