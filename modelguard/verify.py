@@ -626,7 +626,8 @@ def format_report(report: VerifyReport, *, quiet: bool = False) -> str:
                     lines.append(f"        fix:      {r.remedy}")
         if report.extra_files:
             label = "FAIL" if report.strict_extra else "note"
-            lines.append(f"  {label}  {len(report.extra_files)} file(s) not in the manifest: "
+            unchecked = "" if report.strict_extra else " (not checked)"
+            lines.append(f"  {label}  {len(report.extra_files)} file(s) not in the manifest{unchecked}: "
                          + ", ".join(report.extra_files[:20])
                          + (" ..." if len(report.extra_files) > 20 else ""))
     elif not report.ok:
