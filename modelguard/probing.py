@@ -429,21 +429,28 @@ def probe(
     params = _differing_parameters(loaded_a, loaded_b)
     components = dict(components or {})
     results = []
-    for name in dict.fromkeys([*out_a, *out_b]):
+    runs = [out_a, out_b, out_a_again or {}, out_a_s1 or {}]
+    for name in dict.fromkeys(n for run in runs for n in run):
         component = components.get(name, name)
-        if name not in out_a or name not in out_b:
-            cmp = Comparison(False, detail="produced by one load only")
-            results.append(OutputProbe(name, component, LOAD_RANDOM if separated else SEED_DEPENDENT,
-                                       "produced under one seed only", cmp))
-            continue
-        load_cmp = compare_outputs(out_a[name], out_b[name], atol=atol)
-        call_cmp = compare_outputs(out_a[name], out_a_s1[name], atol=atol) if out_a_s1 is not None else None
-        repeat_cmp = compare_outputs(out_a[name], out_a_again[name], atol=atol) if out_a_again is not None else None
+        load_cmp = _compare_named(out_a, out_b, name, atol)
+        call_cmp = _compare_named(out_a, out_a_s1, name, atol)
+        repeat_cmp = _compare_named(out_a, out_a_again, name, atol)
         relevant = [p for p in params if _param_component(p, component)] or list(params)
         diagnosis, message = _diagnose(name, component, load_cmp, call_cmp, repeat_cmp, (s0, s1), relevant)
         results.append(OutputProbe(name, component, diagnosis, message, load_cmp, call_cmp, repeat_cmp))
     return ProbeReport(seeds=(s0, s1), outputs=tuple(results), separated=separated,
                        random_parameters=params, elapsed_s=time.perf_counter() - start)
+
+
+def _compare_named(ref: dict[str, Any], other: dict[str, Any] | None, name: str,
+                   atol: float) -> Comparison | None:
+    if other is None:
+        return None
+    if name not in ref and name not in other:
+        return Comparison(True)
+    if name not in ref or name not in other:
+        return Comparison(False, detail="present in one run's outputs only")
+    return compare_outputs(ref[name], other[name], atol=atol)
 
 
 def _param_component(param: str, component: str) -> bool:
