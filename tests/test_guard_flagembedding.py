@@ -338,3 +338,32 @@ def test_hub_id_loads_the_verified_snapshot_from_the_cache(tiny_bge_m3_template,
     err = refused(TINY_BGE_M3_ID, caplog)
     assert err.component == "colbert"
     assert f"modelguard fetch {TINY_BGE_M3_ID} --revision {commit}" in err.remedy
+
+
+def test_import_modelguard_auto_before_flagembedding_guards_it(tiny_bge_m3):
+    """A fresh interpreter: ``import modelguard.auto`` first imports neither torch nor
+    FlagEmbedding; FlagEmbedding imported afterwards is patched and refuses a missing head."""
+    import subprocess
+    import sys
+
+    (tiny_bge_m3 / "colbert_linear.pt").unlink()
+    code = (
+        "import sys, warnings\n"
+        "import modelguard.auto\n"
+        "assert 'torch' not in sys.modules and 'FlagEmbedding' not in sys.modules, 'imported too early'\n"
+        "from modelguard import guard\n"
+        "from modelguard.errors import MissingHeadError\n"
+        "from _models import load_bge_m3\n"
+        "warnings.simplefilter('ignore')\n"
+        "try:\n"
+        "    load_bge_m3(sys.argv[1])\n"
+        "except MissingHeadError as exc:\n"
+        "    print('refused:', exc.component)\n"
+        "print('patched:', guard.patched_libraries().get('FlagEmbedding'))\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_bge_m3)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "patched: modelguard.hooks.flagembedding" in done.stdout
+    assert "refused: colbert" in done.stdout
