@@ -205,3 +205,32 @@ def test_import_modelguard_loads_no_engine_and_keeps_verify_the_function():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.splitlines() == ["[]", "True True"], proc.stdout + proc.stderr
+
+
+def test_verify_reads_in_parallel_through_the_pipeline(tmp_path, monkeypatch):
+    """verify() with several files, some large enough for the pipeline, every digest checked."""
+    from modelguard import verify
+    from modelguard.manifest import parse_manifest_text
+
+    monkeypatch.setattr(hashing, "PIPELINE_MIN_SIZE", 64 * 1024)
+    files = {f"shard-{i}.bin": os.urandom(40_000 * (i + 1)) for i in range(6)}
+    lines = ["modelguard: 1", "model: local/shards", "components:", "  w: {required: true}", "files:"]
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        ref = reference(data)
+        lines += [f"- path: {name}", f"  size: {len(data)}", "  component: w",
+                  f"  sha256: {ref['sha256']}", f"  md5: {ref['md5']}"]
+    manifest = parse_manifest_text("\n".join(lines) + "\n")
+    seen = []
+    report = verify(manifest, tmp_path, all_digests=True, cache=False, progress=seen.append, max_workers=3)
+    assert report.ok, report.summary()
+    assert sum(seen) == sum(len(d) for d in files.values())
+    assert report.result("shard-5.bin").message == "ok (240.00 KB, sha256+md5)"
+    with open(tmp_path / "shard-4.bin", "r+b") as f:
+        f.seek(100_000)
+        f.write(b"\xff" * 8)
+    report = verify(manifest, tmp_path, all_digests=True, cache=False, max_workers=3)
+    bad = report.result("shard-4.bin")
+    assert [r.path for r in report.failures] == ["shard-4.bin"]
+    assert bad.message.startswith("right size, wrong content: sha256: expected ")
+    assert "; md5: expected " in bad.message
