@@ -361,9 +361,18 @@ def _differing_parameters(a: Any, b: Any) -> tuple[str, ...]:
     for key in sorted(set(sa) | set(sb)):
         if key not in sa or key not in sb:
             out.append(key)
-        elif not compare_outputs(sa[key], sb[key]).identical:
+        elif not _same_tensor(sa[key], sb[key]):
             out.append(key)
     return tuple(out)
+
+
+def _same_tensor(a: Any, b: Any) -> bool:
+    # torch.equal compares in place: no float64 copies of a large embedding matrix.
+    if type(a).__module__.startswith("torch") and type(b).__module__.startswith("torch"):
+        import torch
+
+        return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
+    return compare_outputs(a, b).identical
 
 
 def probe(
