@@ -19,11 +19,20 @@ MODEL = "org/tinybert"
 WEIGHTS = "model.safetensors"
 
 LOAD = """
-import modelguard, sys
-modelguard.install(policy=sys.argv[1])
-from transformers import AutoModel
-model = AutoModel.from_pretrained("org/tinybert")
-print("CHECKSUM", repr(round(sum(float(p.double().sum()) for p in model.state_dict().values()), 6)))
+import sys
+import modelguard
+from modelguard.errors import VerificationError
+
+for policy in sys.argv[1:]:
+    modelguard.install(policy=policy)
+    from transformers import AutoModel
+    try:
+        model = AutoModel.from_pretrained("org/tinybert")
+    except VerificationError as exc:
+        print("REFUSED", policy, str(exc).splitlines()[0])
+    else:
+        print("CHECKSUM", policy, repr(round(sum(float(p.double().sum()) for p in model.state_dict().values()), 6)))
+    modelguard.uninstall()
 """
 
 
@@ -55,30 +64,22 @@ def served_bert(tmp_path, monkeypatch):
         yield hub, commit, checksum_of(source / WEIGHTS), bytes(data)
 
 
-def load(policy: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", LOAD, policy], capture_output=True, text=True,
+def load(*policies: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", LOAD, *policies], capture_output=True, text=True,
                           env=dict(os.environ), timeout=300)
 
 
 def test_repair_policy_downloads_the_right_bytes_before_construction(served_bert):
     hub, commit, expected, corrupt = served_bert
     n_before = len(hub.requests("GET", "/lfs/"))
-    proc = load("repair")
+    # First 'refuse' (nothing is downloaded, the load fails), then 'repair' in the same process.
+    proc = load("refuse", "repair")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"CHECKSUM {expected!r}" in proc.stdout  # the model holds the published weights
-    assert len(hub.requests("GET", "/lfs/")) == n_before + 1
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("REFUSED refuse") and "org/tinybert" in lines[0], lines
+    assert lines[1] == f"CHECKSUM repair {expected!r}", lines  # the model holds the published weights
+    assert len(hub.requests("GET", "/lfs/")) == n_before + 1  # one download, by the repair
     snap = repo_folder(MODEL) / "snapshots" / commit
     assert checksum_of(snap / WEIGHTS) == expected
     kept = list((repo_folder(MODEL) / ".modelguard-quarantine").rglob(WEIGHTS))
     assert len(kept) == 1 and kept[0].read_bytes() == corrupt
-
-
-def test_refuse_policy_does_not_download(served_bert):
-    hub, commit, expected, corrupt = served_bert
-    n_before = len(hub.requests("GET", "/lfs/"))
-    proc = load("refuse")
-    assert proc.returncode != 0
-    assert "VerificationError" in proc.stderr and "model.safetensors" in proc.stderr
-    assert "CHECKSUM" not in proc.stdout
-    assert len(hub.requests("GET", "/lfs/")) == n_before
-    assert Path(os.path.realpath(repo_folder(MODEL) / "snapshots" / commit / WEIGHTS)).read_bytes() == corrupt
