@@ -228,7 +228,18 @@ def _apply_hook(import_name: str) -> None:
                 UnsupportedLibraryWarning, stacklevel=3,
             )
             return
-        hook.patch(module)
+        try:
+            hook.patch(module)
+        except Exception as exc:  # a library whose internals moved: say so, never break its import
+            with contextlib.suppress(Exception):
+                hook.unpatch()
+            _refused[import_name] = f"patching failed: {exc}"
+            warnings.warn(
+                f"modelguard: could not guard {import_name} {version} ({type(exc).__name__}: {exc}); "
+                "its loaders are NOT guarded",
+                UnsupportedLibraryWarning, stacklevel=3,
+            )
+            return
         _patched[import_name] = hook
 
 

@@ -47,13 +47,13 @@ def no_guard_warnings():
     return context
 
 
-def make_hf_cache(root: Path, source: Path, *, break_weights=None) -> Path:
+def make_hf_cache(root: Path, source: Path, *, break_weights=None, main: str = COMMIT) -> Path:
     """A Hugging Face cache holding ``source`` as the snapshot of MINILM at COMMIT (blobs + links)."""
     repo = root / "models--sentence-transformers--all-MiniLM-L6-v2"
     snap = repo / "snapshots" / COMMIT
     (repo / "blobs").mkdir(parents=True)
     (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
+    (repo / "refs" / "main").write_text(main)
     for path in sorted(source.rglob("*")):
         if not path.is_file():
             continue
@@ -131,6 +131,22 @@ def test_hub_id_and_snapshot_path_from_the_hf_cache(hf_cache, reference_embeddin
             assert torch.equal(embed(model), reference_embeddings)
     finally:
         ctx.__exit__(None, None, None)
+
+
+def test_hub_id_loads_the_revision_the_manifest_pins(minilm_dir, tmp_path, hub_offline, reference_embeddings):
+    import dataclasses
+
+    shipped = guard.resolve_model(MINILM).manifest
+    manifests = tmp_path / "manifests"
+    modelguard.save_manifest(dataclasses.replace(shipped, revision=COMMIT),
+                             manifests / "sentence-transformers" / "all-MiniLM-L6-v2.yaml")
+    guard.install(manifest_dirs=[manifests])
+    cache = make_hf_cache(tmp_path / "hub", minilm_dir, main="f" * 40)  # main: a commit not in the cache
+    model = load(MINILM, cache_folder=str(cache), local_files_only=True)
+    assert torch.equal(embed(model), reference_embeddings)
+    guard.uninstall()
+    with pytest.raises(OSError):
+        load(MINILM, cache_folder=str(cache), local_files_only=True)
 
 
 # --------------------------------------------------------------------------- refusals

@@ -176,3 +176,81 @@ def test_without_the_guard_the_head_is_silently_random(checkpoints):
         with torch.no_grad():
             outputs.append(model(**sample_inputs()).logits)
     assert not torch.equal(outputs[0], outputs[1])
+
+
+# --------------------------------------------------------------------------- Hub ids and pinned revisions
+
+PINNED = "1" * 40
+OTHER = "2" * 40
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """HF_HUB_OFFLINE=1 for libraries already imported (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def pinned_cache(checkpoints, tmp_path):
+    """acme/tiny-bert in a HF cache: the manifest pins PINNED, while refs/main names another commit."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny-bert"
+    snap = repo / "snapshots" / PINNED
+    shutil.copytree(checkpoints["seqcls"], snap)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(OTHER)
+    manifests = tmp_path / "manifests"
+    modelguard.save_manifest(modelguard.build_manifest(snap, "acme/tiny-bert", PINNED),
+                             manifests / "acme" / "tiny-bert.yaml")
+    guard.install(manifest_dirs=[manifests])
+    return cache, snap
+
+
+def test_hub_id_loads_the_pinned_revision(pinned_cache, hub_offline):
+    cache, snap = pinned_cache
+    resolved = guard.resolve_model("acme/tiny-bert", cache_dir=cache)
+    assert (resolved.how, resolved.revision, resolved.directory) == ("hub-id", PINNED, snap)
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        "acme/tiny-bert", cache_dir=str(cache), local_files_only=True,
+    )
+    assert isinstance(model, transformers.BertForSequenceClassification)
+    # without the guard, transformers follows refs/main, which this cache does not hold
+    guard.uninstall()
+    with pytest.raises(OSError):
+        transformers.BertForSequenceClassification.from_pretrained(
+            "acme/tiny-bert", cache_dir=str(cache), local_files_only=True,
+        )
+
+
+def test_hub_id_with_a_corrupt_cached_file_is_refused_with_the_fetch_command(pinned_cache, hub_offline):
+    cache, snap = pinned_cache
+    config = snap / "config.json"
+    config.write_text(config.read_text().replace('"hidden_size": 16', '"hidden_size": 32'))
+    with pytest.raises(VerificationError) as info:
+        transformers.BertForSequenceClassification.from_pretrained(
+            "acme/tiny-bert", cache_dir=str(cache), local_files_only=True,
+        )
+    text = str(info.value)
+    assert "config.json [model]: right size, wrong content" in text
+    assert f"modelguard fetch acme/tiny-bert --revision {PINNED}" in text
+    assert "--local-dir" not in text
+
+
+def test_loader_components_follow_the_folder_transformers_reads():
+    from modelguard.hooks.transformers import loader_components
+    from modelguard.manifest import parse_manifest_text
+
+    manifest = parse_manifest_text(
+        "modelguard: 1\nmodel: acme/st\ncomponents: {backbone: {}, tokenizer: {}, st: {}}\nfiles:\n"
+        + "".join(f"- {{path: {p}, size: 1, md5: {'a' * 32}, component: {c}}}\n" for p, c in [
+            ("config.json", "st"), ("0_Transformer/config.json", "backbone"),
+            ("0_Transformer/model.safetensors", "backbone"), ("0_Transformer/tokenizer.json", "tokenizer"),
+            ("1_Pooling/config.json", "st"),
+        ])
+    )
+    assert loader_components(manifest, "0_Transformer") == ["backbone"]
+    assert loader_components(manifest, "") == ["st"]
+    assert loader_components(manifest, "2_Dense") is None

@@ -57,6 +57,18 @@ def loader_components(manifest: Any, subfolder: str = "") -> list[str] | None:
     return sorted(set(found)) or None
 
 
+def _subfolder(name: Any, resolved: Any, kwargs: dict) -> str:
+    """The folder, relative to the model's root, that transformers reads from."""
+    parts = []
+    if resolved.directory is not None and os.path.isdir(name):
+        rel = os.path.relpath(os.path.abspath(name), os.path.abspath(resolved.directory))
+        if rel != "." and not rel.startswith(".."):
+            parts.append(rel.replace(os.sep, "/"))
+    if kwargs.get("subfolder"):
+        parts.append(str(kwargs["subfolder"]).strip("/"))
+    return "/".join(parts)
+
+
 def _wrap_from_pretrained(original: Any) -> Any:
     func = original.__func__  # a classmethod in every supported version
 
@@ -72,7 +84,7 @@ def _wrap_from_pretrained(original: Any) -> Any:
                 resolved = guard.resolve_model(name, asked, cache_dir=kwargs.get("cache_dir"))
                 components = None
                 if resolved.manifest is not None:
-                    components = loader_components(resolved.manifest, kwargs.get("subfolder") or "")
+                    components = loader_components(resolved.manifest, _subfolder(name, resolved, kwargs))
                 resolved = guard.check_before_load(
                     name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
                 )
