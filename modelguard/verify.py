@@ -244,6 +244,15 @@ def _within(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
+def opened_path(fd: int) -> Path | None:
+    """The real path of the open file ``fd`` (Linux /proc), or None where it cannot be told."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return Path(target) if target.startswith("/") and not target.endswith(" (deleted)") else None
+
+
 # --------------------------------------------------------------------------- engine
 
 
@@ -339,13 +348,22 @@ class _Checker:
     def read_and_compare(self, entry: FileEntry, path: Path, resolved: Path) -> FileResult:
         """Open, size, content sniff and digests of a file :meth:`locate` passed on."""
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
         except PermissionError as exc:
             return self.result(entry, "unreadable", f"permission denied: {exc.strerror}",
                                remedy=f"make {path} readable by this user (chmod/chown), then verify again")
         except OSError as exc:
             return self.result(entry, "unreadable", f"cannot open: {exc.strerror}")
         try:
+            # A link swapped between locate() and open() must not take the read outside.
+            real = opened_path(fd)
+            if real is not None and not _within(real, self.roots):
+                return self.result(
+                    entry, "symlink_escape",
+                    f"links outside the model directory (to {real}, swapped while verifying); not read",
+                    actual={"resolves_to": str(real)},
+                    remedy=f"replace {path} with the real file; modelguard does not follow links out of the model directory",
+                )
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 kind = _file_kind(st.st_mode)

@@ -1,0 +1,249 @@
+"""A manifest can never make modelguard read or write outside the model directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from hostile import link_to, make_fifo, make_small_model_dir
+from modelguard.build import build_manifest
+from modelguard.errors import UnsafePathError, UsageError
+from modelguard.manifest import Component, FileEntry, Manifest, parse_manifest_text, save_manifest
+from modelguard.verify import _Checker, default_remedy, verify
+
+
+def _entry(path: str, data: bytes) -> FileEntry:
+    return FileEntry(path=path, size=len(data), component="model",
+                     digests={"sha256": hashlib.sha256(data).hexdigest()})
+
+
+def _manifest(*entries: FileEntry) -> Manifest:
+    return Manifest(model="org/hostile", revision=None,
+                    components={"model": Component("model", True)}, files=tuple(entries))
+
+
+def _bounded(fn, timeout=30):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "hung"
+    return out["v"]
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under root with (size, mtime_ns), links not followed."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+MANIFEST_HEAD = "modelguard: 1\nmodel: org/hostile\ncomponents: {model: {required: true}}\nfiles:\n"
+
+
+@pytest.mark.parametrize("path,problem", [
+    ("/etc/passwd", "absolute paths are not allowed"),
+    ("../../etc/passwd", "'..' is not allowed"),
+    ("a/../../b", "'..' is not allowed"),
+    ("C:/Windows/win.ini", "absolute paths are not allowed"),
+    ("a\\\\..\\\\b", "backslash"),
+    ("./config.json", "empty or '.' path segments"),
+])
+def test_manifest_refuses_paths_that_leave_the_directory(tmp_path, path, problem):
+    text = MANIFEST_HEAD + f"- {{path: '{path}', size: 1, component: model, sha256: '{'ab' * 32}'}}\n"
+    with pytest.raises(UnsafePathError) as info:
+        parse_manifest_text(text, source="hostile.yaml")
+    assert problem in info.value.message
+    assert "never reads outside the model directory" in info.value.remedy
+    (tmp_path / "m.yaml").write_text(text)
+    r = run_cli("verify", str(tmp_path / "m.yaml"), str(tmp_path))
+    assert r.returncode == 2 and problem in r.stderr and "Traceback" not in r.stderr
+
+
+def test_symlink_to_etc_passwd_is_reported_not_followed(tmp_path):
+    passwd = Path("/etc/passwd").read_bytes()
+    model = tmp_path / "model"
+    model.mkdir()
+    link_to(model / "config.json", "/etc/passwd")
+    # The manifest even carries passwd's true size and digest: still refused.
+    report = verify(_manifest(_entry("config.json", passwd)), model, cache=False)
+    r = report.result("config.json")
+    assert not report.ok and r.diagnosis == "symlink_escape"
+    assert "links outside the model directory (to /etc/passwd); not followed" in r.message
+    assert "sha256" not in r.actual  # nothing was hashed
+
+
+def test_escaping_link_is_never_opened(tmp_path):
+    """Proof of no open: the target is a FIFO outside the directory; opening it would block."""
+    outside = make_fifo(tmp_path / "outside.fifo")
+    model = tmp_path / "model"
+    model.mkdir()
+    link_to(model / "model.safetensors", outside)
+    report = _bounded(lambda: verify(_manifest(_entry("model.safetensors", b"x")), model, cache=False))
+    assert report.result("model.safetensors").diagnosis == "symlink_escape"
+
+
+def test_escape_through_a_linked_folder(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    link_to(model / "sub", "/etc")
+    report = verify(_manifest(_entry("sub/passwd", b"x")), model, cache=False)
+    assert report.result("sub/passwd").diagnosis == "symlink_escape"
+    assert "(to /etc/passwd)" in report.result("sub/passwd").message
+
+
+def test_relative_link_climbing_out_and_link_loop(tmp_path):
+    (tmp_path / "secret.bin").write_bytes(b"s" * 10)
+    model = tmp_path / "model"
+    (model / "a").mkdir(parents=True)
+    link_to(model / "a" / "w.bin", "../../secret.bin")
+    link_to(model / "loop.bin", "loop.bin")
+    report = _bounded(lambda: verify(_manifest(_entry("a/w.bin", b"s" * 10), _entry("loop.bin", b"x")),
+                                     model, cache=False))
+    assert report.result("a/w.bin").diagnosis == "symlink_escape"
+    assert report.result("loop.bin").diagnosis in ("unreadable", "missing", "symlink_escape")
+    assert not report.result("loop.bin").ok
+
+
+def test_links_inside_the_directory_are_fine(tmp_path):
+    model = tmp_path / "model"
+    (model / "real").mkdir(parents=True)
+    (model / "real" / "w.bin").write_bytes(b"w" * 100)
+    link_to(model / "w.bin", "real/w.bin")
+    report = verify(_manifest(_entry("w.bin", b"w" * 100), _entry("real/w.bin", b"w" * 100)), model, cache=False)
+    assert report.ok, report.summary()
+
+
+def _hf_snapshot(cache: Path, repo: str, files: dict[str, bytes], rev: str = "a" * 40) -> Path:
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (folder / "blobs").mkdir()
+    for name, data in files.items():
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snap), snap / name)
+    return snap
+
+
+def test_hf_cache_links_into_own_blobs_verify(tmp_path):
+    snap = _hf_snapshot(tmp_path / "hub", "org/good", {"model.safetensors": b"m" * 64, "config.json": b"{}"})
+    report = verify(_manifest(_entry("model.safetensors", b"m" * 64), _entry("config.json", b"{}")), snap,
+                    cache=False)
+    assert report.ok, report.summary()
+
+
+def test_hf_cache_link_into_another_repos_blobs_escapes(tmp_path):
+    hub = tmp_path / "hub"
+    other = _hf_snapshot(hub, "evil/other", {"model.safetensors": b"e" * 64})
+    snap = _hf_snapshot(hub, "org/good", {"config.json": b"{}"})
+    blob = (other / "model.safetensors").resolve()
+    os.symlink(os.path.relpath(blob, snap), snap / "model.safetensors")
+    report = verify(_manifest(_entry("model.safetensors", b"e" * 64), _entry("config.json", b"{}")), snap,
+                    cache=False)
+    r = report.result("model.safetensors")
+    assert r.diagnosis == "symlink_escape" and "models--evil--other/blobs" in r.message
+    assert report.result("config.json").ok
+
+
+def test_fifo_in_the_directory_does_not_hang(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    make_fifo(model / "pytorch_model.bin")
+    report = _bounded(lambda: verify(_manifest(_entry("pytorch_model.bin", b"x" * 10)), model, cache=False))
+    r = report.result("pytorch_model.bin")
+    assert r.diagnosis == "not_a_file" and "FIFO" in r.message
+
+
+def test_link_to_dev_zero_is_refused(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    link_to(model / "model.safetensors", "/dev/zero")
+    report = _bounded(lambda: verify(_manifest(_entry("model.safetensors", b"\0" * 10)), model, cache=False))
+    assert report.result("model.safetensors").diagnosis == "symlink_escape"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
+def test_device_node_in_the_directory_is_not_read(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    os.mknod(model / "model.safetensors", 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's numbers
+    report = _bounded(lambda: verify(_manifest(_entry("model.safetensors", b"\0" * 10)), model, cache=False))
+    r = report.result("model.safetensors")
+    assert r.diagnosis == "not_a_file" and "device file" in r.message
+
+
+def test_zero_byte_file(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "pytorch_model.bin").write_bytes(b"")
+    r = verify(_manifest(_entry("pytorch_model.bin", b"x" * 100)), model, cache=False).result("pytorch_model.bin")
+    assert r.diagnosis == "empty" and "is empty (0 bytes), expected 100 bytes" in r.message
+
+
+def test_link_swapped_after_the_check_is_caught_at_open(tmp_path):
+    """A link retargeted between the containment check and open() is not read."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "real.bin").write_bytes(b"r" * 32)
+    (tmp_path / "outside.bin").write_bytes(b"r" * 32)
+    link_to(model / "w.bin", "real.bin")
+    manifest = _manifest(_entry("w.bin", b"r" * 32))
+    checker = _Checker(manifest, model, all_digests=False, cache=None,
+                       remedy=default_remedy(manifest, model), progress=None)
+    located = checker.locate(manifest.files[0])
+    assert isinstance(located, tuple)  # inside: passed on for reading
+    os.unlink(model / "w.bin")
+    os.symlink(tmp_path / "outside.bin", model / "w.bin")
+    r = checker.read_and_compare(manifest.files[0], *located)
+    assert r.diagnosis == "symlink_escape" and "swapped while verifying" in r.message
+    assert "sha256" not in r.actual
+
+
+def test_extra_file_walk_does_not_follow_linked_folders(tmp_path):
+    model = make_small_model_dir(tmp_path / "model")
+    m = build_manifest(model, "org/small")
+    link_to(model / "root", "/")
+    report = _bounded(lambda: verify(m, model, cache=False))
+    assert report.ok and report.extra_files == ()
+
+
+def test_build_refuses_links_out_and_never_reads_them(tmp_path):
+    model = make_small_model_dir(tmp_path / "model")
+    link_to(model / "secrets.json", "/etc/passwd")
+    with pytest.raises(UsageError) as info:
+        build_manifest(model, "org/small")
+    assert "links outside the model directory (to /etc/passwd)" in info.value.message
+    r = run_cli("build", str(model), "--model", "org/small")
+    assert r.returncode == 2 and "links outside the model directory" in r.stderr
+    assert "Traceback" not in r.stderr
+    # a FIFO and a device link are skipped, not opened (build would otherwise hang)
+    os.unlink(model / "secrets.json")
+    make_fifo(model / "pipe.bin")
+    m = _bounded(lambda: build_manifest(model, "org/small"))
+    assert "pipe.bin" not in {e.path for e in m.files}
+
+
+def test_verify_writes_nothing_outside_its_cache(tmp_path, isolated_env):
+    model = make_small_model_dir(tmp_path / "model")
+    manifest = build_manifest(model, "org/small")
+    save_manifest(manifest, tmp_path / "m.yaml")
+    link_to(model / "escape.bin", "/etc/passwd")
+    before_model, before_tmp = _tree(model), _tree(tmp_path)
+    r = run_cli("verify", str(tmp_path / "m.yaml"), str(model), "--scan", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["extra_files"] == ["escape.bin"]
+    assert _tree(model) == before_model
+    assert _tree(tmp_path) == before_tmp
+    written = [p for p in _tree(isolated_env) if p.endswith(".json")]
+    assert all(p.startswith("mgcache") for p in written), written
