@@ -196,8 +196,18 @@ def sniff_error_page(head: bytes) -> str | None:
         return "HTML"
     if stripped.startswith(b"<?xml") and b"<error" in stripped:
         return "XML"
-    if stripped.startswith(b"{") and re.search(rb'"(error|errors|message)"\s*:', stripped[:512]):
-        return "JSON"
+    if stripped.startswith(b"{") and re.search(rb'"(error|errors|message|detail)"\s*:', stripped[:512]):
+        # A server's error body is a small object such as {"error": "Repository not found"};
+        # a config that merely has an "errors" key (GPT-2's tokenizer_config.json) is not one.
+        import json
+
+        try:
+            body = json.loads(head.decode("utf-8"))
+        except ValueError:
+            return None
+        keys = {k.lower() for k in body} if isinstance(body, dict) else set()
+        if keys & {"error", "errors", "message", "detail"} and len(keys) <= 4:
+            return "JSON"
     return None
 
 

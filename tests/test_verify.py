@@ -182,6 +182,16 @@ def test_json_error_page(manifest, model):
     assert "Repository Not Found" in r.message
 
 
+def test_a_json_config_with_an_errors_key_is_not_an_error_page(manifest, model):
+    # GPT-2 style tokenizer configs carry "errors": "replace"; a changed one is not a server's error body
+    (model / "tokenizer.json").write_text(json.dumps(
+        {"add_prefix_space": False, "bos_token": "<s>", "errors": "replace", "model_max_length": 512,
+         "tokenizer_class": "GPT2Tokenizer"}))
+    _, r = check(manifest, model, "tokenizer.json")
+    assert r.diagnosis == "truncated", r.message
+    assert "error page" not in r.message
+
+
 def test_zero_filled_with_the_right_size(manifest, model):
     path = model / "model.safetensors"
     size = path.stat().st_size
