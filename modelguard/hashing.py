@@ -54,6 +54,14 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 2
+
+
 def hash_fd(
     fd: int,
     algorithms: Iterable[str],
@@ -208,7 +216,7 @@ def hash_files(
     """
     algorithms = tuple(dict.fromkeys(algorithms))
     sized = sorted(((os.fspath(p), os.stat(p).st_size) for p in paths), key=lambda ps: -ps[1])
-    workers = max_workers or min(len(sized), os.cpu_count() or 2, 8) or 1
+    workers = max_workers or min(len(sized), usable_cpus(), 8) or 1
     if workers == 1:
         return {p: hash_file(p, algorithms, progress=progress) for p, _ in sized}
     from concurrent.futures import ThreadPoolExecutor

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import VerificationError
-from .hashing import FileChangedError, hash_fd
+from .hashing import FileChangedError, hash_fd, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 
 SNIFF_BYTES = 1024
@@ -614,7 +614,7 @@ def verify(
     # Then the reads, in parallel threads (hashlib releases the GIL), largest files first
     # so the pool does not end on one big file.
     to_read.sort(key=lambda item: -item[0].size)
-    workers = max_workers or min(len(to_read), os.cpu_count() or 2, 8) or 1
+    workers = max_workers or min(len(to_read), usable_cpus(), 8) or 1
     if workers == 1 or len(to_read) <= 1:
         results.update((e.path, checker.read_and_compare(e, p, r)) for e, p, r in to_read)
     else:
