@@ -3,8 +3,8 @@
 After a file verifies, its digests are remembered under its absolute path and
 (device, inode, size, mtime_ns, ctime_ns). A later verify of the same unchanged file
 costs a stat and one small read instead of hashing gigabytes. Rewriting a file in place
-changes its ctime, replacing it changes its inode, and user space cannot set either
-back, so restoring size and mtime (``os.utime``) does not fool the key.
+changes its ctime, replacing it changes its inode, and neither can be set back (short of
+changing the system clock), so restoring size and mtime (``os.utime``) does not fool the key.
 
 Anything unreadable, corrupt, from another format version or for another stat key is a
 miss: never an error, never a pass. A file whose timestamps are younger than
