@@ -26,6 +26,14 @@ def resolve_target(target: str, directory: str | None, revision: str | None = No
 
     if looks_like_manifest_file(target):
         manifest = load_manifest(target)
+    elif os.path.isdir(target) and not _is_known_model(target, revision):
+        raise UsageError(
+            f"{target} is a directory; TARGET is a manifest file or a model id",
+            expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + target,
+            actual=target,
+            remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {target}, "
+                   f"or write one: modelguard build {target} --model ORG/NAME -o MANIFEST.yaml",
+        )
     else:
         manifest = registry.require_manifest(target, revision)
     if directory is not None:
@@ -41,6 +49,15 @@ def resolve_target(target: str, directory: str | None, revision: str | None = No
                    f"modelguard fetch {manifest.model}{rev}",
         )
     return manifest, snap
+
+
+def _is_known_model(target: str, revision: str | None) -> bool:
+    from .. import registry
+
+    try:
+        return registry.find_manifest(target, revision) is not None
+    except UsageError:  # not a model id at all
+        return False
 
 
 class Progress:
