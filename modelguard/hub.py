@@ -227,13 +227,17 @@ def _wanted(manifest: Manifest, components: Iterable[str] | None) -> list[str] |
     return wanted
 
 
-def _fetch_command(manifest: Manifest, revision: str | None, local_dir: Any) -> str:
-    cmd = f"modelguard fetch {manifest.model}"
+def _fetch_command(manifest: Manifest, revision: str | None, local_dir: Any, *, given: Any = None,
+                   cache_dir: Any = None) -> str:
+    """The fetch command line that repeats this fetch (``given``: what the user named, id or file)."""
+    cmd = f"modelguard fetch {given if isinstance(given, str) else manifest.model}"
     rev = manifest.revision or revision
-    if rev:
+    if rev and not (isinstance(given, str) and given.endswith((".yaml", ".yml"))):
         cmd += f" --revision {rev}"
     if local_dir is not None:
         cmd += f" --local-dir {local_dir}"
+    elif cache_dir is not None:
+        cmd += f" --cache-dir {cache_dir}"
     return cmd
 
 
@@ -287,7 +291,8 @@ def fetch_files(
                     f"HF_HUB_OFFLINE is set, but {len(todo)} file(s) of {manifest.model} need downloading: {listed}",
                     path=target.directory, expected="files present and verified, or the Hub reachable",
                     actual=f"{len(todo)} file(s) missing or broken",
-                    remedy=f"unset HF_HUB_OFFLINE and run `{_fetch_command(manifest, commit or rev, local_dir)}`, "
+                    remedy=f"unset HF_HUB_OFFLINE and run "
+                           f"`{_fetch_command(manifest, commit or rev, local_dir, given=model, cache_dir=cache_dir)}`, "
                            "or copy the files in from a machine that has them",
                 )
             download_rev = commit or rev
@@ -317,7 +322,8 @@ def fetch_files(
             actual=", ".join(a.path for a in failed) or ", ".join(r.path for r in still),
             remedy=(f"check that {endpoint} serves {manifest.model} at {download_rev} (HF_ENDPOINT, proxy, mirror) "
                     f"and that the manifest ({manifest.source or 'in memory'}) describes that revision; "
-                    f"then run `{_fetch_command(manifest, download_rev, local_dir)}` again"),
+                    f"then run `{_fetch_command(manifest, download_rev, local_dir, given=model, cache_dir=cache_dir)}` "
+                    "again"),
         )
         err.result = result  # type: ignore[attr-defined]
         raise err
