@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -234,3 +235,25 @@ def test_verify_reads_in_parallel_through_the_pipeline(tmp_path, monkeypatch):
     assert [r.path for r in report.failures] == ["shard-4.bin"]
     assert bad.message.startswith("right size, wrong content: sha256: expected ")
     assert "; md5: expected " in bad.message
+
+
+def test_benchmark_runs_and_cleans_up(tmp_path):
+    """tools/bench.py end to end on tiny data (its figures are not checked here)."""
+    from conftest import REPO
+
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench.py"), "--quick", "--size-gb", "0.004", "--scale", "0.0005",
+         "--small-files", "4", "--small-kb", "16", "--repeat", "1", "--import-repeat", "1",
+         "--dir", str(tmp_path), "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for heading in ("(a) one 0.004 GiB file", "(b) bge-m3-shaped directory (12 files", "(c) 4 files of 16 KiB",
+                    "warm verify (stat cache hit", "import time", "targets (issue 5)"):
+        assert heading in proc.stdout
+    assert "files are in the page cache" in proc.stdout
+    results = json.loads(out_json.read_text())
+    assert set(results["large"]) >= {"modelguard verify sha256 (cold)", "huggingface_hub sha_fileobj (sha256)"}
+    assert results["warm"]["(b) bge-m3-shaped dir, manifest file"]["warm_ms"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"], "benchmark data left behind"

@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-files", type=int, help="number of small files (default 500, --quick 200)")
     parser.add_argument("--small-kb", type=int, help="size of each small file in KiB (default 1024, --quick 256)")
     parser.add_argument("--repeat", type=int, help="runs per figure (default 5, --quick 3)")
+    parser.add_argument("--import-repeat", type=int, help="runs per import-time figure (default 15, --quick 7)")
     parser.add_argument("--dir", help="where to write the temporary data (default: the system temp dir)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         warm["cli_bge_m3_shaped_ms"] = median(cli_runs) * 1000
         results["warm"] = warm
 
-        imports = import_times(15 if not q else 7, root)
+        imports = import_times(args.import_repeat or (7 if q else 15), root)
         results["import_ms"] = imports
 
         # targets of issue 5
