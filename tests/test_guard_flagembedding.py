@@ -314,22 +314,30 @@ def test_flag_auto_model_is_guarded(tiny_bge_m3, caplog):
     assert info.value.component == "colbert"
 
 
-def test_hub_id_loads_the_verified_snapshot_from_the_cache(tiny_bge_m3_template, tmp_path, monkeypatch, caplog):
-    """By Hub id, offline: the pinned snapshot in the HF cache is verified and loaded."""
-    import os
+def cached_snapshot(template: Path, commit: str, tmp_path: Path, monkeypatch) -> Path:
+    """The tiny bge-m3 as a Hugging Face cache snapshot at ``commit`` (refs/main), its
+    manifest on $MODELGUARD_MANIFEST_PATH, downloads off."""
     import shutil
 
     from modelguard.hfcache import hf_cache_dir, repo_folder_name
 
-    commit = "0123456789abcdef0123456789abcdef01234567"
     repo = hf_cache_dir() / repo_folder_name(TINY_BGE_M3_ID)
-    snapshot = Path(shutil.copytree(tiny_bge_m3_template, repo / "snapshots" / commit))
-    (repo / "refs").mkdir()
+    snapshot = Path(shutil.copytree(template, repo / "snapshots" / commit))
+    (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     manifests = tmp_path / "manifests"
     save_manifest(tiny_bge_m3_manifest(snapshot, revision=commit), manifests / f"{TINY_BGE_M3_ID}.yaml")
     monkeypatch.setenv("MODELGUARD_MANIFEST_PATH", str(manifests))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return snapshot
+
+
+def test_hub_id_loads_the_verified_snapshot_from_the_cache(tiny_bge_m3_template, tmp_path, monkeypatch, caplog):
+    """By Hub id, offline: the pinned snapshot in the HF cache is verified and loaded."""
+    import os
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cached_snapshot(tiny_bge_m3_template, commit, tmp_path, monkeypatch)
 
     expected = unguarded_outputs(snapshot)
     assert m3_outputs(load_bge_m3(TINY_BGE_M3_ID)) == expected
@@ -367,3 +375,21 @@ def test_import_modelguard_auto_before_flagembedding_guards_it(tiny_bge_m3):
     assert done.returncode == 0, done.stderr
     assert "patched: modelguard.hooks.flagembedding" in done.stdout
     assert "refused: colbert" in done.stdout
+
+
+def test_a_directory_that_does_not_exist_is_a_usage_error(tmp_path):
+    from modelguard.errors import UsageError
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(UsageError) as info:
+        load_bge_m3(missing)
+    assert f"model directory {missing} does not exist" in str(info.value)
+    assert info.value.exit_code == 2
+    assert not missing.exists()
+
+
+def test_the_caller_sees_the_name_it_passed(tiny_bge_m3_template, tmp_path, monkeypatch):
+    if not FE_13_OR_LATER:
+        pytest.skip("model_name_or_path is an attribute of the 1.3+ embedders")
+    cached_snapshot(tiny_bge_m3_template, "89abcdef0123456789abcdef0123456789abcdef", tmp_path, monkeypatch)
+    assert load_bge_m3(TINY_BGE_M3_ID).model_name_or_path == TINY_BGE_M3_ID

@@ -101,9 +101,12 @@ def _wrap_embedder_init(original: Any) -> Any:
             bound.arguments["model_name_or_path"] = plan.load_from(name)
             token = _current.set(plan)
             try:
-                return original(*bound.args, **bound.kwargs)
+                result = original(*bound.args, **bound.kwargs)
             finally:
                 _current.reset(token)
+            if getattr(self, "model_name_or_path", None) == str(plan.directory):
+                self.model_name_or_path = name  # what the caller passed, as without the guard
+            return result
 
     return __init__
 
@@ -194,6 +197,16 @@ def _prepare(name_or_path: Any, *, cache_dir: Any, colbert_dim: Any, loader: str
     name = os.fspath(name_or_path)
     allowed = tuple(c for c in HEAD_FILES if guard.random_init_allowed(component=c))
     components = [c for c in COMPONENTS if c not in allowed]
+    if not os.path.isdir(name) and not _is_model_id(name):
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"{loader}: model directory {name} does not exist" if not os.path.exists(name)
+            else f"{loader}: {name} is not a directory",
+            path=name, expected="a model directory (config.json, weights, sparse_linear.pt, colbert_linear.pt) "
+                                "or a Hub id such as BAAI/bge-m3", actual=name,
+            remedy="check the path, or download the model first: modelguard fetch BAAI/bge-m3 --local-dir DIR",
+        )
     if not os.path.isdir(name) and guard.resolve_model(name, cache_dir=cache_dir).manifest is None:
         # A Hub id with no manifest: download it the way FlagEmbedding itself would, so
         # the heads can be checked before the model is built rather than after.
@@ -243,6 +256,17 @@ def _mark_verified(directory: Path) -> None:
     done = scope.get() if scope is not None else None
     if done is not None:
         scope.set(done | {(os.path.realpath(directory), "*")})
+
+
+def _is_model_id(name: str) -> bool:
+    from ..errors import UsageError
+    from ..registry import validate_model_id
+
+    try:
+        validate_model_id(name)
+    except UsageError:
+        return False
+    return "/" in name and not name.startswith((".", "~", "/"))
 
 
 def _snapshot_download(repo_id: str, cache_dir: Any) -> str:
