@@ -151,3 +151,14 @@ def test_deterministic_works_as_a_decorator(sampling_lm):
         return _generate(sampling_lm)
 
     assert answer() == answer()
+
+
+def test_reproducibility_modules_import_no_heavy_library():
+    code = ("import sys, modelguard, modelguard.determinism, modelguard.probing, modelguard.auditing, "
+            "modelguard._commands.audit, modelguard._commands.probe; "
+            "assert callable(modelguard.probe) and callable(modelguard.audit), 'a submodule shadows a function'; "
+            "print(sorted(m for m in ('torch', 'numpy', 'transformers', 'FlagEmbedding', 'huggingface_hub', "
+            "'sentence_transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
