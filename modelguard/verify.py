@@ -546,9 +546,38 @@ def list_extra_files(manifest: Manifest, directory: Path) -> tuple[str, ...]:
     return tuple(sorted(extra))
 
 
+def _resolve_manifest(manifest: str | os.PathLike[str]) -> Manifest:
+    """A manifest file, or (a str that names no file and no .yaml) a model id with a known manifest."""
+    from .manifest import load_manifest
+
+    text = os.fspath(manifest)
+    if isinstance(manifest, str) and not text.endswith((".yaml", ".yml")) and not os.path.exists(text):
+        from .registry import require_manifest
+
+        return require_manifest(text)
+    return load_manifest(manifest)
+
+
+def _cache_snapshot(manifest: Manifest) -> Path:
+    """The model's snapshot in the Hugging Face cache at the manifest's revision."""
+    from . import hfcache
+    from .errors import UsageError
+
+    snapshot = hfcache.snapshot_path(manifest.model, manifest.revision)
+    if snapshot is None:
+        rev = f" --revision {manifest.revision}" if manifest.revision else ""
+        raise UsageError(
+            f"{manifest.model}{' @ ' + manifest.revision[:12] if manifest.revision else ''} is not in the "
+            f"Hugging Face cache ({hfcache.hf_cache_dir()})",
+            expected="a model directory, or the model's snapshot in the cache",
+            remedy=f"pass the directory, or download the model: modelguard fetch {manifest.model}{rev}",
+        )
+    return snapshot
+
+
 def verify(
     manifest: Manifest | str | os.PathLike[str],
-    directory: str | os.PathLike[str],
+    directory: str | os.PathLike[str] | None = None,
     *,
     components: Iterable[str] | None = None,
     strict_extra: bool = False,
@@ -566,11 +595,15 @@ def verify(
     unchanged file later costs a stat; False re-hashes every file; a directory uses a cache
     there; or any object with ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
     Files are hashed in parallel threads (``max_workers``), largest first.
-    """
-    from .manifest import load_manifest
 
+    ``manifest`` is a :class:`Manifest`, the path of a manifest file, or a model id with a
+    known manifest (``"BAAI/bge-m3"``, see :mod:`modelguard.registry`). Without
+    ``directory``, the model's snapshot in the Hugging Face cache is checked.
+    """
     if not isinstance(manifest, Manifest):
-        manifest = load_manifest(manifest)
+        manifest = _resolve_manifest(manifest)
+    if directory is None:
+        directory = _cache_snapshot(manifest)
     start = time.perf_counter()
     root = Path(directory)
     if not root.is_dir():

@@ -466,3 +466,23 @@ def test_verify_never_changes_the_files(manifest, model):
     verify(manifest, model, cache=False)
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in model.rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_model_id_and_hf_cache_snapshot_by_default(manifest, model):
+    # a user manifest for org/tiny, and the model laid out as a Hugging Face cache snapshot
+    user = Path(os.environ["XDG_CONFIG_HOME"]) / "modelguard" / "manifests" / "org"
+    user.mkdir(parents=True)
+    (user / "tiny.yaml").write_text(dump_manifest(manifest))
+    with pytest.raises(UsageError) as info:
+        modelguard.verify("org/tiny", cache=False)
+    assert info.value.message == (f"org/tiny @ {REVISION[:12]} is not in the Hugging Face cache "
+                                  f"({os.environ['HF_HUB_CACHE']})")
+    assert info.value.remedy.endswith(f"modelguard fetch org/tiny --revision {REVISION}")
+    snapshot = Path(os.environ["HF_HUB_CACHE"]) / "models--org--tiny" / "snapshots" / REVISION
+    shutil.copytree(model, snapshot)
+    report = modelguard.verify("org/tiny", cache=False)
+    assert report.ok and report.directory == str(snapshot)
+    assert modelguard.verify("org/tiny", model, cache=False).ok
+    with pytest.raises(modelguard.ManifestNotFoundError) as info:
+        modelguard.verify("org/absent", model, cache=False)
+    assert info.value.message == "no manifest known for org/absent"
