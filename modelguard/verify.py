@@ -387,6 +387,16 @@ class _Checker:
                                    remedy="wait until whatever is writing the file has finished, then verify again")
             except OSError as exc:
                 return self.result(entry, "unreadable", f"read error: {exc.strerror or exc}")
+            from .hashing import stat_key
+
+            try:  # the path must still name the file that was read (not renamed over or removed)
+                now = stat_key(os.stat(path))
+            except OSError:
+                now = None
+            if now != stat_key(st):
+                return self.result(entry, "changed_while_reading",
+                                   "replaced or removed while it was read; not verified",
+                                   remedy="wait until whatever is writing the file has finished, then verify again")
             result = self._compare(entry, st.st_size, digests, fd)
             if result.ok and self.cache is not None:
                 self.cache.store(resolved, st, digests)

@@ -99,3 +99,78 @@ def make_small_model_dir(root: Path) -> Path:
     write_torch_state_dict(root / "sparse_linear.pt")
     (root / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\nworld\n")
     return root
+
+
+class WriterDuringHashing:
+    """A progress hook for ``verify(progress=...)`` that, once the first chunk of the file
+    has been read, runs ``action(path)`` in a real writer thread and waits for it.
+
+    ``verify`` calls its progress hook from the reading thread after each chunk, so the
+    write lands deterministically between two reads of the same open file. With
+    ``next_tick``, the writer first waits until the file system clock has moved past the
+    file's timestamps (Linux stamps files from a coarse clock: a write in the same tick
+    leaves mtime/ctime unchanged, which the digest cache guards with its racy window).
+    """
+
+    def __init__(self, path: Path, action, *, next_tick: bool = True) -> None:
+        self.path = Path(path)
+        self.action = action
+        self.next_tick = next_tick
+        self.fired = 0
+
+    def __call__(self, nbytes: int) -> None:
+        if self.fired:
+            return
+        self.fired += 1
+
+        def write():
+            if self.next_tick:
+                import time
+
+                st = os.stat(self.path)
+                newest = max(st.st_mtime_ns, st.st_ctime_ns)
+                clock = getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME)
+                while time.clock_gettime_ns(clock) <= newest:
+                    time.sleep(0.001)
+            self.action(self.path)
+
+        import threading
+
+        t = threading.Thread(target=write, name="hostile-writer")
+        t.start()
+        t.join()
+
+
+def append_bytes(data: bytes):
+    def action(path: Path) -> None:
+        with open(path, "ab") as fh:
+            fh.write(data)
+    return action
+
+
+def overwrite_at(offset: int, data: bytes):
+    def action(path: Path) -> None:
+        with open(path, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(data)
+    return action
+
+
+def replace_with(data: bytes):
+    def action(path: Path) -> None:
+        tmp = path.with_name(path.name + ".new")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return action
+
+
+GROWER_SCRIPT = """
+import sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+end = time.monotonic() + seconds
+with open(path, "ab", buffering=0) as fh:
+    print("started", flush=True)
+    while time.monotonic() < end:
+        fh.write(b"g" * 4096)
+        time.sleep(0.0005)
+"""
