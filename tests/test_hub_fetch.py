@@ -348,3 +348,19 @@ def test_fetch_real_minilm_with_the_shipped_unpinned_manifest(hub, minilm_dir, m
     assert (repo_folder(model) / "snapshots" / commit / "model.safetensors").read_bytes() == \
         (minilm_dir / "model.safetensors").read_bytes()
     assert run_cli("verify", model).returncode == 0
+
+
+def test_optional_components_are_fetched_only_when_named(hub, tmp_path, monkeypatch):
+    from hubserver import tiny_model_files
+
+    files = dict(tiny_model_files(), **{"README.md": b"# tiny\n"})
+    published = publish(hub, tmp_path, files=files)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    manifest = load_manifest(published.manifest_path)
+    assert not manifest.components["docs"].required
+    result = fetch_files(manifest)
+    assert "README.md" not in {a.path for a in result.actions}
+    assert result.report.missing_optional_components == ("docs",)
+    result = fetch_files(manifest, components=["docs"])
+    assert [(a.path, a.action) for a in result.actions] == [("README.md", "downloaded")]
+    assert (repo_folder(published.model) / "snapshots" / published.commit / "README.md").read_bytes() == b"# tiny\n"
