@@ -34,3 +34,20 @@ def sample_inputs():
 
     ids = torch.tensor([[2, 7, 11, 5, 3, 0], [2, 9, 4, 3, 0, 0]])
     return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "guard", "verifies", "every", "file"]
+
+
+def save_tiny_tokenizer(directory: str | Path) -> Path:
+    """A word-level tokenizer made with ``tokenizers``, saved by transformers (tokenizer.json + config)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_VOCAB)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    directory = Path(directory)
+    fast.save_pretrained(directory)
+    return directory

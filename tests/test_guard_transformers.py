@@ -12,7 +12,7 @@ import modelguard
 from modelguard import guard
 from modelguard.errors import RandomInitError, VerificationError
 
-from _tiny_bert import sample_inputs, save_tiny_bert
+from _tiny_bert import sample_inputs, save_tiny_bert, save_tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -254,3 +254,44 @@ def test_loader_components_follow_the_folder_transformers_reads():
     assert loader_components(manifest, "0_Transformer") == ["backbone"]
     assert loader_components(manifest, "") == ["st"]
     assert loader_components(manifest, "2_Dense") is None
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+@pytest.fixture
+def tiny_with_tokenizer(checkpoints, tmp_path):
+    d = tmp_path / "tiny"
+    shutil.copytree(checkpoints["seqcls"], d)
+    save_tiny_tokenizer(d)
+    modelguard.save_manifest(modelguard.build_manifest(d, "acme/tiny-bert"), d / "modelguard.yaml")
+    return d
+
+
+def test_tokenizer_files_are_verified_before_the_tokenizer_is_built(tiny_with_tokenizer):
+    d = tiny_with_tokenizer
+    tokenizer = transformers.AutoTokenizer.from_pretrained(d)
+    assert tokenizer("the guard verifies every file")["input_ids"] == [5, 6, 7, 8, 9]
+
+    vocab = d / "tokenizer.json"
+    vocab.write_text(vocab.read_text().replace('"guard"', '"gaurd"'))  # same size, valid JSON
+    with pytest.raises(VerificationError) as info:
+        transformers.AutoTokenizer.from_pretrained(d)
+    text = str(info.value)
+    assert "tokenizer.json [tokenizer]: right size, wrong content" in text
+    assert "from_pretrained" in text
+    # the model itself does not read the tokenizer: it still loads
+    assert isinstance(transformers.BertForSequenceClassification.from_pretrained(d),
+                      transformers.BertForSequenceClassification)
+
+
+def test_tokenizer_hook_is_restored_exactly():
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    guard.uninstall()
+    original = PreTrainedTokenizerBase.__dict__["from_pretrained"]
+    modelguard.install()
+    assert "transformers.tokenization_utils_base" in guard.patched_libraries()
+    assert PreTrainedTokenizerBase.__dict__["from_pretrained"] is not original
+    guard.uninstall()
+    assert PreTrainedTokenizerBase.__dict__["from_pretrained"] is original

@@ -24,6 +24,7 @@ HOOKS: dict[str, str] = {
     # A dotted name patches when that submodule is imported, so ``import transformers``
     # alone (tokenizers only) does not pull in torch because of modelguard.
     "transformers.modeling_utils": "modelguard.hooks.transformers",
+    "transformers.tokenization_utils_base": "modelguard.hooks.transformers",
     "sentence_transformers": "modelguard.hooks.sentence_transformers",
     "FlagEmbedding": "modelguard.hooks.flagembedding",
 }

@@ -1,7 +1,8 @@
 """transformers: ``PreTrainedModel.from_pretrained`` verifies first and refuses new weights.
 
 Before the model is built, the files transformers reads (config and weights of the
-manifest's components that hold them) are verified. After it is built, every weight
+manifest's components that hold them) are verified; ``from_pretrained`` of a
+tokenizer verifies the components holding the tokenizer files. After it is built, every weight
 reported missing from the checkpoint (or re-initialized because of a size mismatch)
 raises :class:`~modelguard.errors.RandomInitError`, unless
 :func:`modelguard.allow_random_init` names it. Keys the model itself declares
@@ -25,6 +26,10 @@ MODEL_FILE_PATTERNS = (
     "config.json", "generation_config.json", "*.safetensors", "*.bin", "*.safetensors.index.json",
     "*.bin.index.json", "*.pt", "*.pth",
 )
+TOKENIZER_FILE_PATTERNS = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "*.model", "chat_template.jinja",
+)
 
 _patches = Patches()
 
@@ -35,15 +40,20 @@ def supported(version: str) -> bool:
 
 
 def patch(module: Any) -> None:
-    _patches.replace(module.PreTrainedModel, "from_pretrained", _wrap_from_pretrained)
+    """Called for ``transformers.modeling_utils`` and ``transformers.tokenization_utils_base``."""
+    if module.__name__.endswith(".modeling_utils"):
+        _patches.replace(module.PreTrainedModel, "from_pretrained", _wrap_from_pretrained)
+    elif module.__name__.endswith(".tokenization_utils_base"):
+        _patches.replace(module.PreTrainedTokenizerBase, "from_pretrained", _wrap_tokenizer_from_pretrained)
 
 
 def unpatch() -> None:
     _patches.restore()
 
 
-def loader_components(manifest: Any, subfolder: str = "") -> list[str] | None:
-    """The manifest components holding files transformers reads (None: verify all)."""
+def loader_components(manifest: Any, subfolder: str = "", patterns: tuple[str, ...] = MODEL_FILE_PATTERNS
+                      ) -> list[str] | None:
+    """The manifest components holding the files transformers reads (None: none found)."""
     prefix = subfolder.strip("/") + "/" if subfolder and subfolder.strip("/") else ""
     found = []
     for entry in manifest.files:
@@ -52,7 +62,7 @@ def loader_components(manifest: Any, subfolder: str = "") -> list[str] | None:
         name = entry.path[len(prefix):]
         if "/" in name:
             continue
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_FILE_PATTERNS):
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
             found.append(entry.component)
     return sorted(set(found)) or None
 
@@ -69,6 +79,28 @@ def _subfolder(name: Any, resolved: Any, kwargs: dict) -> str:
     return "/".join(parts)
 
 
+def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], what: str) -> str:
+    """Verify before loading; pin a Hub id to the verified revision. Returns the loader label."""
+    from .. import guard
+
+    label = f"transformers {cls.__name__}.from_pretrained"
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
+        return label
+    asked = kwargs.get("revision")
+    resolved = guard.resolve_model(name, asked, cache_dir=kwargs.get("cache_dir"))
+    components = None
+    if resolved.manifest is not None:
+        components = loader_components(resolved.manifest, _subfolder(name, resolved, kwargs), patterns)
+        if components is None and what == "tokenizer":
+            return label  # the manifest lists no tokenizer files there: nothing to verify
+    resolved = guard.check_before_load(
+        name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
+    )
+    if asked is None and resolved.how == "hub-id" and resolved.revision:
+        kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
+    return label
+
+
 def _wrap_from_pretrained(original: Any) -> Any:
     func = original.__func__  # a classmethod in every supported version
 
@@ -77,19 +109,8 @@ def _wrap_from_pretrained(original: Any) -> Any:
         from .. import guard
 
         name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        label = f"transformers {cls.__name__}.from_pretrained"
         with guard.verified_scope():
-            if isinstance(name, (str, os.PathLike)) and os.fspath(name):
-                asked = kwargs.get("revision")
-                resolved = guard.resolve_model(name, asked, cache_dir=kwargs.get("cache_dir"))
-                components = None
-                if resolved.manifest is not None:
-                    components = loader_components(resolved.manifest, _subfolder(name, resolved, kwargs))
-                resolved = guard.check_before_load(
-                    name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
-                )
-                if asked is None and resolved.how == "hub-id" and resolved.revision:
-                    kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
+            label = _check_files(cls, name, kwargs, MODEL_FILE_PATTERNS, "model")
             want_info = bool(kwargs.pop("output_loading_info", False))
             model, info = func(cls, *args, output_loading_info=True, **kwargs)
             new_keys = set(info.get("missing_keys") or ())
@@ -97,5 +118,20 @@ def _wrap_from_pretrained(original: Any) -> Any:
             if new_keys:
                 guard.refuse_random_init(new_keys, model=os.fspath(name) if name else cls.__name__, loader=label)
         return (model, info) if want_info else model
+
+    return classmethod(from_pretrained)
+
+
+def _wrap_tokenizer_from_pretrained(original: Any) -> Any:
+    func = original.__func__
+
+    @functools.wraps(func)
+    def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        from .. import guard
+
+        name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        with guard.verified_scope():
+            _check_files(cls, name, kwargs, TOKENIZER_FILE_PATTERNS, "tokenizer")
+            return func(cls, *args, **kwargs)
 
     return classmethod(from_pretrained)
