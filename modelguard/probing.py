@@ -522,12 +522,12 @@ def detect_kind(directory: Path, model_id: str | None = None) -> str:
     )
 
 
-def _bge_m3_loader(directory: Path, texts: Sequence[str]) -> Callable[[int], _Runner]:
+def _bge_m3_loader(directory: Path, texts: Sequence[str], device: str) -> Callable[[int], _Runner]:
     def load(seed: int) -> _Runner:
         BGEM3FlagModel = _require("FlagEmbedding", "flagembedding").BGEM3FlagModel
 
         with contextlib.redirect_stdout(sys.stderr):
-            model = BGEM3FlagModel(str(directory), use_fp16=False, devices="cpu")
+            model = BGEM3FlagModel(str(directory), use_fp16=False, devices=device)
 
         def run() -> dict[str, Any]:
             out = model.encode(list(texts), batch_size=len(texts), max_length=64, return_dense=True,
@@ -539,25 +539,26 @@ def _bge_m3_loader(directory: Path, texts: Sequence[str]) -> Callable[[int], _Ru
     return load
 
 
-def _sentence_transformers_loader(directory: Path, texts: Sequence[str]) -> Callable[[int], _Runner]:
+def _sentence_transformers_loader(directory: Path, texts: Sequence[str], device: str) -> Callable[[int], _Runner]:
     def load(seed: int) -> _Runner:
         SentenceTransformer = _require("sentence_transformers", "transformers").SentenceTransformer
 
         with contextlib.redirect_stdout(sys.stderr):
-            model = SentenceTransformer(str(directory), device="cpu")
+            model = SentenceTransformer(str(directory), device=device)
         return _Runner(model, lambda: {"embeddings": model.encode(list(texts), show_progress_bar=False)})
 
     return load
 
 
-def _causal_lm_loader(directory: Path, texts: Sequence[str], max_new_tokens: int) -> Callable[[int], _Runner]:
+def _causal_lm_loader(directory: Path, texts: Sequence[str], max_new_tokens: int,
+                      device: str) -> Callable[[int], _Runner]:
     def load(seed: int) -> _Runner:
         import torch
 
         AutoModelForCausalLM = _require("transformers", "transformers").AutoModelForCausalLM
         with contextlib.redirect_stdout(sys.stderr):
-            model = AutoModelForCausalLM.from_pretrained(str(directory)).eval()
-            prompts = _lm_prompts(directory, texts, model.config)
+            model = AutoModelForCausalLM.from_pretrained(str(directory)).to(device).eval()
+            prompts = [p.to(device) for p in _lm_prompts(directory, texts, model.config)]
 
         def run() -> dict[str, Any]:
             logits, generated = [], []
@@ -595,6 +596,19 @@ def _lm_prompts(directory: Path, texts: Sequence[str], config: Any) -> list[Any]
     return [torch.tensor([[(7 * i + 3 * j) % vocab for j in range(4 + i)]]) for i in range(len(texts))]
 
 
+def _check_device(device: str) -> None:
+    torch = _require("torch", "torch")
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise UsageError(f"'{device}' is not a torch device: {exc}", expected="cpu, cuda, cuda:0, mps, ...",
+                         actual=device) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device} asked for, but torch sees no CUDA device", expected="a CUDA device",
+                         actual=f"torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}",
+                         remedy="probe on the CPU: --device cpu")
+
+
 def probe_model(
     target: str | os.PathLike[str],
     *,
@@ -602,6 +616,7 @@ def probe_model(
     seeds: Sequence[int] = (0, 1),
     texts: Sequence[str] = PROBE_TEXTS,
     max_new_tokens: int = 8,
+    device: str = "cpu",
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     atol: float = 0.0,
@@ -611,7 +626,9 @@ def probe_model(
     bge-m3 (FlagEmbedding): outputs ``dense``, ``sparse``, ``colbert``;
     sentence-transformers: ``embeddings``; causal LMs (transformers): ``logits``
     (next-token logits of each prompt) and ``generated_ids`` (``generate`` with
-    the model's own generation config). Nothing is downloaded.
+    the model's own generation config). Nothing is downloaded. ``device`` is where
+    the model runs (``cpu``, ``cuda:0``); on a GPU, kernels that are not
+    deterministic show up as ``unseeded`` (see ``modelguard.deterministic``).
     """
     from .auditing import locate_model
 
@@ -619,16 +636,17 @@ def probe_model(
         raise UsageError(f"unknown model kind {kind!r}", expected="one of: " + ", ".join(KINDS), actual=kind)
     if max_new_tokens < 1:
         raise UsageError("max_new_tokens must be at least 1", actual=max_new_tokens)
+    _check_device(device)
     located = locate_model(target, revision=revision, cache_dir=cache_dir)
     directory = located.directory
     kind = kind or detect_kind(directory, located.model)
     texts = tuple(texts)
     if kind == "bge-m3":
-        loader, comps = _bge_m3_loader(directory, texts), BGE_M3_COMPONENTS
+        loader, comps = _bge_m3_loader(directory, texts, device), BGE_M3_COMPONENTS
     elif kind == "sentence-transformers":
-        loader, comps = _sentence_transformers_loader(directory, texts), {"embeddings": "model"}
+        loader, comps = _sentence_transformers_loader(directory, texts, device), {"embeddings": "model"}
     else:
-        loader = _causal_lm_loader(directory, texts, max_new_tokens)
+        loader = _causal_lm_loader(directory, texts, max_new_tokens, device)
         comps = {"logits": "model", "generated_ids": "model"}
     report = probe(loader, seeds=seeds, components=comps, atol=atol)
     notes: list[str] = []

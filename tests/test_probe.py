@@ -214,3 +214,17 @@ def test_probe_model_id_not_in_cache_exits_2():
     assert "modelguard fetch test-org/absent" in proc.stderr
 
 
+
+
+@pytest.mark.parametrize("device, text", [
+    ("gpu", "'gpu' is not a torch device"),
+    pytest.param("cuda:0", "torch sees no CUDA device", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="this machine has a CUDA device")),
+])
+def test_probe_bad_device_exits_2(greedy_lm, capsys, device, text):
+    from modelguard.cli import main
+
+    assert main(["probe", str(greedy_lm), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert text in err
+    assert "Traceback" not in err

@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_seeds, default=(0, 1), metavar="A,B", help="the two seeds (default: 0,1)")
     p.add_argument("--max-new-tokens", type=int, default=8, metavar="N",
                    help="causal LMs: tokens generated per prompt (default: 8)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:0, ...")
     p.add_argument("--revision", help="with a model id: the cached revision (default: main)")
     p.add_argument("--cache-dir", help="Hugging Face hub cache folder (default: $HF_HUB_CACHE or ~/.cache/huggingface/hub)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..probing import format_probe, probe_model
 
     report = probe_model(args.target, kind=args.kind, seeds=args.seeds, max_new_tokens=args.max_new_tokens,
-                         revision=args.revision, cache_dir=args.cache_dir)
+                         device=args.device, revision=args.revision, cache_dir=args.cache_dir)
     if args.json:
         emit_json(report.to_dict())
     else:
