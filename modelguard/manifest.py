@@ -337,6 +337,9 @@ def check_relative_path(path: Any, where: str = "path", source: str = "<manifest
 def validate_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     """Validate already-parsed manifest data and build a :class:`Manifest`."""
     check = _Checker(source)
+    if data is None:
+        check.fail("top level", "the manifest is empty", "a YAML mapping with keys modelguard, model, components, files",
+                   remedy="write one with `modelguard build DIR --model ORG/NAME -o FILE`")
     if not isinstance(data, dict):
         check.fail("top level", "not a mapping", "a YAML mapping with keys modelguard, model, components, files", data)
     check.keys(data, ("modelguard", "model", "revision", "description", "components", "files"), "top level")

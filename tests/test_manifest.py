@@ -205,10 +205,17 @@ def test_schema_version_other_than_1_is_refused(tmp_path, version):
         assert "upgrade modelguard" in exc.remedy
 
 
-@pytest.mark.parametrize("text", ["", "- just\n- a list\n", "42\n"])
+@pytest.mark.parametrize("text", ["- just\n- a list\n", "42\n"])
 def test_top_level_must_be_a_mapping(tmp_path, text):
     exc = refused(tmp_path, text)
     assert "top level: not a mapping" in exc.message
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_empty_manifest_says_so(tmp_path, text):
+    exc = refused(tmp_path, text)
+    assert exc.message.endswith("top level: the manifest is empty")
+    assert "modelguard build" in exc.remedy
 
 
 # --------------------------------------------------------------------------- path safety
