@@ -727,7 +727,7 @@ def refuse_random_init(keys: Iterable[str], *, model: str, loader: str, componen
     patterns = _suggest_patterns(new)
     shown = ", ".join(new[:12]) + (f" ... ({len(new)} in all)" if len(new) > 12 else "")
     raise RandomInitError(
-        f"modelguard refused {model} ({loader}): {len(new)} weight(s) were not in the checkpoint "
+        f"modelguard refused to load {model} ({loader}): {len(new)} weight(s) were not in the checkpoint "
         f"and would be randomly initialized: {shown}",
         keys=new,
         path=model,

@@ -246,3 +246,13 @@ def test_missing_weight_is_refused_through_the_transformers_hook(minilm_missing_
     with modelguard.allow_random_init(keys="encoder.layer.5.output.dense.*"):
         model = load(minilm_missing_a_weight)
     assert embed(model).shape == (2, 384)
+
+
+def test_cross_encoder_with_a_new_classifier_head_is_refused(minilm_dir):
+    with pytest.raises(RandomInitError) as info:
+        st.CrossEncoder(str(minilm_dir), device="cpu")
+    assert info.value.keys == ("classifier.bias", "classifier.weight")
+    assert f"modelguard refused to load {minilm_dir}" in str(info.value)
+    with modelguard.allow_random_init(keys="classifier.*"):
+        model = st.CrossEncoder(str(minilm_dir), device="cpu")
+    assert isinstance(model, st.CrossEncoder)
