@@ -25,6 +25,7 @@ HOOKS: dict[str, str] = {
     # alone (tokenizers only) does not pull in torch because of modelguard.
     "transformers.modeling_utils": "modelguard.hooks.transformers",
     "transformers.tokenization_utils_base": "modelguard.hooks.transformers",
+    "transformers.dynamic_module_utils": "modelguard.hooks.remote_code",
     "sentence_transformers": "modelguard.hooks.sentence_transformers",
     "FlagEmbedding": "modelguard.hooks.flagembedding",
 }
