@@ -338,7 +338,7 @@ def validate_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     """Validate already-parsed manifest data and build a :class:`Manifest`."""
     check = _Checker(source)
     if data is None:
-        check.fail("top level", "the manifest is empty", "a YAML mapping with keys modelguard, model, components, files",
+        check.fail("top level", "not a mapping: the manifest is empty", "a YAML mapping with keys modelguard, model, components, files",
                    remedy="write one with `modelguard build DIR --model ORG/NAME -o FILE`")
     if not isinstance(data, dict):
         check.fail("top level", "not a mapping", "a YAML mapping with keys modelguard, model, components, files", data)

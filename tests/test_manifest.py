@@ -214,7 +214,7 @@ def test_top_level_must_be_a_mapping(tmp_path, text):
 @pytest.mark.parametrize("text", ["", "# only a comment\n"])
 def test_empty_manifest_says_so(tmp_path, text):
     exc = refused(tmp_path, text)
-    assert exc.message.endswith("top level: the manifest is empty")
+    assert exc.message.endswith("top level: not a mapping: the manifest is empty")
     assert "modelguard build" in exc.remedy
 
 
