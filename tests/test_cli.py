@@ -230,3 +230,38 @@ def test_console_script_is_installed():
 
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"modelguard {__version__}"
+
+
+class _Terminal:
+    """A text stream that says it is a terminal, to see what a user's terminal would get."""
+
+    def __init__(self, tty: bool):
+        self.tty = tty
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty, total, drawn", [(True, 512 << 20, True), (False, 512 << 20, False),
+                                                (True, 1 << 20, False)])
+def test_progress_is_drawn_only_on_a_terminal_for_long_jobs(monkeypatch, tty, total, drawn):
+    from modelguard._commands._common import Progress
+
+    terminal = _Terminal(tty)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    progress = Progress(total, "verifying org/tiny")
+    progress(total // 2)
+    progress.close()
+    if drawn:
+        assert f"\rverifying org/tiny:  50.0% of {total / 1e9:.2f} GB" in terminal.text
+        assert terminal.text.endswith("\r")  # the line is cleared at the end
+    else:
+        assert terminal.text == ""
