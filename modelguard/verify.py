@@ -335,9 +335,10 @@ class _Checker:
             return self._missing(entry, path)
         except NotADirectoryError:
             return self._missing(entry, path)
-        except PermissionError as exc:
-            return self.result(entry, "unreadable", f"permission denied: {exc.strerror}",
-                               remedy=f"make {path} readable by this user (chmod/chown), then verify again")
+        except PermissionError:
+            return self.result(entry, "unreadable",
+                               "permission denied: a folder on its path cannot be searched by this user",
+                               remedy=f"make the folders of {path} searchable (chmod +x) by this user, then verify again")
         except OSError as exc:
             return self.result(entry, "unreadable", f"cannot stat: {exc.strerror}")
         if not stat.S_ISREG(st.st_mode):
@@ -359,8 +360,8 @@ class _Checker:
         """Open, size, content sniff and digests of a file :meth:`locate` passed on."""
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-        except PermissionError as exc:
-            return self.result(entry, "unreadable", f"permission denied: {exc.strerror}",
+        except PermissionError:
+            return self.result(entry, "unreadable", "permission denied: this user cannot read it" + _access_detail(path),
                                remedy=f"make {path} readable by this user (chmod/chown), then verify again")
         except OSError as exc:
             return self.result(entry, "unreadable", f"cannot open: {exc.strerror}")
@@ -506,6 +507,15 @@ class _Checker:
             entry, "digest_mismatch",
             f"right size, wrong content: {detail}", actual=actual,
         )
+
+
+def _access_detail(path: Path) -> str:
+    """`` (mode -rw-------, owner uid 1000; this process runs as uid 1001)``, or '' if unknown."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f" (mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid}; this process runs as uid {os.geteuid()})"
 
 
 def _file_kind(mode: int) -> str:

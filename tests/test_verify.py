@@ -369,6 +369,8 @@ def test_unreadable_file_permission_denied(manifest, model, tmp_path):
     if probe.returncode == 0:
         target.chmod(0o644)
         pytest.skip("this system lets the process read a mode-000 file")
+    folder = model / "1_Pooling"
+    folder.chmod(0)
     try:
         proc = subprocess.run(
             [*prefix, sys.executable, "-m", "modelguard", "verify", str(manifest_file), str(model), "--json",
@@ -377,13 +379,19 @@ def test_unreadable_file_permission_denied(manifest, model, tmp_path):
         )
     finally:
         target.chmod(0o644)
+        folder.chmod(0o755)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     doc = json.loads(proc.stdout)
     r = next(f for f in doc["files"] if f["path"] == "config.json")
     assert r["diagnosis"] == "unreadable" and r["status"] == "failed"
-    assert r["message"] == "permission denied: Permission denied"
+    assert r["message"] == ("permission denied: this user cannot read it "
+                            f"(mode ----------, owner uid {os.getuid()}; this process runs as uid {os.geteuid()})")
     assert r["remedy"] == f"make {target} readable by this user (chmod/chown), then verify again"
+    inside = next(f for f in doc["files"] if f["path"] == "1_Pooling/config.json")
+    assert inside["diagnosis"] == "unreadable"
+    assert inside["message"] == "permission denied: a folder on its path cannot be searched by this user"
+    assert doc["summary"]["failed"] == 2 and doc["summary"]["ok"] == len(doc["files"]) - 2
     assert target.read_bytes()  # nothing was changed
 
 
