@@ -265,3 +265,22 @@ def test_progress_is_drawn_only_on_a_terminal_for_long_jobs(monkeypatch, tty, to
         assert terminal.text.endswith("\r")  # the line is cleared at the end
     else:
         assert terminal.text == ""
+
+
+def test_revision_option_picks_the_cache_snapshot_of_a_branch(tiny, tmp_path):
+    root, _ = tiny
+    unpinned = tmp_path / "unpinned.yaml"
+    save_manifest(build_manifest(root, "org/tiny"), unpinned)  # no revision recorded
+    user_dir = Path(os.environ["XDG_CONFIG_HOME"]) / "modelguard" / "manifests" / "org"
+    user_dir.mkdir(parents=True)
+    shutil.copy(unpinned, user_dir / "tiny.yaml")
+    repo = Path(os.environ["HF_HUB_CACHE"]) / "models--org--tiny"
+    shutil.copytree(root, repo / "snapshots" / REVISION)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "v1").write_text(REVISION)
+    proc = run_cli("verify", "org/tiny", "--revision", "v1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"in {repo / 'snapshots' / REVISION}" in proc.stdout.splitlines()[0]
+    # without --revision, main is looked for, and the cache has no refs/main
+    proc = run_cli("verify", "org/tiny")
+    assert proc.returncode == 2 and "org/tiny is not in the Hugging Face cache" in proc.stderr

@@ -38,7 +38,7 @@ def resolve_target(target: str, directory: str | None, revision: str | None = No
         manifest = registry.require_manifest(target, revision)
     if directory is not None:
         return manifest, Path(directory)
-    snap = hfcache.snapshot_path(manifest.model, manifest.revision, cache_dir)
+    snap = hfcache.snapshot_path(manifest.model, manifest.revision or revision, cache_dir)
     if snap is None:
         rev = f" --revision {manifest.revision}" if manifest.revision else ""
         raise UsageError(
