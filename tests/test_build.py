@@ -222,3 +222,13 @@ def test_real_tiny_bge_m3_round_trip(tiny_bge_m3):
     assert report.failed_components == ("colbert", "sparse")
     assert report.result("colbert_linear.pt").diagnosis == "missing"
     assert report.result("sparse_linear.pt").diagnosis in ("oversized", "truncated", "digest_mismatch")
+
+
+def test_cli_build_warns_when_the_revision_is_not_a_commit(tmp_path):
+    root = make_layout(tmp_path / "m", {"config.json": ""})
+    proc = run_cli("build", str(root), "--model", "org/x", "--revision", "main")
+    assert proc.returncode == 0
+    assert "modelguard: warning: revision 'main' is not a commit hash" in proc.stderr
+    assert "revision: main" in proc.stdout
+    pinned = run_cli("build", str(root), "--model", "org/x", "--revision", "d" * 40)
+    assert pinned.returncode == 0 and "warning" not in pinned.stderr

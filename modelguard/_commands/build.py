@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -48,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and out.exists() and not args.force:
         raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
     _check_output_folder(out)
+    if args.revision and not re.fullmatch(r"[0-9a-f]{40}", args.revision):
+        sys.stderr.write(f"modelguard: warning: revision '{args.revision}' is not a commit hash; a branch or tag "
+                         "moves, so the manifest will not say which files it describes. Pin the 40-hex commit.\n")
     manifest = build_manifest(
         args.directory, args.model, args.revision,
         rules=None if args.rules == "auto" else args.rules, exclude=args.exclude,
