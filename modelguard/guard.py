@@ -527,9 +527,32 @@ def check_before_load(
                 warnings.warn(str(error), GuardWarning, stacklevel=3)
             else:
                 raise error
+    _refuse_unsafe_files(manifest, directory, wanted, on_failure)
     if done is not None:
         _verified.set(done | {key})
     return resolved
+
+
+# Findings that mean code would run on load: refused whatever the failure policy.
+_CODE_RISKS = ("dangerous_pickle", "mislabeled")
+
+
+def _refuse_unsafe_files(manifest: Manifest, directory: Path, components: list[str] | None,
+                         on_failure: str) -> None:
+    """Scan the pickle-based weights and safetensors headers about to be loaded (never loading them)."""
+    from .safety import require_safe, scan_manifest_files
+
+    unsafe = [f for f in scan_manifest_files(manifest, directory, components) if not f.safe]
+    code = [f for f in unsafe if f.diagnosis in _CODE_RISKS]
+    if code or (unsafe and on_failure != "warn"):
+        require_safe(code or unsafe)
+    for finding in unsafe:
+        warnings.warn(f"modelguard: {finding.path}: {finding.message}", GuardWarning, stacklevel=4)
+
+
+def in_loader_scope() -> bool:
+    """Whether the caller runs inside a guarded loader (see :func:`verified_scope`)."""
+    return _verified.get() is not None
 
 
 @contextlib.contextmanager

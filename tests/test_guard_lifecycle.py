@@ -67,7 +67,8 @@ def test_install_before_import_patches_when_the_program_imports_the_library():
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result == {"before": False, "wrapped": True, "spec_loader_is_real": True, "loader_is_real": True,
-                      "patched": ["transformers.modeling_utils"]}
+                      # torch: torch.load inside guarded loaders; dynamic_module_utils: remote code
+                      "patched": ["torch", "transformers.dynamic_module_utils", "transformers.modeling_utils"]}
 
 
 def test_importing_transformers_alone_does_not_pull_in_torch_through_the_guard():
@@ -257,7 +258,11 @@ def _tiny_model_dir(root: Path) -> Path:
     d = root / "tiny"
     (d / "1_Pooling").mkdir(parents=True)
     (d / "config.json").write_text('{"model_type": "bert"}\n')
-    (d / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+    import numpy as np
+    from safetensors.numpy import save
+
+    # real safetensors bytes: the guard checks the header before any load
+    (d / "model.safetensors").write_bytes(save({"w": np.arange(4096, dtype=np.float32)}))
     (d / "tokenizer.json").write_text('{"version": "1.0"}\n')
     (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}\n')
     return d

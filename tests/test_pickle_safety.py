@@ -233,3 +233,96 @@ def test_verify_scan_clean_model_and_real_minilm(tmp_path, minilm_dir):
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
     kinds = {f["path"]: f["diagnosis"] for f in doc["scan"]["findings"]}
     assert kinds.get("model.safetensors") == "ok"
+
+
+# --------------------------------------------------------------------------- under the guard
+
+
+@pytest.fixture
+def guarded():
+    import modelguard
+    from modelguard import guard
+
+    guard.uninstall()
+    modelguard.install(unknown="allow")
+    yield guard
+    guard.uninstall()
+
+
+def _pinned(directory):
+    import modelguard
+
+    modelguard.save_manifest(modelguard.build_manifest(directory, "acme/hostile"), directory / "modelguard.yaml")
+    return directory
+
+
+@pytest.mark.parametrize("policy", ["refuse", "warn"])
+def test_guard_refuses_a_pinned_malicious_head_whatever_the_policy(tmp_path, marker, guarded, policy):
+    import modelguard
+
+    model = make_small_model_dir(tmp_path / "model")
+    write_malicious_pickle(model / "colbert_linear.pt", marker)
+    _pinned(model)  # the bytes even match the manifest: the scan still refuses them
+    modelguard.install(policy=policy)
+    with pytest.raises(UnsafeFileError) as info:
+        guarded.check_before_load(model)
+    text = str(info.value)
+    assert "1 unsafe file(s); not loaded" in text and "colbert_linear.pt" in text and "posix.system" in text
+
+
+def test_guard_warn_policy_warns_on_a_bad_header(tmp_path, guarded):
+    import modelguard
+
+    model = make_small_model_dir(tmp_path / "model")
+    _pinned(model)
+    raw = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(raw[:8] + raw[8:].replace(b'"F32"', b'"X32"', 1))
+    modelguard.install(policy="warn")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        guarded.check_before_load(model)
+    messages = [str(w.message) for w in caught]
+    assert any("model.safetensors: malformed safetensors header: tensor 'a' has unknown dtype 'X32'" in m
+               for m in messages), messages
+    modelguard.install(policy="refuse")
+    with pytest.raises(Exception, match="digest|differ|wrong content"):
+        guarded.check_before_load(model)
+
+
+def test_transformers_from_pretrained_refuses_malicious_pytorch_model_bin(tmp_path, marker, guarded):
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    from _tiny_bert import save_tiny_bert
+    from hostile import RunsShellCommand, payload_command
+
+    model = save_tiny_bert(tmp_path / "bert")
+    state = load_file(str(model / "model.safetensors"))
+    (model / "model.safetensors").unlink()
+    torch.save({**state, "hook": RunsShellCommand(payload_command(marker))}, model / "pytorch_model.bin")
+    _pinned(model)
+    with pytest.raises(UnsafeFileError) as info:
+        transformers.BertModel.from_pretrained(model)
+    assert "pytorch_model.bin" in str(info.value) and "posix.system" in str(info.value)
+
+
+def test_torch_load_inside_a_guarded_loader_scans_and_forces_weights_only(tmp_path, marker, guarded):
+    import torch
+
+    evil = write_malicious_torch_checkpoint(tmp_path / "evil.pt", marker)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    assert torch.load(tmp_path / "module.pt", weights_only=False).in_features == 2  # outside: untouched
+    with guarded.verified_scope():
+        with pytest.raises(UnsafeFileError, match="posix.system"):
+            torch.load(evil, weights_only=False)
+        with pytest.raises(Exception, match="Weights only load failed"):
+            torch.load(tmp_path / "module.pt", weights_only=False)  # forced to weights_only=True
+        state = torch.load(write_torch_state_dict(tmp_path / "head.pt"), weights_only=False)
+        assert set(state) == {"weight", "bias"}
+    guarded.uninstall()
+    from modelguard.hooks import is_wrapped
+
+    assert not is_wrapped(torch.load)

@@ -28,6 +28,7 @@ HOOKS: dict[str, str] = {
     "transformers.dynamic_module_utils": "modelguard.hooks.remote_code",
     "sentence_transformers": "modelguard.hooks.sentence_transformers",
     "FlagEmbedding": "modelguard.hooks.flagembedding",
+    "torch": "modelguard.hooks.torch_load",
 }
 
 MARKER = "__modelguard_wrapped__"

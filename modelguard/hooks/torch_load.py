@@ -1,0 +1,52 @@
+"""torch: inside a guarded loader, ``torch.load`` scans the file and uses ``weights_only=True``.
+
+While a guarded loader (transformers, sentence-transformers, FlagEmbedding) builds a
+model, every ``torch.load`` of a file path first scans the file
+(:func:`modelguard.safety.scan_file`: a pickle importing dangerous callables is refused
+with :class:`~modelguard.errors.UnsafeFileError` before torch sees it) and then runs with
+``weights_only=True``, torch's allowlisting unpickler, even where the caller passed
+``weights_only=False`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set. ``torch.load``
+calls outside guarded loaders are left as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from . import Patches, version_tuple
+
+DISTRIBUTION = "torch"
+SUPPORTED = "torch >= 1.13 (torch.load with weights_only)"
+
+_patches = Patches()
+
+
+def supported(version: str) -> bool:
+    return version_tuple(version) >= (1, 13)
+
+
+def patch(module: Any) -> None:
+    _patches.replace(module, "load", _wrap_load)
+
+
+def unpatch() -> None:
+    _patches.restore()
+
+
+def _wrap_load(original: Any) -> Any:
+    @functools.wraps(original)
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        from .. import guard
+
+        if not guard.in_loader_scope():
+            return original(f, *args, **kwargs)
+        if isinstance(f, (str, os.PathLike)):
+            from ..safety import scan_file
+
+            scan_file(f).raise_if_unsafe()
+        kwargs["weights_only"] = True
+        return original(f, *args, **kwargs)
+
+    return load
