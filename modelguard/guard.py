@@ -123,6 +123,9 @@ _directory_map: dict[str, tuple[str, str | None]] = {}
 _verified: contextvars.ContextVar[frozenset[tuple[str, str]] | None] = contextvars.ContextVar(
     "modelguard_verified", default=None
 )
+_resolutions: contextvars.ContextVar[dict[tuple[Any, ...], Any] | None] = contextvars.ContextVar(
+    "modelguard_resolutions", default=None
+)
 
 
 def current_policy() -> Policy:
@@ -383,12 +386,45 @@ def _mapped_model(directory: Path) -> tuple[str, str | None] | None:
     return None
 
 
+_manifest_memo: dict[str, tuple[tuple[int, int, int], Manifest | None]] = {}
+
+
+def _known_manifests(extra_dirs: list[str]) -> Iterator[Manifest]:
+    """Every readable manifest on the search path, parsed once per file version."""
+    from .errors import ManifestError
+    from .manifest import load_manifest
+    from .registry import MANIFEST_SUFFIXES, search_path
+
+    seen: set[tuple[str, str | None]] = set()
+    for folder in search_path(extra_dirs):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix not in MANIFEST_SUFFIXES:
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = _manifest_memo.get(str(path))
+            if cached is not None and cached[0] == stamp:
+                manifest = cached[1]
+            else:
+                try:
+                    manifest = load_manifest(path)
+                except ManifestError:
+                    manifest = None
+                _manifest_memo[str(path)] = (stamp, manifest)
+            if manifest is not None and (manifest.model, manifest.revision) not in seen:
+                seen.add((manifest.model, manifest.revision))
+                yield manifest
+
+
 def _identify(directory: Path, extra_dirs: list[str]) -> Manifest | None:
     """The known manifest whose files this directory holds (names present, sizes mostly equal)."""
-    from .registry import iter_manifests
-
     best: tuple[int, int, Manifest] | None = None
-    for manifest in iter_manifests(extra_dirs):
+    for manifest in _known_manifests(extra_dirs):
         required = [e for e in manifest.files if manifest.components[e.component].required]
         if not required:
             continue
@@ -417,7 +453,28 @@ def resolve_model(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ResolvedModel:
-    """Which manifest applies to ``name_or_path``, and where its files are."""
+    """Which manifest applies to ``name_or_path``, and where its files are.
+
+    Within one guarded load (:func:`verified_scope`) the answer is remembered, so
+    nested loaders do not search the manifests again.
+    """
+    memo = _resolutions.get()
+    key = (os.path.abspath(os.fspath(name_or_path)) if os.path.exists(name_or_path) else os.fspath(name_or_path),
+           revision, None if cache_dir is None else os.fspath(cache_dir))
+    if memo is not None and key in memo:
+        return memo[key]
+    resolved = _resolve_model(name_or_path, revision, cache_dir=cache_dir)
+    if memo is not None:
+        memo[key] = resolved
+    return resolved
+
+
+def _resolve_model(
+    name_or_path: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ResolvedModel:
     from . import hfcache
     from .manifest import load_manifest
     from .registry import find_manifest
@@ -560,9 +617,12 @@ def verified_scope() -> Iterator[None]:
     """Within this block, directories verified once are not hashed again by nested loaders."""
     current = _verified.get()
     token = _verified.set(frozenset() if current is None else current)
+    memo = _resolutions.get()
+    memo_token = _resolutions.set({} if memo is None else memo)
     try:
         yield
     finally:
+        _resolutions.reset(memo_token)
         _verified.reset(token)
 
 
