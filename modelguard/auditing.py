@@ -413,6 +413,35 @@ def check_integrity(ctx: AuditContext) -> Iterator[Finding]:
                       source=r.path, value=dict(r.actual), remedy=r.remedy)
 
 
+@register_check("safety")
+def check_unsafe_files(ctx: AuditContext) -> Iterator[Finding]:
+    """Pickle-based weights that import dangerous callables, malformed safetensors headers
+    (the manifest's files, or every such file in the directory when no manifest applies)."""
+    if not ctx.verify_files:
+        return
+    from .safety import needs_scan, scan_paths
+
+    if ctx.manifest is not None:
+        paths = [e.path for e in ctx.manifest.files if needs_scan(e.path)]
+    else:
+        from .build import list_model_files
+
+        paths = [p for p in list_model_files(ctx.directory) if needs_scan(p)]
+    scanned = scan_paths(ctx.directory, paths)
+    unsafe = [f for f in scanned if not f.safe]
+    for f in unsafe:
+        yield Finding("safety", f.diagnosis, FAILED, f"{f.path}: {f.message}", source=f.path,
+                      value=list(f.dangerous_globals) or None,
+                      remedy="do not load it; replace it with the original from a trusted source "
+                             "(preferably .safetensors) and pin it in a manifest")
+    for f in scanned:
+        if f.diagnosis == "suspicious_pickle":
+            yield Finding("safety", f.diagnosis, NOTE, f"{f.path}: {f.message}", source=f.path,
+                          value=list(f.suspicious_globals))
+    if scanned and not unsafe:
+        yield Finding("safety", "scanned", NOTE, f"{len(scanned)} pickle/safetensors file(s) scanned, none unsafe")
+
+
 # --------------------------------------------------------------------------- entry points
 
 

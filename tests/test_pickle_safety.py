@@ -326,3 +326,21 @@ def test_torch_load_inside_a_guarded_loader_scans_and_forces_weights_only(tmp_pa
     from modelguard.hooks import is_wrapped
 
     assert not is_wrapped(torch.load)
+
+
+def test_audit_reports_unsafe_files_with_and_without_manifest(tmp_path, marker):
+    model = make_small_model_dir(tmp_path / "model")
+    write_malicious_pickle(model / "colbert_linear.pt", marker)
+    r = run_cli("audit", str(model), "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    safety = json.loads(r.stdout)["sections"]["safety"]
+    bad = [f for f in safety if f["severity"] == "failed"]
+    assert [(f["code"], f["source"], f["value"]) for f in bad] == [("dangerous_pickle", "colbert_linear.pt",
+                                                                     ["posix.system"])]
+    text = run_cli("audit", str(model), "--manifest", str(_build(model, tmp_path / "m.yaml")))
+    assert text.returncode == 1
+    assert "FAIL  colbert_linear.pt: pickle imports dangerous callable(s) posix.system" in text.stdout
+    (model / "colbert_linear.pt").unlink()
+    clean = run_cli("audit", str(model), "--json")
+    doc = json.loads(clean.stdout)
+    assert [f["message"] for f in doc["sections"]["safety"]] == ["2 pickle/safetensors file(s) scanned, none unsafe"]
