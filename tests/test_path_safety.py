@@ -247,3 +247,39 @@ def test_verify_writes_nothing_outside_its_cache(tmp_path, isolated_env):
     assert _tree(tmp_path) == before_tmp
     written = [p for p in _tree(isolated_env) if p.endswith(".json")]
     assert all(p.startswith("mgcache") for p in written), written
+
+
+# --------------------------------------------------------------------------- the hostile suite
+
+
+def test_hostile_model_directory_end_to_end(tmp_path):
+    """One folder with a malicious pickle, an LFS stub, a link to /etc/passwd, a FIFO, a
+    zero-byte file and a grown file: every one diagnosed, nothing hangs, nothing runs."""
+    from hostile import make_hostile_model_dir
+
+    marker = tmp_path / "PAYLOAD-RAN"
+    model = tmp_path / "hostile"
+    expected = make_hostile_model_dir(model, marker)
+    r = run_cli("verify", str(model / "modelguard.yaml"), str(model), "--scan", "--json", timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    assert {f["path"]: f["diagnosis"] for f in doc["files"]} == expected
+    scan = {f["path"]: f["diagnosis"] for f in doc["scan"]["findings"]}
+    assert scan["pytorch_model.bin"] == "dangerous_pickle" and scan["model.safetensors"] == "lfs_pointer"
+    human = run_cli("verify", str(model / "modelguard.yaml"), str(model), "--scan", timeout=120)
+    assert "is a Git LFS pointer stub" in human.stdout and "links outside the model directory" in human.stdout
+    assert "FIFO (named pipe)" in human.stdout and "is empty (0 bytes)" in human.stdout
+    assert "UNSAFE  pytorch_model.bin" in human.stdout
+    assert not marker.exists()
+
+
+def test_hostile_manifest_files_through_the_cli(tmp_path, capsys):
+    from hostile import write_hostile_manifests
+    from modelguard.cli import main
+
+    for path, expected in write_hostile_manifests(tmp_path / "manifests").items():
+        code = _bounded(lambda: main(["verify", str(path), str(tmp_path)]))
+        err = capsys.readouterr().err
+        assert code == 2, (path.name, err)
+        assert expected in err and "Traceback" not in err, (path.name, err)
+    assert not os.path.exists("/tmp/mg-pwned")

@@ -174,3 +174,75 @@ with open(path, "ab", buffering=0) as fh:
         fh.write(b"g" * 4096)
         time.sleep(0.0005)
 """
+
+
+def make_hostile_model_dir(root: Path, marker: Path) -> dict[str, str]:
+    """A model folder holding one of each hostile file, with a manifest (``modelguard.yaml``
+    beside them) describing the files the folder SHOULD hold. Returns ``{path: expected
+    verify diagnosis}``; the caller checks that verify says exactly that and hangs on nothing."""
+    import hashlib
+
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    real = {name: hashlib.sha256(name.encode()).digest() * 64 for name in
+            ("pytorch_model.bin", "model.safetensors", "config.json", "fifo.bin", "empty.txt", "grown.bin")}
+    write_malicious_pickle(root / "pytorch_model.bin", marker)                # right name, wrong bytes: code
+    write_lfs_stub(root / "model.safetensors", real["model.safetensors"])     # clone without git-lfs
+    link_to(root / "config.json", "/etc/passwd")                              # link out of the folder
+    make_fifo(root / "fifo.bin")                                              # would block a reader
+    (root / "empty.txt").write_bytes(b"")                                     # zero bytes
+    (root / "grown.bin").write_bytes(real["grown.bin"] + b"appended")         # grew after the download
+    files = [{"path": name, "size": len(data), "component": "model", "sha256": hashlib.sha256(data).hexdigest()}
+             for name, data in sorted(real.items())]
+    manifest = {"modelguard": 1, "model": "hostile/everything", "components": {"model": {"required": True}},
+                "files": files}
+    (root / "modelguard.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return {
+        "pytorch_model.bin": _size_diagnosis(root / "pytorch_model.bin", len(real["pytorch_model.bin"])),
+        "model.safetensors": "lfs_pointer",
+        "config.json": "symlink_escape",
+        "fifo.bin": "not_a_file",
+        "empty.txt": "empty",
+        "grown.bin": "oversized",
+    }
+
+
+def _size_diagnosis(path: Path, expected: int) -> str:
+    size = path.stat().st_size
+    return "digest_mismatch" if size == expected else "truncated" if size < expected else "oversized"
+
+
+HOSTILE_MANIFESTS = {
+    "alias-bomb.yaml": ("a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                        "c: [*b, *b, *b, *b, *b, *b, *b, *b]\n", "anchors (&name) are not allowed"),
+    "python-object.yaml": ("modelguard: 1\nmodel: !!python/object/apply:os.system ['touch /tmp/mg-pwned']\n",
+                           "is not allowed"),
+    "absolute-path.yaml": ("modelguard: 1\nmodel: x/y\ncomponents: {m: {}}\n"
+                           "files: [{path: /etc/passwd, size: 1, component: m, sha256: '" + "ab" * 32 + "'}]\n",
+                           "absolute paths are not allowed"),
+    "dotdot.yaml": ("modelguard: 1\nmodel: x/y\ncomponents: {m: {}}\n"
+                    "files: [{path: ../../etc/passwd, size: 1, component: m, sha256: '" + "ab" * 32 + "'}]\n",
+                    "'..' is not allowed"),
+    "deep.yaml": ("[" * 5000, "nesting deeper than"),
+    "not-utf8.yaml": (b"modelguard: 1\nmodel: \xff\xfe\n", "not UTF-8 text"),
+    "huge-number.yaml": ("modelguard: 1\nmodel: x/y\ncomponents: {m: {}}\n"
+                         "files: [{path: a, size: 1" + "0" * 5000 + ", component: m, sha256: '" + "ab" * 32 + "'}]\n",
+                         "cannot be parsed"),
+    "wrong-types.yaml": ("modelguard: 1\nmodel: x/y\ncomponents: {m: {}}\nfiles: [{path: a, size: '12', component: m, "
+                         "sha256: '" + "ab" * 32 + "'}]\n", "size: not an integer"),
+}
+
+
+def write_hostile_manifests(root: Path) -> dict[Path, str]:
+    """The hostile manifest files, and a phrase each one's refusal must contain."""
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, (content, expected) in HOSTILE_MANIFESTS.items():
+        path = root / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        out[path] = expected
+    return out
