@@ -295,3 +295,43 @@ def test_tokenizer_hook_is_restored_exactly():
     assert PreTrainedTokenizerBase.__dict__["from_pretrained"] is not original
     guard.uninstall()
     assert PreTrainedTokenizerBase.__dict__["from_pretrained"] is original
+
+
+# --------------------------------------------------------------------------- PEFT adapters
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(checkpoints, tmp_path_factory):
+    peft = pytest.importorskip("peft")
+    guard.uninstall()
+    base = transformers.BertModel.from_pretrained(checkpoints["base"])
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["query", "value"],
+                                                      init_lora_weights=False))
+    target = tmp_path_factory.mktemp("lora") / "adapter"
+    model.save_pretrained(target)
+    with torch.no_grad():
+        expected = model(**sample_inputs()).last_hidden_state
+    return target, expected
+
+
+def test_adapter_loads_without_false_positives(lora_adapter):
+    directory, expected = lora_adapter
+    model = transformers.AutoModel.from_pretrained(directory)
+    with torch.no_grad():
+        assert torch.equal(model(**sample_inputs()).last_hidden_state, expected)
+
+
+def test_adapter_missing_a_lora_weight_is_refused(lora_adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    directory = Path(shutil.copytree(lora_adapter[0], tmp_path / "adapter"))
+    tensors = load_file(directory / "adapter_model.safetensors")
+    dropped = sorted(k for k in tensors if "layer.1" in k and "value" in k and "lora_A" in k)
+    assert dropped
+    for key in dropped:
+        del tensors[key]
+    save_file(tensors, directory / "adapter_model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RandomInitError) as info:
+        transformers.AutoModel.from_pretrained(directory)
+    assert len(info.value.keys) == len(dropped)
+    assert all("layer.1.attention.self.value.lora_A" in key for key in info.value.keys)
