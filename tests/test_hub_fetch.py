@@ -80,7 +80,9 @@ def test_fetch_into_empty_cache_lays_out_the_cache_like_the_client(repo, hub):
     from huggingface_hub import hf_hub_download
 
     for rel, data in repo.files.items():
-        path = hf_hub_download(repo.model, rel, revision=repo.commit, local_files_only=True)
+        # cache_dir explicit: huggingface_hub reads HF_HUB_CACHE once, at its first import.
+        path = hf_hub_download(repo.model, rel, revision=repo.commit, local_files_only=True,
+                               cache_dir=os.environ["HF_HUB_CACHE"])
         assert Path(path).read_bytes() == data
     assert run_cli("verify", repo.model).returncode == 0
 
