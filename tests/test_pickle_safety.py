@@ -62,6 +62,18 @@ def test_malicious_zip_checkpoint_is_refused_and_torch_agrees(tmp_path, marker):
         torch.load(path, weights_only=True)
 
 
+def test_malicious_legacy_torch_checkpoint_is_refused(tmp_path, marker):
+    import torch
+
+    from hostile import RunsShellCommand, payload_command
+
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"weight": torch.ones(2), "hook": RunsShellCommand(payload_command(marker))}, path,
+               _use_new_zipfile_serialization=False)
+    f = scan_file(path)
+    assert f.diagnosis == "dangerous_pickle" and "posix.system" in f.dangerous_globals
+
+
 def test_malicious_pickle_under_an_innocent_name_is_found_by_content(tmp_path, marker):
     path = write_malicious_pickle(tmp_path / "weights.data", marker)
     f = scan_file(path)
