@@ -28,19 +28,23 @@ import contextlib
 import contextvars
 import fnmatch
 import importlib
-import importlib.abc
-import importlib.machinery
 import os
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, Iterable, Iterator
 
 from .errors import ManifestNotFoundError, ModelGuardError, UsageError, VerificationError
 from .hooks import HOOKS
-from .manifest import Manifest
+
+# Kept off the import path: `import modelguard.auto` runs at the top of programs, so
+# typing, dataclasses and the manifest schema are loaded only when a model is.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Iterator
+
+    from .manifest import Manifest
 
 POLICIES = ("refuse", "repair", "warn")
 UNKNOWN_POLICIES = ("warn", "refuse", "allow")
@@ -66,14 +70,14 @@ class UnsupportedLibraryWarning(GuardWarning):
 # --------------------------------------------------------------------------- configuration
 
 
-@dataclass(frozen=True)
-class Policy:
-    """The guard's settings. ``None`` fields are read from the environment at each check."""
+class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline", defaults=(None, None, (), None))):
+    """The guard's settings (immutable). ``None`` fields are read from the environment at each check.
 
-    on_failure: str | None = None
-    unknown: str | None = None
-    manifest_dirs: tuple[str, ...] = ()
-    offline: bool | None = None
+    ``on_failure``: refuse | repair | warn; ``unknown``: warn | refuse | allow;
+    ``manifest_dirs``: tuple of folders; ``offline``: bool.
+    """
+
+    __slots__ = ()
 
     def effective_on_failure(self) -> str:
         return self.on_failure or _env_choice(ENV_POLICY, POLICIES, "refuse")
@@ -273,8 +277,8 @@ class _LoaderProxy:
         _apply_hook(self._spec.name)
 
 
-class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the real loader of a hooked module."""
+class _PostImportFinder:
+    """A meta path finder that finds nothing itself: it wraps the real loader of a hooked module."""
 
     def __init__(self) -> None:
         self._busy = threading.local()
@@ -307,20 +311,16 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 # --------------------------------------------------------------------------- which manifest applies
 
 
-@dataclass(frozen=True)
-class ResolvedModel:
-    """What the guard knows about a model being loaded.
+class ResolvedModel(namedtuple("ResolvedModel", "model_id revision directory manifest how")):
+    """What the guard knows about a model being loaded (immutable).
 
-    ``how`` is one of ``hub-id``, ``hf-cache-snapshot``, ``local-manifest``,
-    ``user-mapping``, ``identified`` (by file names and sizes), ``unknown``.
-    ``directory`` is where its files are (None: a Hub id not in the cache).
+    ``model_id`` (str or None), ``revision`` (str or None), ``directory`` (Path, or None:
+    a Hub id not in the cache), ``manifest`` (Manifest or None), and ``how``: one of
+    ``hub-id``, ``hf-cache-snapshot``, ``local-manifest``, ``user-mapping``,
+    ``identified`` (by file names and sizes), ``unknown``.
     """
 
-    model_id: str | None
-    revision: str | None
-    directory: Path | None
-    manifest: Manifest | None
-    how: str
+    __slots__ = ()
 
     def describe(self) -> str:
         how = {
@@ -734,10 +734,8 @@ def _verification_error(
 # --------------------------------------------------------------------------- random-init opt-out
 
 
-@dataclass(frozen=True)
-class _Allowance:
-    components: frozenset[str] = frozenset()
-    keys: tuple[str, ...] = ()
+class _Allowance(namedtuple("_Allowance", "components keys", defaults=(frozenset(), ()))):
+    __slots__ = ()
 
 
 _allowance: contextvars.ContextVar[_Allowance] = contextvars.ContextVar("modelguard_allow", default=_Allowance())

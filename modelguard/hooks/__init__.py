@@ -18,7 +18,10 @@ has imported it. :class:`Patches` does the bookkeeping for ``patch``/``unpatch``
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 HOOKS: dict[str, str] = {
     # A dotted name patches when that submodule is imported, so ``import transformers``
