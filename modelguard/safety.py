@@ -223,8 +223,14 @@ def scan_pickle_fd(fd: int, shown: str) -> SafetyFinding:
             dangerous_globals=tuple(dangerous), suspicious_globals=tuple(suspicious),
         )
     if result.scan_err:
-        return SafetyFinding(shown, "pickle", "dangerous_pickle",
-                             "pickle stream is malformed after imports were seen; refused, as it may hide code")
+        # Imports were seen, then the stream broke: none is on the denylist, so this is what
+        # a non-pickle binary that happens to start like one looks like. Report, do not refuse.
+        return SafetyFinding(
+            shown, "pickle", "suspicious_pickle",
+            "not a well-formed pickle (the stream breaks after importing "
+            + (", ".join(suspicious) or "nothing dangerous") + "); review before loading it with pickle",
+            suspicious_globals=tuple(suspicious),
+        )
     if suspicious:
         return SafetyFinding(
             shown, "pickle", "suspicious_pickle",
@@ -232,6 +238,8 @@ def scan_pickle_fd(fd: int, shown: str) -> SafetyFinding:
             + ": not plain tensors (torch.load(weights_only=True) refuses them); review before trusting it",
             suspicious_globals=tuple(suspicious),
         )
+    if not result.globals:
+        return SafetyFinding(shown, "pickle", OK, "ok (no pickle imports: plain data, or not a pickle at all)")
     return SafetyFinding(shown, "pickle", OK, "ok (pickle holds only tensors and plain containers)")
 
 

@@ -74,6 +74,22 @@ def test_malicious_legacy_torch_checkpoint_is_refused(tmp_path, marker):
     assert f.diagnosis == "dangerous_pickle" and "posix.system" in f.dangerous_globals
 
 
+def test_non_pickle_binaries_named_bin_are_not_refused(tmp_path):
+    (tmp_path / "random.bin").write_bytes(bytes(range(256)) * 16)
+    f = scan_file(tmp_path / "random.bin")
+    assert f.diagnosis == "ok" and "no pickle imports" in f.message
+    # starts like a protocol-0 GLOBAL, then breaks: reported, not refused
+    (tmp_path / "odd.bin").write_bytes(b"cfoo\nbar\n\xff\xfe" + bytes(64))
+    f = scan_file(tmp_path / "odd.bin")
+    assert f.safe and f.diagnosis == "suspicious_pickle" and "foo.bar" in f.message
+
+
+def test_hand_written_protocol_0_pickle_is_refused(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"cos\nsystem\n(S'touch /tmp/never'\ntR.")
+    f = scan_file(tmp_path / "w.bin")
+    assert f.diagnosis == "dangerous_pickle" and f.dangerous_globals == ("os.system",)
+
+
 def test_malicious_pickle_under_an_innocent_name_is_found_by_content(tmp_path, marker):
     path = write_malicious_pickle(tmp_path / "weights.data", marker)
     f = scan_file(path)
