@@ -538,19 +538,25 @@ def check_before_load(
     revision: str | None = None,
     loader: str = "transformers",
     cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
 ) -> ResolvedModel:
     """Verify the files of the model about to be loaded, and apply the policy.
 
     ``components`` limits the check (unknown names are ignored, so a loader can
-    ask for what it reads). Raises :class:`VerificationError` when the policy is
+    ask for what it reads). ``local_files_only`` (the loader's own flag) forbids
+    downloads for this load. Raises :class:`VerificationError` when the policy is
     ``refuse`` and a file fails; :class:`ManifestNotFoundError` for an unknown
     model when the unknown-model policy is ``refuse``.
     """
     policy = _policy
+    if local_files_only:
+        policy = policy._replace(offline=True)
     on_failure = policy.effective_on_failure()
     resolved = resolve_model(name_or_path, revision, cache_dir=cache_dir)
     manifest = resolved.manifest
     if manifest is None:
+        if resolved.directory is None and not _looks_like_model_id(os.fspath(name_or_path)):
+            return resolved  # neither a folder nor a model id: the loader reports its own "not found"
         done = _verified.get()
         key = (os.path.realpath(resolved.directory) if resolved.directory else os.fspath(name_or_path), "?")
         if done is None or key not in done:
@@ -670,7 +676,7 @@ def _download(resolved: ResolvedModel, components: list[str] | None, policy: Pol
         from .errors import OfflineError
 
         raise OfflineError(
-            f"{manifest.model} is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE)",
+            f"{manifest.model} is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE or local_files_only)",
             expected=f"a snapshot of {manifest.model}" + (f" at {manifest.revision}" if manifest.revision else ""),
             actual="no snapshot in " + str(_hf_cache(cache_dir)),
             remedy=f"run `{fetch_cmd}` while online, then load again",

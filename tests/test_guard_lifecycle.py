@@ -463,3 +463,19 @@ def test_hub_model_not_in_cache_is_fetched_and_a_failed_download_is_reported():
         guard.check_before_load(MINILM, components=["tokenizer"])
     assert isinstance(info.value, ModelGuardError)
     assert "all-MiniLM-L6-v2" in str(info.value) and "127.0.0.1:9" in str(info.value)
+
+
+def test_local_files_only_never_downloads():
+    modelguard.install()
+    with pytest.raises(OfflineError) as info:
+        guard.check_before_load("BAAI/bge-m3", local_files_only=True)
+    assert "downloads are off" in str(info.value)
+
+
+def test_a_path_that_does_not_exist_is_left_to_the_loader(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELGUARD_UNKNOWN", "refuse")
+    modelguard.install()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolved = guard.check_before_load(str(tmp_path / "no-such-model"))
+    assert (resolved.how, resolved.directory) == ("unknown", None)

@@ -79,6 +79,7 @@ def _wrap_init(original: Any) -> Any:
                 cache = bound.arguments.get("cache_folder") or os.environ.get("SENTENCE_TRANSFORMERS_HOME")
                 resolved = guard.check_before_load(
                     name, revision=asked, cache_dir=cache, loader=f"sentence-transformers {type(self).__name__}",
+                    local_files_only=bool(bound.arguments.get("local_files_only")),
                 )
                 if asked is None and resolved.how == "hub-id" and resolved.revision and "revision" in signature.parameters:
                     bound.arguments["revision"] = resolved.revision  # load the revision that was verified

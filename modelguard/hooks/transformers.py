@@ -95,6 +95,7 @@ def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], w
             return label  # the manifest lists no tokenizer files there: nothing to verify
     resolved = guard.check_before_load(
         name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
+        local_files_only=bool(kwargs.get("local_files_only")),
     )
     if asked is None and resolved.how == "hub-id" and resolved.revision:
         kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
