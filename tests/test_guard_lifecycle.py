@@ -479,3 +479,38 @@ def test_a_path_that_does_not_exist_is_left_to_the_loader(tmp_path, monkeypatch)
         warnings.simplefilter("error")
         resolved = guard.check_before_load(str(tmp_path / "no-such-model"))
     assert (resolved.how, resolved.directory) == ("unknown", None)
+
+
+def _hook_for_pytest(monkeypatch, supported, patch):
+    """A hook (for the real, imported pytest) to exercise the guard's own version and failure handling."""
+    import types
+
+    hook = types.ModuleType("modelguard_test_hook")
+    hook.DISTRIBUTION, hook.SUPPORTED = "pytest", "pytest < 1"
+    hook.supported, hook.patch, hook.unpatch = supported, patch, lambda: None
+    monkeypatch.setitem(sys.modules, "modelguard_test_hook", hook)
+    monkeypatch.setitem(HOOKS, "pytest", "modelguard_test_hook")
+
+
+def test_unsupported_library_version_warns_and_is_not_patched(monkeypatch):
+    from importlib import metadata
+
+    patched = []
+    _hook_for_pytest(monkeypatch, lambda v: version_tuple(v) < (1,), patched.append)
+    with pytest.warns(guard.UnsupportedLibraryWarning) as record:
+        modelguard.install()
+    assert patched == []
+    assert "pytest" not in guard.patched_libraries()
+    text = str(record[0].message)
+    assert f"pytest {metadata.version('pytest')} is not a version the guard supports (pytest < 1)" in text
+    assert "NOT guarded" in text
+
+
+def test_a_hook_that_fails_to_patch_warns_instead_of_breaking_the_program(monkeypatch):
+    def patch(module):
+        raise AttributeError("module 'pytest' has no attribute 'Loader'")
+
+    _hook_for_pytest(monkeypatch, lambda v: True, patch)
+    with pytest.warns(guard.UnsupportedLibraryWarning, match=r"could not guard pytest .*AttributeError.*NOT guarded"):
+        modelguard.install()
+    assert "pytest" not in guard.patched_libraries()
