@@ -217,6 +217,16 @@ def test_allow_random_init_is_narrow_nested_and_scoped():
     assert not guard.random_init_allowed("colbert")
 
 
+def test_allow_random_init_works_as_a_decorator():
+    @modelguard.allow_random_init("colbert", keys="classifier.*")
+    def build():
+        return guard.random_init_allowed("colbert"), guard.random_init_allowed(key="classifier.weight")
+
+    assert build() == (True, True)
+    assert build() == (True, True)  # reusable
+    assert not guard.random_init_allowed("colbert")
+
+
 def test_allow_random_init_needs_a_name():
     with pytest.raises(UsageError) as info:
         with modelguard.allow_random_init():
