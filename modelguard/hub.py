@@ -540,7 +540,9 @@ def _keep_aside(target: _Target, entry: FileEntry, source: Path) -> str:
 def _install(target: _Target, entry: FileEntry, verified: Path, blob_name: str) -> str | None:
     """Put the verified temporary file in place atomically; old bytes are kept aside first."""
     dest = target.directory / entry.path
+    _refuse_escaping_folder(target, dest)  # before mkdir: it would follow the link too
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_escaping_folder(target, dest)
     kept: str | None = None
     if dest.is_dir() and not dest.is_symlink():
         raise DownloadError(
@@ -573,6 +575,21 @@ def _install(target: _Target, entry: FileEntry, verified: Path, blob_name: str) 
     _chmod_like_umask(verified)
     os.replace(verified, dest)
     return kept
+
+
+def _refuse_escaping_folder(target: _Target, dest: Path) -> None:
+    """A folder on the way to ``dest`` that is a link out of the model directory is never written through."""
+    from .verify import _within
+
+    root = Path(target.directory).resolve()
+    parent = dest.parent.resolve()
+    if not _within(parent, [root]):
+        raise DownloadError(
+            f"{dest} is reached through a link out of {target.directory} (to {parent}); nothing was written",
+            path=dest, expected=f"a folder inside {target.directory}", actual=str(parent),
+            remedy="replace the linked folder with a real one (modelguard writes only inside the model "
+                   "directory), then fetch again",
+        )
 
 
 def _chmod_like_umask(path: Path) -> None:

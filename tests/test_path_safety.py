@@ -283,3 +283,23 @@ def test_hostile_manifest_files_through_the_cli(tmp_path, capsys):
         assert code == 2, (path.name, err)
         assert expected in err and "Traceback" not in err, (path.name, err)
     assert not os.path.exists("/tmp/mg-pwned")
+
+
+def test_fetch_never_writes_through_a_linked_folder(tmp_path, monkeypatch):
+    """A folder of the local copy that links elsewhere: fetch writes nothing there."""
+    from hubserver import HubServer, publish
+
+    with HubServer() as hub:
+        repo = publish(hub, tmp_path)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setenv("MODELGUARD_MANIFEST_PATH", str(repo.manifest_dir))
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        local = tmp_path / "local"
+        local.mkdir()
+        link_to(local / "1_Pooling", outside)  # the manifest lists 1_Pooling/config.json
+        r = run_cli("fetch", repo.model, "--local-dir", str(local))
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "is reached through a link out of" in r.stderr and "nothing was written" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert list(outside.iterdir()) == []
