@@ -22,9 +22,12 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest
+	# FlagEmbedding 1.2.x (the BGEM3FlagModel line with its own pooler loading) in its own env
+	bash tools/setup_fe12_env.sh
+	.venv-fe12/bin/python -m pytest tests/fe12
 
 bench: venv
 	$(PY) tools/bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-fe12 build *.egg-info .pytest_cache
