@@ -279,6 +279,7 @@ def fetch_files(
     try:
         lock = FileLock(str(target.lock_path))
         with lock:
+            _remove_stale_temp_files(target)
             before = verify(manifest, target.directory, components=wanted)
             todo = [r for r in before.files if r.status == FAILED
                     or (r.status == SKIPPED and wanted is not None and r.component in wanted)]
@@ -575,6 +576,22 @@ def _install(target: _Target, entry: FileEntry, verified: Path, blob_name: str) 
     _chmod_like_umask(verified)
     os.replace(verified, dest)
     return kept
+
+
+def _remove_stale_temp_files(target: _Target) -> None:
+    """Remove the temporary downloads of a fetch that was killed. Called holding the fetch
+    lock, so no other fetch of this model is writing one; only modelguard's own temporary
+    files are touched (the Hugging Face client's ``*.incomplete`` files are left alone)."""
+    try:
+        names = os.listdir(target.tmp_dir)
+    except OSError:
+        return
+    for name in names:
+        if ".modelguard-" in name and name.endswith(".incomplete"):
+            try:
+                os.unlink(target.tmp_dir / name)
+            except OSError:
+                pass
 
 
 def _refuse_escaping_folder(target: _Target, dest: Path) -> None:

@@ -111,9 +111,7 @@ def test_sigkill_of_fetch_into_the_hf_cache(repo, hub, isolated_env):
     partial = [p for p in blobs.iterdir() if p.name.endswith(".incomplete")]
     linked = {os.path.realpath(snap / rel) for rel in repo.files}
     assert not linked & {str(p.resolve()) for p in partial}  # no snapshot file is a partial download
-    if partial:
-        pytest.xfail(f"fetch leaves the killed run's temp file behind ({partial[0].name}): "
-                     "the next run, holding the repo's fetch lock, could remove it")
+    assert partial == []  # the next run removed the killed run's temporary download
 
 
 def test_sigkill_of_fetch_repairing_a_local_copy_keeps_the_old_bytes(repo, hub, tmp_path):
@@ -134,6 +132,7 @@ def test_sigkill_of_fetch_repairing_a_local_copy_keeps_the_old_bytes(repo, hub, 
     assert r.returncode == 0, r.stderr
     assert verify(manifest, local).ok
     assert (local / WEIGHTS).read_bytes() == repo.files[WEIGHTS]
+    assert not [p for p in local.rglob("*.incomplete")]
 
 
 WRITER = """
