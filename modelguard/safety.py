@@ -147,8 +147,10 @@ def _kind_name(mode: int) -> str:
     return _file_kind(mode)
 
 
-def scan_file(path: str | os.PathLike[str], *, name: str | None = None) -> SafetyFinding:
-    """Check one file without loading it. ``name`` is how it is shown (default: the path)."""
+def scan_file(path: str | os.PathLike[str], *, name: str | None = None,
+              roots: Iterable[Path] | None = None) -> SafetyFinding:
+    """Check one file without loading it. ``name`` is how it is shown (default: the path);
+    ``roots``: folders the opened file must lie in (a link swapped to elsewhere is not read)."""
     p = Path(path)
     shown = name or str(p)
     try:
@@ -157,6 +159,14 @@ def scan_file(path: str | os.PathLike[str], *, name: str | None = None) -> Safet
         return SafetyFinding(shown, file_kind(p), "not_a_file", f"is a {_kind_name(exc.mode)}, not a regular file; not opened")
     except OSError as exc:
         return SafetyFinding(shown, file_kind(p), "unreadable", f"cannot be read: {exc.strerror or exc}")
+    if roots is not None:
+        from .verify import _within, opened_path
+
+        real = opened_path(fd)
+        if real is not None and not _within(real, roots):
+            os.close(fd)
+            return SafetyFinding(shown, file_kind(p), "symlink_escape",
+                                 f"links outside the model directory (to {real}); not read")
     try:
         head = os.pread(fd, 64, 0)
         kind = file_kind(p, head)
@@ -182,6 +192,26 @@ def scan_file(path: str | os.PathLike[str], *, name: str | None = None) -> Safet
         os.close(fd)
 
 
+# A checkpoint's data.pkl holds tensor metadata only: a few MB even for the largest models.
+MAX_PICKLE_MEMBER_BYTES = 256 * 1024 * 1024
+
+
+def _oversized_zip_pickle(fd: int) -> tuple[str, int] | None:
+    """``(member, size)`` of a pickle member of a zip file larger than the scan limit, if any."""
+    import zipfile
+
+    if os.pread(fd, 4, 0) != ZIP_MAGIC:
+        return None
+    try:
+        with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith((".pkl", ".pickle")) and info.file_size > MAX_PICKLE_MEMBER_BYTES:
+                    return info.filename, info.file_size
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+    return None
+
+
 def _zip_has_pickle(fd: int) -> bool:
     import zipfile
 
@@ -204,6 +234,13 @@ def scan_pickle_fd(fd: int, shown: str) -> SafetyFinding:
 
     logging.getLogger("picklescan").setLevel(logging.CRITICAL)  # we report findings ourselves
     ext = os.path.splitext(shown)[1].lower() or None
+    oversized = _oversized_zip_pickle(fd)
+    if oversized is not None:
+        member, size = oversized
+        return SafetyFinding(shown, "pickle", "dangerous_pickle",
+                             f"archive member {member} would unpack to {size} bytes of pickle (over "
+                             f"{MAX_PICKLE_MEMBER_BYTES}); not scanned, refused (a decompression bomb, or not a checkpoint)",
+                             details={"member": member, "size": size})
     try:
         with os.fdopen(os.dup(fd), "rb") as fh:
             fh.seek(0)
@@ -362,7 +399,7 @@ def scan_paths(directory: str | os.PathLike[str], paths: Iterable[str]) -> tuple
             continue
         if not os.path.lexists(full):
             continue
-        out.append(scan_file(full, name=rel))
+        out.append(scan_file(full, name=rel, roots=roots))
     return tuple(out)
 
 

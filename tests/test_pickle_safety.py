@@ -372,3 +372,31 @@ def test_audit_reports_unsafe_files_with_and_without_manifest(tmp_path, marker):
     clean = run_cli("audit", str(model), "--json")
     doc = json.loads(clean.stdout)
     assert [f["message"] for f in doc["sections"]["safety"]] == ["2 pickle/safetensors file(s) scanned, none unsafe"]
+
+
+def test_zip_bomb_pickle_member_is_refused_without_unpacking(tmp_path, monkeypatch):
+    import zipfile
+
+    from modelguard import safety
+
+    monkeypatch.setattr(safety, "MAX_PICKLE_MEMBER_BYTES", 1 << 20)
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"(" * (4 << 20))  # 4 MiB of MARK opcodes, deflated to a few KB
+    assert path.stat().st_size < 64 * 1024
+    f = scan_file(path)
+    assert f.diagnosis == "dangerous_pickle" and not f.safe
+    assert "archive member archive/data.pkl would unpack to 4194304 bytes" in f.message
+
+
+def test_scan_refuses_a_link_swapped_to_outside_after_the_check(tmp_path, marker):
+    from pathlib import Path
+
+    model = tmp_path / "model"
+    model.mkdir()
+    write_torch_state_dict(model / "head.pt")
+    outside = write_malicious_pickle(tmp_path / "evil.pt", marker)
+    (model / "w.pt").symlink_to(outside)
+    f = scan_file(model / "w.pt", name="w.pt", roots=[Path(model).resolve()])
+    assert f.diagnosis == "symlink_escape" and "not read" in f.message
+    assert scan_file(model / "head.pt", roots=[Path(model).resolve()]).diagnosis == "ok"
