@@ -66,20 +66,20 @@ def test_install_before_import_patches_when_the_program_imports_the_library():
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result == {"before": False, "wrapped": True, "spec_loader_is_real": True, "loader_is_real": True,
-                      # torch: torch.load inside guarded loaders; dynamic_module_utils: remote code
-                      "patched": ["torch", "transformers.dynamic_module_utils", "transformers.modeling_utils"]}
+    # also patched by then (which, depends on the transformers version): torch (torch.load inside
+    # guarded loaders), transformers.dynamic_module_utils (remote code)
+    assert "transformers.modeling_utils" in result.pop("patched")
+    assert result == {"before": False, "wrapped": True, "spec_loader_is_real": True, "loader_is_real": True}
 
 
 def test_importing_transformers_alone_does_not_pull_in_torch_through_the_guard():
-    proc = run_python(
-        "import sys, modelguard\n"
-        "modelguard.install()\n"
-        "import transformers\n"
-        "print('torch' in sys.modules, 'transformers.modeling_utils' in sys.modules)\n"
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "False"]
+    code = ("import sys, modelguard\n{install}\nimport transformers\n"
+            "print('torch' in sys.modules, 'transformers.modeling_utils' in sys.modules)\n")
+    guarded = run_python(code.format(install="modelguard.install()"))
+    plain = run_python(code.format(install=""))
+    assert guarded.returncode == 0 and plain.returncode == 0, guarded.stderr + plain.stderr
+    assert guarded.stdout == plain.stdout  # whatever transformers itself imports, the guard adds nothing
+    assert guarded.stdout.split()[1] == "False"
 
 
 def test_install_after_import_patches_at_once_and_uninstall_restores_the_originals():
@@ -102,14 +102,18 @@ def test_install_after_import_patches_at_once_and_uninstall_restores_the_origina
 
 
 def test_sentence_transformers_constructor_is_restored_exactly():
-    from sentence_transformers.base.model import BaseModel
+    import sentence_transformers
 
-    assert "__init__" in BaseModel.__dict__
-    original = BaseModel.__dict__["__init__"]
+    if version_tuple(sentence_transformers.__version__) >= (6,):
+        from sentence_transformers.base.model import BaseModel as owner
+    else:
+        owner = sentence_transformers.SentenceTransformer
+    assert "__init__" in owner.__dict__
+    original = owner.__dict__["__init__"]
     modelguard.install()
-    assert is_wrapped(BaseModel.__dict__["__init__"])
+    assert is_wrapped(owner.__dict__["__init__"])
     modelguard.uninstall()
-    assert BaseModel.__dict__["__init__"] is original
+    assert owner.__dict__["__init__"] is original
 
 
 def test_double_install_is_a_no_op_and_uninstall_is_idempotent():

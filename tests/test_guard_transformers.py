@@ -321,6 +321,8 @@ def test_adapter_loads_without_false_positives(lora_adapter):
         assert torch.equal(model(**sample_inputs()).last_hidden_state, expected)
 
 
+@pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5,
+                    reason="transformers 4.x does not report an adapter's missing keys to from_pretrained")
 def test_adapter_missing_a_lora_weight_is_refused(lora_adapter, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -117,10 +117,21 @@ def _wrap_from_pretrained(original: Any) -> Any:
             new_keys = set(info.get("missing_keys") or ())
             new_keys.update(item[0] for item in info.get("mismatched_keys") or ())
             if new_keys:
+                new_keys = _model_names(model, new_keys)
                 guard.refuse_random_init(new_keys, model=os.fspath(name) if name else cls.__name__, loader=label)
         return (model, info) if want_info else model
 
     return classmethod(from_pretrained)
+
+
+def _model_names(model: Any, keys: set[str]) -> set[str]:
+    """Keys as the model names them: transformers 4.x reports a base model's missing keys
+    with the checkpoint's prefix (``bert.pooler.dense.weight`` for ``pooler.dense.weight``)."""
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    if prefix == "." or not any(key.startswith(prefix) for key in keys):
+        return keys
+    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {key[len(prefix):] if key not in own and key[len(prefix):] in own else key for key in keys}
 
 
 def _wrap_tokenizer_from_pretrained(original: Any) -> Any:
