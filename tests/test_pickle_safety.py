@@ -400,3 +400,40 @@ def test_scan_refuses_a_link_swapped_to_outside_after_the_check(tmp_path, marker
     f = scan_file(model / "w.pt", name="w.pt", roots=[Path(model).resolve()])
     assert f.diagnosis == "symlink_escape" and "not read" in f.message
     assert scan_file(model / "head.pt", roots=[Path(model).resolve()]).diagnosis == "ok"
+
+
+# --------------------------------------------------------------------------- header check vs the real parser
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_DTYPES = ["F32", "F16", "BF16", "I64", "I32", "U8", "BOOL", "F64", "I8", "X9"]
+_tensor = st.fixed_dictionaries({
+    "dtype": st.sampled_from(_DTYPES),
+    "shape": st.lists(st.integers(-1, 4), max_size=3),
+    "data_offsets": st.lists(st.integers(-2, 80), min_size=2, max_size=2),
+})
+_headers = st.dictionaries(st.sampled_from(["a", "b", "c", "__metadata__"]),
+                           _tensor | st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+                           max_size=3)
+
+
+@settings(max_examples=int(os.environ.get("MODELGUARD_FUZZ_EXAMPLES", "400")) // 2, deadline=None,
+          database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=_headers, data_len=st.integers(0, 96), length_delta=st.sampled_from([0, 0, 0, -1, 1, 1 << 40]))
+def test_header_check_agrees_with_the_safetensors_parser(tmp_path, header, data_len, length_delta):
+    """Differential: whatever our check accepts, safetensors loads; whatever it refuses, safetensors refuses."""
+    from safetensors import safe_open
+
+    raw = json.dumps(header).encode()
+    path = write_raw_safetensors(tmp_path / "x.safetensors", raw, bytes(data_len), max(0, len(raw) + length_delta))
+    ours = check_safetensors(path)
+    assert ours.diagnosis in ("ok", "bad_safetensors"), ours
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            for key in fh.keys():
+                fh.get_tensor(key)
+        theirs = True
+    except Exception:  # noqa: BLE001 - any refusal by the real parser
+        theirs = False
+    assert ours.safe == theirs, (ours.message, header, data_len, length_delta)
