@@ -654,6 +654,11 @@ def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loa
     ) + f"; or set {ENV_UNKNOWN}=allow to load unverified models without this message"
     message = (f"modelguard: no manifest applies to {target} (loaded by {loader}), "
                "so its files are not verified; random initialization is still refused")
+    pinned = _manifest_for_another_revision(resolved)
+    if pinned is not None:
+        message += f"; the manifest for {resolved.model_id} pins revision {pinned}, not {resolved.revision}"
+        remedy = (f"load revision {pinned} (`modelguard fetch {resolved.model_id} --revision {pinned}`), "
+                  f"or add a manifest for {resolved.revision}; " + remedy)
     if unknown == "refuse":
         raise ManifestNotFoundError(
             message.replace("so its files are not verified; random initialization is still refused",
@@ -661,6 +666,21 @@ def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loa
             path=where, remedy=remedy,
         )
     warnings.warn(f"{message}\n  fix: {remedy}", UnknownModelWarning, stacklevel=4)
+
+
+def _manifest_for_another_revision(resolved: ResolvedModel) -> str | None:
+    """The revision a known manifest of this model pins, when it is not the one being loaded."""
+    if not resolved.model_id or not resolved.revision:
+        return None
+    from .registry import find_manifest
+
+    try:
+        manifest = find_manifest(resolved.model_id, extra_dirs=list(_policy.manifest_dirs))
+    except ModelGuardError:
+        return None
+    if manifest is None or not manifest.revision:
+        return None
+    return manifest.revision
 
 
 def _download(resolved: ResolvedModel, components: list[str] | None, policy: Policy,

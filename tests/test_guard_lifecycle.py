@@ -528,3 +528,18 @@ def test_a_hook_that_fails_to_patch_warns_instead_of_breaking_the_program(monkey
     with pytest.warns(guard.UnsupportedLibraryWarning, match=r"could not guard pytest .*AttributeError.*NOT guarded"):
         modelguard.install()
     assert "pytest" not in guard.patched_libraries()
+
+
+def test_snapshot_of_another_revision_than_the_manifest_pins_says_so(isolated_env):
+    other = "0123456789abcdef0123456789abcdef01234567"
+    snap = Path(os.environ["HF_HUB_CACHE"]) / "models--BAAI--bge-m3" / "snapshots" / other
+    snap.mkdir(parents=True)
+    modelguard.install()
+    resolved = guard.resolve_model(snap)
+    assert (resolved.how, resolved.model_id, resolved.manifest) == ("hf-cache-snapshot", "BAAI/bge-m3", None)
+    with pytest.warns(guard.UnknownModelWarning) as record:
+        guard.check_before_load(snap, loader="test loader")
+    text = str(record[0].message)
+    assert f"no manifest applies to BAAI/bge-m3 (loaded by test loader)" in text
+    assert f"pins revision 5617a9f61b028005a4858fdac845db406aefb181, not {other}" in text
+    assert "modelguard fetch BAAI/bge-m3 --revision 5617a9f61b028005a4858fdac845db406aefb181" in text
