@@ -11,6 +11,29 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+CLOSED_ENDPOINT = "http://127.0.0.1:9"
+
+# huggingface_hub reads its endpoint and cache folders once, when first imported. Set them
+# before any test can import it, so an in-process call can never reach a real Hub.
+os.environ["HF_ENDPOINT"] = CLOSED_ENDPOINT
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+
+def _sync_hf_constants(monkeypatch, home: Path) -> None:
+    """Point an already imported huggingface_hub at this test's folders and the closed endpoint."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is None:
+        return
+    hub_cache = str(home / "hf" / "hub")
+    for name, value in (
+        ("HF_HOME", str(home / "hf")),
+        ("HF_HUB_CACHE", hub_cache),
+        ("HUGGINGFACE_HUB_CACHE", hub_cache),
+        ("ENDPOINT", CLOSED_ENDPOINT),
+        ("HUGGINGFACE_CO_URL_TEMPLATE", CLOSED_ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}"),
+    ):
+        if hasattr(constants, name):
+            monkeypatch.setattr(constants, name, value)
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +46,9 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MODELGUARD_CACHE_DIR", str(home / "mgcache"))
     monkeypatch.delenv("MODELGUARD_MANIFEST_PATH", raising=False)
     # No test may reach a real Hub: a closed local port unless a test starts its own server.
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_ENDPOINT", CLOSED_ENDPOINT)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    _sync_hf_constants(monkeypatch, home)
     yield home
 
 
