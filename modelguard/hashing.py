@@ -69,34 +69,38 @@ def hash_fd(
     progress: Callable[[int], None] | None = None,
     chunk_size: int = CHUNK_SIZE,
     threads: bool | None = None,
+    stat_before: os.stat_result | None = None,
 ) -> dict[str, str]:
     """Hash the open file ``fd`` (from its start) with every algorithm in one read.
 
     ``threads`` forces the pipeline on (True) or off (False); by default it is used for
-    files of :data:`PIPELINE_MIN_SIZE` bytes or more.
+    files of :data:`PIPELINE_MIN_SIZE` bytes or more. ``stat_before``: ``os.fstat(fd)``
+    if the caller has just taken it (saves a system call).
 
     Raises :class:`FileChangedError` when the file's size, mtime or inode differ
     after the read from before it, so a file being written is never reported
     with digests that belong to no stable content.
     """
     algorithms = tuple(dict.fromkeys(algorithms))
-    before = os.fstat(fd)
-    hashers = [new_hasher(a, before.st_size) for a in algorithms]
+    before = os.fstat(fd) if stat_before is None else stat_before
+    size = before.st_size
+    hashers = [new_hasher(a, size) for a in algorithms]
     updates = [h.update for h in hashers]
     if threads is None:
-        threads = before.st_size >= PIPELINE_MIN_SIZE
-    os.lseek(fd, 0, os.SEEK_SET)
+        threads = size >= PIPELINE_MIN_SIZE
+    # Reads stop at the size seen before (no extra read to meet EOF): a file that grew or
+    # shrank meanwhile has another size after, checked below.
     if threads:
-        total = _read_pipelined(fd, updates, progress, chunk_size)
+        total = _read_pipelined(fd, size, updates, progress, chunk_size)
     else:
-        total = _read_serial(fd, updates, progress, chunk_size)
+        total = _read_serial(fd, size, updates, progress, chunk_size)
     after = os.fstat(fd)
     if stat_key(before) != stat_key(after) or total != after.st_size:
         raise FileChangedError(f"file changed while it was read ({total} bytes read, size now {after.st_size})")
     return {a: h.hexdigest() for a, h in zip(algorithms, hashers)}
 
 
-def _read_serial(fd: int, updates: Sequence[Callable[[Any], None]],
+def _read_serial(fd: int, size: int, updates: Sequence[Callable[[Any], None]],
                  progress: Callable[[int], None] | None, chunk_size: int) -> int:
     try:
         buf = _SPARE_BUFFERS.pop()
@@ -107,22 +111,23 @@ def _read_serial(fd: int, updates: Sequence[Callable[[Any], None]],
     view = memoryview(buf)
     total = 0
     try:
-        while True:
-            n = os.readv(fd, [buf])
+        while total < size:
+            n = os.preadv(fd, [buf], total)
             if not n:
-                return total
+                break
             chunk = view[:n]
             for update in updates:
                 update(chunk)
             total += n
             if progress is not None:
                 progress(n)
+        return total
     finally:
         if len(_SPARE_BUFFERS) < 16:
             _SPARE_BUFFERS.append(buf)
 
 
-def _read_pipelined(fd: int, updates: Sequence[Callable[[Any], None]],
+def _read_pipelined(fd: int, size: int, updates: Sequence[Callable[[Any], None]],
                     progress: Callable[[int], None] | None, chunk_size: int) -> int:
     """Read in this thread into a ring of buffers; hash in one thread per digest.
 
@@ -163,11 +168,11 @@ def _read_pipelined(fd: int, updates: Sequence[Callable[[Any], None]],
     total = 0
     i = 0
     try:
-        while not errors:
+        while not errors and total < size:
             for slot in slots:
                 slot.acquire()
             k = i % RING_BUFFERS
-            n = os.readv(fd, [bufs[k]])
+            n = os.preadv(fd, [bufs[k]], total)
             if not n:
                 break
             chunk = views[k][:n]

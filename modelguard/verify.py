@@ -251,7 +251,13 @@ def _containing_roots(directory: Path) -> list[Path]:
 
 
 def _within(path: Path, roots: Iterable[Path]) -> bool:
-    return any(path == root or root in path.parents for root in roots)
+    # On strings: ``root in path.parents`` builds a Path per level, and this runs twice per file.
+    text = os.fspath(path)
+    for root in roots:
+        prefix = os.fspath(root)
+        if text == prefix or text.startswith(prefix.rstrip(os.sep) + os.sep):
+            return True
+    return False
 
 
 def opened_path(fd: int) -> Path | None:
@@ -382,7 +388,7 @@ class _Checker:
             if st.st_size != entry.size:
                 return self._wrong_size(entry, fd, st.st_size)
             try:
-                digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress)
+                digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st)
             except FileChangedError as exc:
                 return self.result(entry, "changed_while_reading", f"{exc}; not verified",
                                    remedy="wait until whatever is writing the file has finished, then verify again")
@@ -654,28 +660,52 @@ def verify(
         manifest, root, all_digests=all_digests, cache=resolve_cache(cache),
         remedy=default_remedy(manifest, root), progress=progress,
     )
-    # First every check that needs no read (missing, wrong size, cache hit), in this
-    # thread: an unchanged model then costs a stat per file and starts no thread.
+    # Every check that needs no read (missing, wrong type, cache hit) runs in this thread:
+    # an unchanged model costs a stat per file and starts no thread. A file whose bytes
+    # must be read is queued at once to reader threads (hashlib releases the GIL), so these
+    # checks overlap the hashing; largest files first so the readers do not end on one big
+    # file. Plain threads and a queue, not an executor: a future per file costs GIL time.
     results: dict[str, FileResult] = {}
-    to_read: list[tuple[FileEntry, Path, Path]] = []
-    for e in entries:
-        located = checker.locate(e)
-        if isinstance(located, FileResult):
-            results[e.path] = located
-        else:
-            to_read.append((e, *located))
-    # Then the reads, in parallel threads (hashlib releases the GIL), largest files first
-    # so the pool does not end on one big file.
-    to_read.sort(key=lambda item: -item[0].size)
-    workers = max_workers or min(len(to_read), usable_cpus(), 8) or 1
-    if workers == 1 or len(to_read) <= 1:
-        results.update((e.path, checker.read_and_compare(e, p, r)) for e, p, r in to_read)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
+    workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
+    work = None
+    readers: list = []
+    errors: list[BaseException] = []
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            done = pool.map(lambda item: checker.read_and_compare(*item), to_read)
-            results.update(zip((e.path for e, _, _ in to_read), done))
+    def read_queued() -> None:
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            try:
+                results[item[0].path] = checker.read_and_compare(*item)
+            except BaseException as exc:  # raised in the caller's thread below
+                errors.append(exc)
+
+    try:
+        for e in sorted(entries, key=lambda e: -e.size):
+            located = checker.locate(e)
+            if isinstance(located, FileResult):
+                results[e.path] = located
+            elif workers == 1:
+                results[e.path] = checker.read_and_compare(e, *located)
+            else:
+                if work is None:
+                    import queue as queue_module
+                    import threading
+
+                    work = queue_module.SimpleQueue()
+                    readers = [threading.Thread(target=read_queued, name="modelguard-verify", daemon=True)
+                               for _ in range(workers)]
+                    for t in readers:
+                        t.start()
+                work.put((e, *located))
+    finally:
+        for _ in readers:
+            work.put(None)
+        for t in readers:
+            t.join()
+    if errors:
+        raise errors[0]
     ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
     extra = list_extra_files(manifest, root) if components is None else ()
     return VerifyReport(

@@ -73,14 +73,14 @@ def test_one_read_for_all_digests(tmp_path, monkeypatch, threads):
     path = tmp_path / "w.bin"
     path.write_bytes(data)
     read_bytes = []
-    real_readv = os.readv
+    real_preadv = os.preadv
 
-    def counting_readv(fd, buffers):
-        n = real_readv(fd, buffers)
+    def counting_preadv(fd, buffers, offset, *flags):
+        n = real_preadv(fd, buffers, offset, *flags)
         read_bytes.append(n)
         return n
 
-    monkeypatch.setattr(os, "readv", counting_readv)
+    monkeypatch.setattr(os, "preadv", counting_preadv)
     got = hash_path(path, ALGORITHMS, threads=threads, chunk_size=65536)
     assert got == reference(data)
     assert sum(read_bytes) == len(data), "the file was read more than once"
@@ -158,6 +158,18 @@ def test_file_growing_while_read_is_refused(tmp_path, threads):
         hash_path(path, ["sha256"], threads=threads, chunk_size=4096, progress=writer)
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["serial", "pipelined"])
+def test_file_shrinking_while_read_is_refused(tmp_path, threads):
+    path = tmp_path / "shrinking.bin"
+    path.write_bytes(os.urandom(64 * 1024))
+
+    def truncate(_n):
+        os.truncate(path, 10_000)
+
+    with pytest.raises(FileChangedError, match=r"file changed while it was read \(\d+ bytes read, size now 10000\)"):
+        hash_path(path, ["md5", "sha256"], threads=threads, chunk_size=4096, progress=truncate)
+
+
 def test_read_error_in_pipeline_is_raised_and_threads_end(tmp_path):
     before = {t for t in threading.enumerate() if t.name == "modelguard-hash"}
     fd = os.open(tmp_path, os.O_RDONLY)  # a directory: fstat works, read fails
@@ -227,6 +239,7 @@ def test_verify_reads_in_parallel_through_the_pipeline(tmp_path, monkeypatch):
     assert report.ok, report.summary()
     assert sum(seen) == sum(len(d) for d in files.values())
     assert report.result("shard-5.bin").message == "ok (240.00 KB, sha256+md5)"
+    assert not [t for t in threading.enumerate() if t.name in ("modelguard-verify", "modelguard-hash")]
     with open(tmp_path / "shard-4.bin", "r+b") as f:
         f.seek(100_000)
         f.write(b"\xff" * 8)

@@ -39,16 +39,16 @@ def make_model(directory: Path, files: dict[str, bytes]):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Bytes read by hashing, through a counting wrapper around the real os.readv."""
+    """Bytes read by hashing, through a counting wrapper around the real os.preadv."""
     counted = []
-    real_readv = os.readv
+    real_preadv = os.preadv
 
-    def counting_readv(fd, buffers):
-        n = real_readv(fd, buffers)
+    def counting_preadv(fd, buffers, offset, *flags):
+        n = real_preadv(fd, buffers, offset, *flags)
         counted.append(n)
         return n
 
-    monkeypatch.setattr(os, "readv", counting_readv)
+    monkeypatch.setattr(os, "preadv", counting_preadv)
 
     class Reads:
         def total(self) -> int:
