@@ -286,6 +286,7 @@ class _Checker:
         self.manifest = manifest
         self.directory = directory
         self.roots = _containing_roots(directory)
+        self._root_text = os.fspath(self.roots[0]).rstrip(os.sep)
         self.all_digests = all_digests
         self.cache = cache
         self.remedy = remedy
@@ -322,6 +323,10 @@ class _Checker:
         """Every check that needs no read of the content (links, existence, type, cache
         hit): a result, or ``(path, resolved path)`` of a file whose bytes must be read."""
         path = self.directory / entry.path
+        plain = self._plain_file(entry.path)
+        if plain is not None:
+            resolved, st = plain
+            return self._cached_or_read(entry, path, resolved, st, use_cache)
         # Symlinks: a link may only resolve inside the model directory (or, for a
         # Hugging Face cache snapshot, into that repository's blobs folder).
         try:
@@ -353,6 +358,28 @@ class _Checker:
                 entry, "not_a_file", f"is a {kind}, not a regular file; not opened",
                 actual={"type": kind}, remedy=f"replace {path} with the real file",
             )
+        return self._cached_or_read(entry, path, resolved, st, use_cache)
+
+    def _plain_file(self, relative: str) -> tuple[Path, os.stat_result] | None:
+        """``(resolved path, stat)`` of a regular file reached from the resolved model
+        directory through no symlink (then its real path needs no resolving): one lstat per
+        path component. None when anything differs; the general way then decides."""
+        current = self._root_text
+        parts = relative.split("/")
+        try:
+            for i, part in enumerate(parts):
+                if part in ("", ".", ".."):
+                    return None
+                current = current + os.sep + part
+                st = os.lstat(current)
+                if not (stat.S_ISDIR(st.st_mode) if i < len(parts) - 1 else stat.S_ISREG(st.st_mode)):
+                    return None
+        except OSError:
+            return None
+        return Path(current), st
+
+    def _cached_or_read(self, entry: FileEntry, path: Path, resolved: Path, st: os.stat_result,
+                        use_cache: bool) -> FileResult | tuple[Path, Path]:
         if self.cache is not None and use_cache and st.st_size == entry.size:
             hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
             if hit is not None:

@@ -270,3 +270,26 @@ def test_benchmark_runs_and_cleans_up(tmp_path):
     assert set(results["large"]) >= {"modelguard verify sha256 (cold)", "huggingface_hub sha_fileobj (sha256)"}
     assert results["warm"]["(b) bge-m3-shaped dir, manifest file"]["warm_ms"] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"], "benchmark data left behind"
+
+
+def test_fast_path_lookup_never_leaves_the_model_directory(tmp_path):
+    """Entries built in code (not validated from YAML) with '..' still cannot reach outside."""
+    import dataclasses
+
+    from modelguard import verify
+    from modelguard.manifest import parse_manifest_text
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "a.bin").write_bytes(b"x")
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    manifest = parse_manifest_text(
+        "modelguard: 1\nmodel: local/a\ncomponents:\n  w: {required: true}\nfiles:\n"
+        f"- path: a.bin\n  size: 1\n  component: w\n  sha256: {hashlib.sha256(b'x').hexdigest()}\n"
+    )
+    entry = dataclasses.replace(manifest.files[0], path="../outside.bin", size=6,
+                                digests={"sha256": hashlib.sha256(b"secret").hexdigest()})
+    report = verify(dataclasses.replace(manifest, files=(entry,)), model, cache=False)
+    result = report.files[0]
+    assert (result.status, result.diagnosis) == ("failed", "symlink_escape")
+    assert result.message == f"links outside the model directory (to {tmp_path / 'outside.bin'}); not followed"
