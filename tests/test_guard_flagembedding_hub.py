@@ -16,15 +16,6 @@ from modelguard.hfcache import repo_folder  # noqa: E402
 from modelguard.manifest import save_manifest  # noqa: E402
 
 from _models import TINY_BGE_M3_ID, load_bge_m3, m3_outputs, tiny_bge_m3_manifest  # noqa: E402
-from hubserver import HubServer  # noqa: E402
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -11,21 +11,13 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from hubserver import HubServer, git_blob_sha1, tiny_model_files
+from hubserver import git_blob_sha1, tiny_model_files
 
 from modelguard.hfcache import hf_cache_dir
 from modelguard.manifest import load_manifest
 
 MODEL = "org/tiny"
 WEIGHTS = "model.safetensors"
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        yield server
 
 
 @pytest.fixture

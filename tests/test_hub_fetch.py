@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from hubserver import HubServer, lfs_pointer, publish
+from hubserver import lfs_pointer, publish
 
 from modelguard.errors import DownloadError, OfflineError
 from modelguard.hfcache import repo_folder
@@ -22,21 +22,6 @@ from modelguard.manifest import load_manifest
 from modelguard.verify import verify
 
 WEIGHTS = "model.safetensors"
-
-
-@pytest.fixture
-def hub():
-    with HubServer() as server:
-        yield server
-
-
-@pytest.fixture
-def repo(hub, tmp_path, monkeypatch):
-    published = publish(hub, tmp_path)
-    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-    monkeypatch.setenv("MODELGUARD_MANIFEST_PATH", str(published.manifest_dir))
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return published
 
 
 def snapshot(repo) -> Path:

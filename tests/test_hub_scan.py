@@ -17,12 +17,6 @@ from modelguard.hub import format_scan, scan_cache
 WEIGHTS = "model.safetensors"
 
 
-@pytest.fixture
-def hub():
-    with HubServer() as server:
-        yield server
-
-
 def client_download(hub: HubServer, model: str, revision: str = "main") -> Path:
     """Fill the cache with huggingface_hub's own snapshot_download (not modelguard)."""
     from huggingface_hub import snapshot_download
