@@ -126,6 +126,25 @@ def choose_rules(model: str, paths: Iterable[str]) -> RuleSet:
     return GENERIC_RULES
 
 
+def filter_paths(paths: Iterable[str], include: Iterable[str] | None, exclude: Iterable[str]) -> list[str]:
+    """``paths`` matching any ``include`` glob (all when None) and no ``exclude`` glob."""
+    inc = tuple(include or ())
+    exc = tuple(exclude)
+    return [p for p in paths
+            if (not inc or any(_match(p, pat) for pat in inc)) and not any(_match(p, pat) for pat in exc)]
+
+
+def resolve_rules(rules: str | RuleSet | None, model: str, paths: Iterable[str]) -> RuleSet:
+    """The rule set named by ``rules`` (None or "auto": chosen from the model id and file names)."""
+    if isinstance(rules, RuleSet):
+        return rules
+    if rules in (None, "auto"):
+        return choose_rules(model, paths)
+    if rules in RULE_SETS:
+        return RULE_SETS[rules]
+    raise UsageError(f"unknown rule set '{rules}'", expected="one of: " + ", ".join(RULE_SETS), actual=rules)
+
+
 def list_model_files(directory: str | os.PathLike[str]) -> list[str]:
     """Relative POSIX paths of the files in a model directory, tool folders skipped, sorted."""
     root = Path(directory)
@@ -167,12 +186,7 @@ def build_manifest(
             f"{root} is not a directory" if root.exists() else f"model directory {root} does not exist",
             path=root, expected="a directory holding the model's files",
         )
-    paths = list_model_files(root)
-    if include:
-        inc = tuple(include)
-        paths = [p for p in paths if any(_match(p, pat) for pat in inc)]
-    exc = tuple(exclude)
-    paths = [p for p in paths if not any(_match(p, pat) for pat in exc)]
+    paths = filter_paths(list_model_files(root), include, exclude)
     if not paths:
         raise UsageError(f"no files to put in a manifest under {root}", path=root,
                          remedy="point build at the folder that holds config.json and the weights")
@@ -189,15 +203,7 @@ def build_manifest(
                 actual=f"a link to {target}",
                 remedy=f"replace the link with the file it points to, or leave it out with --exclude '{p}'",
             )
-    if isinstance(rules, RuleSet):
-        rule_set = rules
-    elif rules is None:
-        rule_set = choose_rules(model, paths)
-    elif rules in RULE_SETS:
-        rule_set = RULE_SETS[rules]
-    else:
-        raise UsageError(f"unknown rule set '{rules}'", expected="one of: " + ", ".join(RULE_SETS), actual=rules)
-
+    rule_set = resolve_rules(rules, model, paths)
     algorithms = tuple(algorithms)
 
     def one(path: str) -> FileEntry:

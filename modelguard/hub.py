@@ -958,7 +958,7 @@ def build_from_hub(
     is resolved to its commit, and the commit is pinned.
     """
     from . import registry
-    from .build import RULE_SETS, RuleSet, _match, choose_rules
+    from .build import filter_paths, resolve_rules
     from .manifest import check_relative_path
 
     registry.validate_model_id(model)
@@ -969,20 +969,10 @@ def build_from_hub(
                 if type(item).__name__ == "RepoFile"]
     except Exception as exc:  # noqa: BLE001
         raise _hub_error(exc, model, commit, None, endpoint) from None
-    paths = sorted(item.path for item in tree)
-    if include:
-        inc = tuple(include)
-        paths = [p for p in paths if any(_match(p, pat) for pat in inc)]
-    exc_patterns = tuple(exclude)
-    paths = [p for p in paths if not any(_match(p, pat) for pat in exc_patterns)]
+    paths = filter_paths(sorted(item.path for item in tree), include, exclude)
     if not paths:
         raise UsageError(f"{model} @ {commit} has no files to put in a manifest", remedy="check --exclude")
-    if isinstance(rules, RuleSet):
-        rule_set = rules
-    elif rules in (None, "auto"):
-        rule_set = choose_rules(model, paths)
-    else:
-        rule_set = RULE_SETS[rules]
+    rule_set = resolve_rules(rules, model, paths)
     by_path = {item.path: item for item in tree}
     entries = []
     for path in paths:
