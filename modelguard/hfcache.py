@@ -75,3 +75,25 @@ def snapshot_root(path: str | os.PathLike[str]) -> Path | None:
         if candidate.parent.name == "snapshots" and candidate.parent.parent.name.startswith("models--"):
             return candidate
     return None
+
+
+def require_snapshot(
+    model: str,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    how_to_pass: str = "pass the model directory",
+) -> Path:
+    """The snapshot of ``model`` at ``revision`` in the cache; a clear UsageError when it is not there."""
+    from .errors import UsageError
+
+    snap = snapshot_path(model, revision, cache_dir)
+    if snap is None:
+        rev = f" --revision {revision}" if revision else ""
+        raise UsageError(
+            f"{model}{' @ ' + revision[:12] if revision else ''} is not in the "
+            f"Hugging Face cache ({hf_cache_dir(cache_dir)})",
+            expected="a model directory, or the model's snapshot in the cache",
+            remedy=f"{how_to_pass}, or download it: modelguard fetch {model}{rev}",
+        )
+    return snap

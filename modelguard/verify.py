@@ -613,19 +613,9 @@ def _resolve_manifest(manifest: str | os.PathLike[str]) -> Manifest:
 
 def _cache_snapshot(manifest: Manifest) -> Path:
     """The model's snapshot in the Hugging Face cache at the manifest's revision."""
-    from . import hfcache
-    from .errors import UsageError
+    from .hfcache import require_snapshot
 
-    snapshot = hfcache.snapshot_path(manifest.model, manifest.revision)
-    if snapshot is None:
-        rev = f" --revision {manifest.revision}" if manifest.revision else ""
-        raise UsageError(
-            f"{manifest.model}{' @ ' + manifest.revision[:12] if manifest.revision else ''} is not in the "
-            f"Hugging Face cache ({hfcache.hf_cache_dir()})",
-            expected="a model directory, or the model's snapshot in the cache",
-            remedy=f"pass the directory, or download the model: modelguard fetch {manifest.model}{rev}",
-        )
-    return snapshot
+    return require_snapshot(manifest.model, manifest.revision)
 
 
 def verify(

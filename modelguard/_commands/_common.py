@@ -38,16 +38,10 @@ def resolve_target(target: str, directory: str | None, revision: str | None = No
         manifest = registry.require_manifest(target, revision)
     if directory is not None:
         return manifest, Path(directory)
-    snap = hfcache.snapshot_path(manifest.model, manifest.revision or revision, cache_dir)
-    if snap is None:
-        rev = f" --revision {manifest.revision}" if manifest.revision else ""
-        raise UsageError(
-            f"{manifest.model}{' @ ' + manifest.revision[:12] if manifest.revision else ''} is not in the "
-            f"Hugging Face cache ({hfcache.hf_cache_dir(cache_dir)})",
-            expected="a model directory argument, or the model's snapshot in the cache",
-            remedy=f"pass the directory: modelguard verify {target} DIR, or download it: "
-                   f"modelguard fetch {manifest.model}{rev}",
-        )
+    snap = hfcache.require_snapshot(
+        manifest.model, manifest.revision or revision, cache_dir,
+        how_to_pass=f"pass the directory: modelguard verify {target} DIR",
+    )
     return manifest, snap
 
 
