@@ -19,6 +19,30 @@ os.environ["HF_ENDPOINT"] = CLOSED_ENDPOINT
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 
+# The libraries whose versions decide what the suite proves; printed in the session header.
+VERSIONED = ("torch", "transformers", "sentence-transformers", "FlagEmbedding", "huggingface_hub",
+             "safetensors", "tokenizers", "peft", "picklescan", "numpy", "pytest", "hypothesis")
+
+
+def _installed_version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def pytest_report_header(config) -> list[str]:
+    versions = ", ".join(f"{name}=={_installed_version(name)}" for name in VERSIONED)
+    return [f"modelguard test environment: {versions}"]
+
+
+# tests/fe12 runs in its own environment (FlagEmbedding 1.2.x, tools/setup_fe12_env.sh);
+# any other environment leaves it out of collection instead of reporting its tests as skipped.
+collect_ignore_glob = [] if _installed_version("FlagEmbedding").startswith("1.2.") else ["fe12/*"]
+
+
 def _sync_hf_constants(monkeypatch, home: Path) -> None:
     """Point an already imported huggingface_hub at this test's folders and the closed endpoint."""
     constants = sys.modules.get("huggingface_hub.constants")

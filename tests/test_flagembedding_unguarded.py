@@ -11,7 +11,9 @@ import logging
 
 import pytest
 
-pytest.importorskip("FlagEmbedding")
+from helpers.requires import need
+
+need("FlagEmbedding")
 
 from _models import load_bge_m3, m3_outputs  # noqa: E402
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("FlagEmbedding")
-torch = pytest.importorskip("torch")
+from helpers.requires import need
+
+need("FlagEmbedding")
+torch = need("torch")
 
 import modelguard  # noqa: E402
 from modelguard import guard  # noqa: E402

@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-pytest.importorskip("FlagEmbedding")
+from helpers.requires import need
+
+need("FlagEmbedding")
 
 import modelguard  # noqa: E402
 from modelguard import guard  # noqa: E402

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.requires import need
+
 import modelguard
 from modelguard import guard
 from modelguard.errors import RandomInitError, VerificationError
 
-st = pytest.importorskip("sentence_transformers")
-torch = pytest.importorskip("torch")
+st = need("sentence_transformers")
+torch = need("torch")
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"

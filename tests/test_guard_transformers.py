@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from helpers.requires import need
+
 import modelguard
 from modelguard import guard
 from modelguard.errors import RandomInitError, VerificationError
 
 from _tiny_bert import sample_inputs, save_tiny_bert, save_tiny_tokenizer
 
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
+transformers = need("transformers")
+torch = need("torch")
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +304,7 @@ def test_tokenizer_hook_is_restored_exactly():
 
 @pytest.fixture(scope="module")
 def lora_adapter(checkpoints, tmp_path_factory):
-    peft = pytest.importorskip("peft")
+    peft = need("peft")
     guard.uninstall()
     base = transformers.BertModel.from_pretrained(checkpoints["base"])
     model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["query", "value"],

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.requires import need
+
 import modelguard
 from modelguard import guard
 from modelguard.errors import UnsafeFileError
 
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
+transformers = need("transformers")
+torch = need("torch")
 
 CONFIG_PY = '''
 from transformers import PretrainedConfig

@@ -1,0 +1,1 @@
+"""Helpers the test modules import (``from helpers.requires import need``)."""
