@@ -303,7 +303,7 @@ def fetch_files(
                 actions[r.path] = _download_entry(manifest, entry, r.diagnosis, download_rev, endpoint, target,
                                                   attempts=attempts)
             after = verify(manifest, target.directory, components=wanted) if todo else before
-    except OfflineError:
+    except BaseException:
         _remove_if_empty(created, lock_file=target.lock_path)
         raise
     ordered = tuple(actions[r.path] for r in after.files if r.path in actions)
@@ -327,6 +327,9 @@ def fetch_files(
                     "again"),
         )
         err.result = result  # type: ignore[attr-defined]
+        # Nothing landed: leave no empty snapshot folder behind, or the next load would take it for
+        # a snapshot with every file missing and hide this download's cause.
+        _remove_if_empty(created, lock_file=target.lock_path)
         raise err
     return result
 
