@@ -195,7 +195,14 @@ def test_model_id_finds_its_manifest_and_its_hf_cache_snapshot(tiny, isolated_en
         ("build -o under a file", ["build", "{root}", "--model", "org/x", "-o", "{manifest}/x.yaml"],
          "cannot write {manifest}/x.yaml: {manifest} is not a directory"),
         ("verify without target", ["verify"], "the following arguments are required: TARGET"),
-        ("unknown option", ["verify", "--frobnicate", "x"], "unrecognized arguments: --frobnicate"),
+        ("unknown option", ["verify", "--frobnicate", "x"],
+         "unknown option '--frobnicate'; modelguard verify takes: --all-digests, --cache-dir, --components, --help, "
+         "--json, --no-cache, --quiet, --revision, --scan, --strict"),
+        ("mistyped option", ["verify", "{manifest}", "{root}", "--strcit"], "unknown option '--strcit'; did you mean '--strict'?"),
+        ("mistyped option with a value", ["build", "{root}", "--modle=org/x"], "unknown option '--modle'; did you mean '--model'?"),
+        ("mistyped option of scan", ["scan", "--cache-dri", "{tmp}"], "unknown option '--cache-dri'; did you mean '--cache-dir'?"),
+        ("mistyped top-level option", ["--verison"], "unknown option '--verison'; did you mean '--version'?"),
+        ("extra argument", ["verify", "{manifest}", "{root}", "surplus"], "unrecognized arguments: surplus"),
     ],
 )
 def test_user_mistakes_exit_2_with_a_message_and_no_traceback(tiny, tmp_path, case, args, message):
