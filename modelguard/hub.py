@@ -303,8 +303,11 @@ def fetch_files(
                 actions[r.path] = _download_entry(manifest, entry, r.diagnosis, download_rev, endpoint, target,
                                                   attempts=attempts)
             after = verify(manifest, target.directory, components=wanted) if todo else before
-    except BaseException:
+    except OfflineError:
         _remove_if_empty(created, lock_file=target.lock_path)
+        raise
+    except BaseException:
+        _remove_empty_target(created, target)
         raise
     ordered = tuple(actions[r.path] for r in after.files if r.path in actions)
     result = FetchResult(report=after, actions=ordered, revision=commit or rev, endpoint=endpoint)
@@ -327,9 +330,7 @@ def fetch_files(
                     "again"),
         )
         err.result = result  # type: ignore[attr-defined]
-        # Nothing landed: leave no empty snapshot folder behind, or the next load would take it for
-        # a snapshot with every file missing and hide this download's cause.
-        _remove_if_empty(created, lock_file=target.lock_path)
+        _remove_empty_target(created, target)
         raise err
     return result
 
@@ -357,6 +358,13 @@ def _remove_if_empty(created: list[Path], *, lock_file: Path) -> None:
             d.rmdir()
         except OSError:
             pass
+
+
+def _remove_empty_target(created: list[Path], target: _Target) -> None:
+    """After a failed fetch in which nothing landed, remove the (empty) folders this call made for
+    the files, or the next load would take an empty snapshot for one with every file missing and
+    hide this failure's cause. The lock file stays: another process may be waiting on it."""
+    _remove_if_empty([d for d in created if not target.lock_path.is_relative_to(d)], lock_file=target.lock_path)
 
 
 def _resolve_commit(manifest: Manifest, rev: str, repo: Path | None, endpoint: str) -> str:
