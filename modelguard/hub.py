@@ -306,6 +306,9 @@ def fetch_files(
     except OfflineError:
         _remove_if_empty(created, lock_file=target.lock_path)
         raise
+    except BaseException:
+        _remove_empty_target(created, target)
+        raise
     ordered = tuple(actions[r.path] for r in after.files if r.path in actions)
     result = FetchResult(report=after, actions=ordered, revision=commit or rev, endpoint=endpoint)
     if not result.ok:
@@ -327,6 +330,7 @@ def fetch_files(
                     "again"),
         )
         err.result = result  # type: ignore[attr-defined]
+        _remove_empty_target(created, target)
         raise err
     return result
 
@@ -354,6 +358,13 @@ def _remove_if_empty(created: list[Path], *, lock_file: Path) -> None:
             d.rmdir()
         except OSError:
             pass
+
+
+def _remove_empty_target(created: list[Path], target: _Target) -> None:
+    """After a failed fetch in which nothing landed, remove the (empty) folders this call made for
+    the files, or the next load would take an empty snapshot for one with every file missing and
+    hide this failure's cause. The lock file stays: another process may be waiting on it."""
+    _remove_if_empty([d for d in created if not target.lock_path.is_relative_to(d)], lock_file=target.lock_path)
 
 
 def _resolve_commit(manifest: Manifest, rev: str, repo: Path | None, endpoint: str) -> str:
@@ -680,6 +691,7 @@ class ScanReport:
     cache_dir: str
     repos: tuple[RepoScan, ...]
     elapsed_s: float = 0.0
+    cache_exists: bool = True  # False: no cache folder at the default location, so nothing to scan
 
     @property
     def ok(self) -> bool:
@@ -689,7 +701,7 @@ class ScanReport:
         from . import __version__
 
         return {
-            "modelguard": __version__, "ok": self.ok, "cache_dir": self.cache_dir,
+            "modelguard": __version__, "ok": self.ok, "cache_dir": self.cache_dir, "cache_exists": self.cache_exists,
             "summary": {
                 "repos": len(self.repos),
                 "revisions": sum(len(r.revisions) for r in self.repos),
@@ -748,12 +760,16 @@ def scan_cache(
     against it (missing manifest files make it ``incomplete``, broken ones ``corrupt``).
     Every blob is read: no digest cache, so bytes that rotted in place are found too.
     ``progress`` is called with the number of bytes hashed as they are.
+    No cache folder at the default location (nothing downloaded yet) is an empty, clean
+    report; a ``cache_dir`` given that does not exist is a :class:`UsageError`.
     """
     from . import registry
     from .errors import ManifestError
 
     start = time.perf_counter()
     root = hfcache.hf_cache_dir(cache_dir)
+    if not cache_dir and not root.exists() and not root.is_symlink():
+        return ScanReport(cache_dir=str(root), repos=(), elapsed_s=time.perf_counter() - start, cache_exists=False)
     if not root.is_dir():
         raise UsageError(
             f"Hugging Face cache {root} does not exist" if not root.exists() else f"{root} is not a directory",
@@ -871,6 +887,8 @@ def cache_blob_bytes(cache_dir: str | os.PathLike[str] | None = None) -> int:
 
 def format_scan(report: ScanReport) -> str:
     """Human-readable scan report: one block per repo, one line per revision."""
+    if not report.cache_exists:
+        return f"no Hugging Face cache at {report.cache_dir}: nothing to scan"
     lines = [f"Hugging Face cache {report.cache_dir}"]
     if not report.repos:
         lines.append("  (no repositories)")

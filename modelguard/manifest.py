@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 from .errors import ManifestError, UnsafePathError
 
 SCHEMA_VERSION = 1
+IMPLICIT_COMPONENT = "model"  # the component of a manifest that declares none
 DIGEST_ALGORITHMS = ("sha256", "git_sha1", "md5")  # strongest first
 DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40}
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
@@ -369,11 +370,14 @@ def validate_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     if description is not None and not isinstance(description, str):
         check.fail("description", "not a string", "a string", description)
 
-    raw_components = data.get("components")
+    # Without ``components`` the manifest has one implicit, required component (IMPLICIT_COMPONENT),
+    # so the smallest hand-written manifest lists just path, size and a digest per file.
+    raw_components = data.get("components", {IMPLICIT_COMPONENT: None})
     if not isinstance(raw_components, dict) or not raw_components:
         check.fail(
-            "components", "missing or not a non-empty mapping",
-            "a mapping of component name to {required: true|false, description: ...}", raw_components,
+            "components", "not a non-empty mapping",
+            "a mapping of component name to {required: true|false, description: ...}, or no components key "
+            f"(one required component, '{IMPLICIT_COMPONENT}')", raw_components,
         )
     components: dict[str, Component] = {}
     for name, spec in raw_components.items():
@@ -454,6 +458,8 @@ def validate_manifest(data: Any, source: str = "<manifest>") -> Manifest:
             )
 
         component = item.get("component")
+        if "component" not in item and len(components) == 1:
+            component = next(iter(components))  # the only component there is
         if not isinstance(component, str):
             check.fail(f"{label}.component", "missing or not a string", "one of: " + ", ".join(components), component)
         if component not in components:
@@ -523,14 +529,26 @@ def dump_manifest(manifest: Manifest) -> str:
 
 
 def save_manifest(manifest: Manifest, path: str | Path) -> Path:
-    """Write ``manifest`` to ``path`` atomically (temp file + rename)."""
+    """Write ``manifest`` to ``path`` atomically (temp file + rename).
+
+    The file gets the mode any program's new file gets (0666 less the umask), or keeps the mode
+    of the file it replaces; not the 0600 of the temporary file.
+    """
     import os
+    import stat
     import tempfile
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+        os.umask(mask)
+        mode = 0o666 & ~mask
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(dump_manifest(manifest))
         os.replace(tmp, target)

@@ -485,14 +485,10 @@ class _Runner:
 
 
 def _require(module: str, extra: str) -> Any:
-    """Import a library the probe needs, or say how to install it."""
-    import importlib
+    """Import a library the probe needs, or say why it cannot be imported and how to fix that."""
+    from .dependencies import import_library
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise UsageError(f"the probe needs {module}, which cannot be imported: {exc}",
-                         expected=f"{module} installed", remedy=f"pip install 'modelguard[{extra}]'") from None
+    return import_library(module, extra, needed_by="the probe")
 
 
 def detect_kind(directory: Path, model_id: str | None = None) -> str:

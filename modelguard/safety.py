@@ -230,8 +230,9 @@ def scan_pickle_fd(fd: int, shown: str) -> SafetyFinding:
     picklescan and judge the globals they import."""
     import logging
 
-    from picklescan import scanner
+    from .dependencies import import_library
 
+    scanner = import_library("picklescan.scanner", needed_by="scanning pickle-based weights")
     logging.getLogger("picklescan").setLevel(logging.CRITICAL)  # we report findings ourselves
     ext = os.path.splitext(shown)[1].lower() or None
     oversized = _oversized_zip_pickle(fd)
