@@ -236,8 +236,10 @@ def _cache_store(key: tuple[Any, ...], st: os.stat_result, statement: SignedStat
 
 
 def clear_cache() -> None:
-    """Forget every checked signature remembered in this process (the durable store stays)."""
+    """Forget every checked signature and verified folder remembered in this process (the
+    durable store stays)."""
     _memo.clear()
+    _folders.clear()
 
 
 # --------------------------------------------------------------------------- reading
@@ -666,6 +668,54 @@ def signature_required(explicit: bool | None = None) -> bool:
     )
 
 
+# Folders whose signed files verified in this process, with the stat of every signed file and
+# of every folder (a file added or removed changes its folder's stat): while none changed, a
+# warm guarded load reads nothing. Only stats older than the racy window are kept.
+_folders: dict[tuple[str, str, str], tuple[tuple[tuple[str, tuple[int, ...]], ...], Any]] = {}
+
+
+def _stamps(directory: str | os.PathLike[str], statement: SignedStatement) -> list[tuple[str, tuple[int, ...]]] | None:
+    from .verify import IGNORED_NAMES
+
+    root = os.path.realpath(directory)
+    paths = [os.path.join(root, p) for p in statement.digests]
+    for current, dirs, _ in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in IGNORED_NAMES]
+        paths.append(current)
+    stamps = []
+    newest_allowed = time.time_ns() - RACY_WINDOW_NS
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if max(st.st_mtime_ns, st.st_ctime_ns) > newest_allowed:
+            return None
+        stamps.append((path, tuple(_stat_key(st))))
+    return stamps
+
+
+def _remember_folder(directory: str | os.PathLike[str], statement: SignedStatement, report: Any) -> None:
+    stamps = _stamps(directory, statement)
+    if stamps is not None:
+        _folders[(os.path.realpath(directory), statement.signature, statement.signer)] = (tuple(stamps), report)
+
+
+def _unchanged_report(directory: str | os.PathLike[str], statement: SignedStatement) -> Any:
+    """The report of an earlier verification of this folder, if nothing in it changed since."""
+    entry = _folders.get((os.path.realpath(directory), statement.signature, statement.signer))
+    if entry is None:
+        return None
+    stamps, report = entry
+    for path, key in stamps:
+        try:
+            if tuple(_stat_key(os.stat(path))) != key:
+                return None
+        except OSError:
+            return None
+    return report
+
+
 def enforce_before_load(
     directory: str | os.PathLike[str] | None,
     *,
@@ -712,10 +762,15 @@ def enforce_before_load(
             )
         return None
     try:
-        statement, report = verify_signed(sig, directory, public_key=public_key)
+        statement = read_signature(sig, public_key=public_key)
     except SignatureError as exc:
         raise SignatureError(f"{what}: {exc.message}", path=exc.path, expected=exc.expected,
                              actual=exc.actual, remedy=exc.remedy) from None
+    report = _unchanged_report(directory, statement)
+    if report is None:
+        _, report = verify_signed(sig, directory, public_key=public_key)
+        if report.ok:
+            _remember_folder(directory, statement, report)
     if not report.ok:
         from .verify import format_report
 
