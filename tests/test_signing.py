@@ -203,6 +203,12 @@ def test_usage_errors_are_exit_2(signed, keys, tmp_path):
     bad_key = verify_cli(signed, not_a_key)
     assert bad_key.returncode == 2 and "Traceback" not in bad_key.stderr
     assert f"public key {not_a_key} cannot be used" in bad_key.stderr
+    rsa, rsa_public = tmp_path / "rsa.pem", tmp_path / "rsa.pub.pem"
+    openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(rsa))
+    openssl("pkey", "-in", str(rsa), "-pubout", "-out", str(rsa_public))
+    rsa_key = verify_cli(signed, rsa_public)
+    assert rsa_key.returncode == 2 and "Traceback" not in rsa_key.stderr
+    assert "a PEM elliptic-curve public key (P-256, P-384 or P-521)" in rsa_key.stderr
     missing = run_cli("verify", str(tmp_path / "nowhere.sig"), str(signed), "--public-key", str(keys["public"]))
     assert missing.returncode == 2
     assert f"signature {tmp_path / 'nowhere.sig'} cannot be read: No such file or directory" in missing.stderr
