@@ -15,7 +15,11 @@ Configuration, by argument or environment (arguments win):
 - unknown, ``MODELGUARD_UNKNOWN``: a model with no manifest: ``warn`` (default),
   ``refuse`` or ``allow``. Random initialization is refused either way;
 - manifest_dirs, ``MODELGUARD_MANIFEST_PATH``: extra manifest folders;
-- offline, ``HF_HUB_OFFLINE``: never download.
+- offline, ``HF_HUB_OFFLINE``: never download;
+- public_key, ``MODELGUARD_PUBLIC_KEY``: a folder holding ``model.sig`` is loaded only if
+  that OpenSSF model signature verifies with this key and every file it lists matches
+  (:mod:`modelguard.signing`, needs ``modelguard[signing]``); require_signature,
+  ``MODELGUARD_REQUIRE_SIGNATURE=1``: refuse a model without such a signature.
 
 The only way to let a model keep randomly initialized weights is
 :func:`allow_random_init` (or ``MODELGUARD_ALLOW_RANDOM_INIT``), naming the
@@ -121,6 +125,8 @@ _finder: "_PostImportFinder | None" = None
 _patched: dict[str, Any] = {}          # import name -> hook module that patched it
 _refused: dict[str, str] = {}          # import name -> why it was not patched
 _directory_map: dict[str, tuple[str, str | None]] = {}
+# install(public_key=..., require_signature=...); None: read from the environment at each check.
+_signing_settings: tuple[str | None, bool | None] = (None, None)
 # Directories verified during the current load call: a loader that calls another
 # guarded loader (sentence-transformers -> transformers) hashes the files once.
 # None outside a guarded load.
@@ -152,15 +158,19 @@ def install(
     manifest_dirs: Iterable[str | os.PathLike[str]] | None = None,
     offline: bool | None = None,
     unknown: str | None = None,
+    public_key: str | os.PathLike[str] | None = None,
+    require_signature: bool | None = None,
 ) -> None:
     """Guard every supported loader, now and when its library is imported later.
 
     Idempotent: a second call only updates the settings given. ``policy`` is
     ``refuse`` | ``repair`` | ``warn`` (or a :class:`Policy`); ``unknown`` is
     ``warn`` | ``refuse`` | ``allow``; ``manifest_dirs`` are searched before
-    ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``.
+    ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``;
+    ``public_key`` (a PEM file) overrides ``$MODELGUARD_PUBLIC_KEY`` and
+    ``require_signature`` ``$MODELGUARD_REQUIRE_SIGNATURE`` (see :mod:`modelguard.signing`).
     """
-    global _policy, _finder
+    global _policy, _finder, _signing_settings
     if isinstance(policy, Policy):
         new = policy
     else:
@@ -171,6 +181,10 @@ def install(
             offline=offline,
         )
     with _lock:
+        _signing_settings = (
+            os.fspath(public_key) if public_key is not None else _signing_settings[0],
+            require_signature if require_signature is not None else _signing_settings[1],
+        )
         if _finder is None:
             _policy = new
             _finder = _PostImportFinder()
@@ -189,8 +203,9 @@ def install(
 
 def uninstall() -> None:
     """Remove the import hook and restore every original function. Idempotent."""
-    global _finder, _policy
+    global _finder, _policy, _signing_settings
     with _lock:
+        _signing_settings = (None, None)
         if _finder is not None:
             with contextlib.suppress(ValueError):
                 sys.meta_path.remove(_finder)
@@ -558,8 +573,11 @@ def check_before_load(
         policy = policy._replace(offline=True)
     on_failure = policy.effective_on_failure()
     resolved = resolve_model(name_or_path, revision, cache_dir=cache_dir)
+    signed = _check_signature(resolved, name_or_path, loader, on_failure)
     manifest = resolved.manifest
     if manifest is None:
+        if signed:
+            return resolved  # the signature listed every file, and they verified
         if resolved.directory is None and not _looks_like_model_id(os.fspath(name_or_path)):
             return resolved  # neither a folder nor a model id: the loader reports its own "not found"
         done = _verified.get()
@@ -599,6 +617,36 @@ def check_before_load(
     if done is not None:
         _verified.set(done | {key})
     return resolved
+
+
+def _check_signature(resolved: ResolvedModel, name_or_path: Any, loader: str, on_failure: str) -> bool:
+    """With a signing key or the signature requirement configured, check ``model.sig`` (once
+    per load). True when a signature verified with every file it lists."""
+    from .signing import configured_public_key, signature_required
+
+    public_key = configured_public_key(_signing_settings[0])
+    require = signature_required(_signing_settings[1])
+    if public_key is None and not require:
+        return False
+    directory = resolved.directory
+    if directory is not None and not Path(directory).is_dir():
+        directory = None  # a Hub id not downloaded yet
+    if directory is None and not require:
+        return False
+    done = _verified.get()
+    key = (os.path.realpath(directory) if directory is not None else os.fspath(name_or_path), "signature")
+    if done is not None and any(kind == "signature" and (key[0] == path or key[0].startswith(path + os.sep))
+                                for path, kind in done):
+        return True  # this folder, or the signed folder holding it, verified in this load
+    from .signing import enforce_before_load
+
+    statement = enforce_before_load(directory, public_key=public_key, require=require, loader=loader,
+                                    target=resolved.model_id or os.fspath(name_or_path), on_failure=on_failure)
+    if statement is None:
+        return False
+    if done is not None:
+        _verified.set(_verified.get() | {key})
+    return True
 
 
 # Findings that mean code would run on load: refused whatever the failure policy.
