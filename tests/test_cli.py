@@ -186,7 +186,7 @@ def test_model_id_finds_its_manifest_and_its_hf_cache_snapshot(tiny, isolated_en
         ("bad manifest", ["verify", "{tmp}/bad.yaml", "{root}"], "manifest {tmp}/bad.yaml: top level: missing key 'modelguard'"),
         ("missing manifest", ["verify", "{tmp}/absent.yaml", "{root}"], "manifest {tmp}/absent.yaml does not exist"),
         ("unknown model id", ["verify", "nobody/nothing", "{root}"], "no manifest known for nobody/nothing"),
-        ("directory as target", ["verify", "{root}"], "{root} is a directory; TARGET is a manifest file or a model id"),
+        ("directory as target", ["verify", "{root}"], "{root} is a directory with no source of expectations: no manifest names it"),
         ("not a model id", ["verify", "a/b/c", "{root}"], "'a/b/c' is not a model id"),
         ("build without --model", ["build", "{root}"], "build needs --model"),
         ("build without dir", ["build", "--model", "org/x"], "build needs a model directory"),
