@@ -172,8 +172,6 @@ class VerifyReport:
             "revision": self.revision,
             "directory": self.directory,
             "manifest": self.manifest_source,
-            "expectations": {"origin": self.expectations, "source": self.manifest_source,
-                             "completeness_checked": self.completeness_checked},
             "summary": {
                 "files": len(self.files),
                 "ok": sum(r.status == OK for r in self.files),
@@ -187,6 +185,8 @@ class VerifyReport:
             "extra_files": list(self.extra_files),
             "strict_extra": self.strict_extra,
             "elapsed_s": round(self.elapsed_s, 4),
+            "expectations": {"origin": self.expectations, "source": self.manifest_source,
+                             "completeness_checked": self.completeness_checked},
         }
 
 
