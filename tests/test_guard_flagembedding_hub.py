@@ -73,6 +73,7 @@ def test_hub_id_without_manifest_and_without_a_head_is_refused_before_the_model_
     err = info.value
     assert err.component == "colbert"
     assert "the colbert head file colbert_linear.pt is missing" in str(err)
+    assert f"(expectations: the Hub's listing of commit {commit} saved at download (" in str(err)
     assert err.remedy.startswith(f"the Hub's listing of {TINY_BGE_M3_ID} at commit {commit} (saved at download) "
                                  "has no colbert_linear.pt: that commit does not publish it"), err.remedy
     # The files were downloaded (the way FlagEmbedding downloads them), nothing was built from them.

@@ -400,6 +400,8 @@ def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[
         lines.append(f"  {c.file} [{c.component}]: diagnosis {c.diagnosis}; actual: {c.actual}")
     if not plan.resolved.manifest:
         lines.append("  (no manifest applies to this model; head files are checked anyway)")
+    elif plan.resolved.how == "hf-listing":
+        lines.append(f"  ({plan.resolved.describe()})")
     lines.append(f"  without the guard, {_CONSEQUENCE}")
     remedy = "; ".join(dict.fromkeys(_fetch_remedy(plan, c.file) for c in bad))
     missing = [c.component for c in bad if c.diagnosis == "missing"]
