@@ -624,7 +624,7 @@ def check_before_load(
         return resolved
     report = fetched if fetched is not None else _verify(manifest, directory, wanted)
     if not report.ok:
-        if on_failure == "repair" and not policy.effective_offline() and manifest.lists_every_file:
+        if on_failure == "repair" and not policy.effective_offline() and manifest.origin == "manifest":
             _repair(manifest, directory, wanted, report)
             report = _verify(manifest, directory, wanted)
         if not report.ok:
@@ -793,13 +793,13 @@ def _verification_error(
     remedy = "; ".join(remedies) if remedies else None
     if on_failure == "repair" and offline:
         lines.append("  (repair skipped: downloads are off, HF_HUB_OFFLINE)")
-    elif on_failure == "repair" and not manifest.lists_every_file:
-        lines.append("  (repair skipped: with no saved listing, sizes and the full file list are unknown)")
+    elif on_failure == "repair" and manifest.origin != "manifest":
+        lines.append("  (repair skipped: it needs a manifest; download the files again with the command below)")
     if resolved.how == "identified":
         hint = (f"if this directory is a different model (e.g. a fine-tune of {manifest.model}), save its own manifest: "
                 f"`modelguard build {report.directory} --model ORG/NAME -o {Path(report.directory) / LOCAL_MANIFEST_NAME}`")
         remedy = f"{remedy}; {hint}" if remedy else hint
-    elif on_failure == "refuse" and remedy:
+    elif on_failure == "refuse" and remedy and manifest.origin == "manifest":
         remedy += f"; or set {ENV_POLICY}=repair to re-download broken files while loading"
     return VerificationError("\n".join(lines), report=report, path=report.directory, remedy=remedy)
 

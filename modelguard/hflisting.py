@@ -273,11 +273,14 @@ def checked_components(manifest: Manifest, all_files: bool) -> list[str] | None:
 
 def remedy(manifest: Manifest, directory: Path) -> str:
     """The command that downloads a cache-described model's files again."""
-    from .hfcache import snapshot_root
+    from .hfcache import hf_cache_dir, snapshot_root
 
     rev = f" --revision {manifest.revision}" if manifest.revision else ""
-    if snapshot_root(directory) is not None:
-        return f"download it again: hf download {manifest.model}{rev} --force-download"
+    snap = snapshot_root(directory)
+    if snap is not None:
+        cache = snap.parent.parent.parent
+        where = "" if os.path.abspath(cache) == os.path.abspath(hf_cache_dir()) else f" --cache-dir {cache}"
+        return f"download it again: hf download {manifest.model}{rev}{where} --force-download"
     return f"download it again: hf download ORG/NAME{rev} --local-dir {directory} --force-download"
 
 

@@ -309,7 +309,7 @@ for name, cache in zip(sys.argv[1::2], sys.argv[2::2]):
             AutoModel.from_pretrained(name, cache_dir=cache or None)
         except VerificationError as exc:
             diagnoses = sorted({r.path + ":" + r.diagnosis for r in exc.report.failures})
-            print("REFUSED", " ".join(diagnoses), "|", str(exc).splitlines()[1].strip())
+            print("REFUSED", " ".join(diagnoses), "|", str(exc).splitlines()[1].strip(), "| fix:", exc.remedy)
         except OSError as exc:
             print("LOADER-ERROR", type(exc).__name__)
         else:
@@ -343,6 +343,8 @@ def test_the_guard_checks_a_cached_model_with_no_manifest_and_refuses_each_damag
     listing = f"expectations: the Hub's listing of commit {served} saved at download"
     assert lines[0] == "LOADED no-warning", lines  # checked, so no unknown-model warning
     assert lines[1].startswith(f"REFUSED {WEIGHTS}:digest_mismatch | {listing}"), lines
+    assert lines[1].endswith(f"fix: download it again: hf download {MODEL} --revision {served} "
+                             f"--cache-dir {caches['flip']} --force-download"), lines
     assert lines[2].startswith(f"REFUSED {WEIGHTS}:truncated | {listing}"), lines
     assert lines[3].startswith(f"REFUSED {WEIGHTS}:missing | {listing}"), lines
     assert lines[4].startswith(f"REFUSED {WEIGHTS}:lfs_pointer | {listing}"), lines
@@ -350,6 +352,8 @@ def test_the_guard_checks_a_cached_model_with_no_manifest_and_refuses_each_damag
     # ... unless every file is asked for.
     assert load_each((MODEL, caches["readme"]), MODELGUARD_ALL_FILES="1") == [
         f"REFUSED README.md:digest_mismatch | {listing} ({listing_of(readme.parent.parent / 'snapshots' / served)})"
+        f" | fix: download it again: hf download {MODEL} --revision {served} --cache-dir {caches['readme']}"
+        " --force-download"
     ]
 
 
@@ -403,3 +407,32 @@ def test_unknown_model_message_says_how_to_get_a_source(bert_source, tmp_path):
     assert f"modelguard build {plain} --model ORG/NAME" in text
     assert ("download it with huggingface_hub's snapshot_download (or `hf download`), which saves the Hub's "
             "listing that the guard then checks the files against") in text
+
+
+def test_guard_settings_for_cache_listings_in_process(hub, served, monkeypatch):
+    from modelguard.errors import VerificationError
+
+    snap = download(hub)
+    readme = _blob(snap, "README.md")
+    readme.write_bytes(README.replace(b"tiny", b"TINY"))
+    modelguard.install()
+    try:
+        resolved = guard.check_before_load(snap, loader="test loader")
+        assert resolved.how == "hf-listing" and resolved.revision == served
+        assert resolved.describe() == (f"expectations: the Hub's listing of commit {served} saved at download "
+                                       f"({listing_of(snap)})")
+        modelguard.install(all_files=True)
+        with pytest.raises(VerificationError) as info:
+            guard.check_before_load(snap, loader="test loader")
+        assert info.value.report.failures[0].path == "README.md"
+
+        modelguard.install("repair", all_files=False)
+        flip_byte(snap)
+        with pytest.raises(VerificationError) as info:
+            guard.check_before_load(snap, loader="test loader")
+        text = str(info.value)
+        assert f"modelguard could not repair {MODEL} (test loader)" in text
+        assert "(repair skipped: it needs a manifest; download the files again with the command below)" in text
+        assert len(hub.requests("GET", "/lfs/")) == 1  # only the first download: nothing fetched by the guard
+    finally:
+        modelguard.uninstall()
