@@ -20,6 +20,13 @@ Configuration, by argument or environment (arguments win):
   that OpenSSF model signature verifies with this key and every file it lists matches
   (:mod:`modelguard.signing`, needs ``modelguard[signing]``); require_signature,
   ``MODELGUARD_REQUIRE_SIGNATURE=1``: refuse a model without such a signature.
+- all_files, ``MODELGUARD_ALL_FILES``: for a model that no manifest describes but the
+  Hugging Face cache does (:mod:`modelguard.hflisting`), check every listed file, not only
+  the files loaders read.
+
+A model in the Hugging Face cache with no manifest is checked against the Hub's listing
+saved at download (else its blobs' content addresses); the unknown-model policy applies
+only where no such source exists.
 
 The only way to let a model keep randomly initialized weights is
 :func:`allow_random_init` (or ``MODELGUARD_ALLOW_RANDOM_INIT``), naming the
@@ -74,11 +81,12 @@ class UnsupportedLibraryWarning(GuardWarning):
 # --------------------------------------------------------------------------- configuration
 
 
-class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline", defaults=(None, None, (), None))):
+class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_files",
+                        defaults=(None, None, (), None, None))):
     """The guard's settings (immutable). ``None`` fields are read from the environment at each check.
 
     ``on_failure``: refuse | repair | warn; ``unknown``: warn | refuse | allow;
-    ``manifest_dirs``: tuple of folders; ``offline``: bool.
+    ``manifest_dirs``: tuple of folders; ``offline``: bool; ``all_files``: bool.
     """
 
     __slots__ = ()
@@ -93,6 +101,11 @@ class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline", de
         if self.offline is not None:
             return self.offline
         return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+    def effective_all_files(self) -> bool:
+        if self.all_files is not None:
+            return self.all_files
+        return os.environ.get("MODELGUARD_ALL_FILES", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
@@ -160,6 +173,7 @@ def install(
     unknown: str | None = None,
     public_key: str | os.PathLike[str] | None = None,
     require_signature: bool | None = None,
+    all_files: bool | None = None,
 ) -> None:
     """Guard every supported loader, now and when its library is imported later.
 
@@ -169,6 +183,8 @@ def install(
     ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``;
     ``public_key`` (a PEM file) overrides ``$MODELGUARD_PUBLIC_KEY`` and
     ``require_signature`` ``$MODELGUARD_REQUIRE_SIGNATURE`` (see :mod:`modelguard.signing`).
+    ``all_files``
+    (``$MODELGUARD_ALL_FILES``) checks every file of a cache listing, not only what loaders read.
     """
     global _policy, _finder, _signing_settings
     if isinstance(policy, Policy):
@@ -179,6 +195,7 @@ def install(
             unknown=_check_choice("unknown-model policy", unknown, UNKNOWN_POLICIES),
             manifest_dirs=tuple(str(d) for d in manifest_dirs or ()),
             offline=offline,
+            all_files=all_files,
         )
     with _lock:
         _signing_settings = (
@@ -192,12 +209,14 @@ def install(
             for name in _hook_table():
                 if name in sys.modules:
                     _apply_hook(name)
-        elif policy is not None or manifest_dirs is not None or offline is not None or unknown is not None:
+        elif (policy is not None or manifest_dirs is not None or offline is not None or unknown is not None
+              or all_files is not None):
             _policy = Policy(
                 on_failure=new.on_failure or _policy.on_failure,
                 unknown=new.unknown or _policy.unknown,
                 manifest_dirs=new.manifest_dirs or _policy.manifest_dirs,
                 offline=new.offline if new.offline is not None else _policy.offline,
+                all_files=new.all_files if new.all_files is not None else _policy.all_files,
             )
 
 
@@ -337,12 +356,15 @@ class ResolvedModel(namedtuple("ResolvedModel", "model_id revision directory man
     ``model_id`` (str or None), ``revision`` (str or None), ``directory`` (Path, or None:
     a Hub id not in the cache), ``manifest`` (Manifest or None), and ``how``: one of
     ``hub-id``, ``hf-cache-snapshot``, ``local-manifest``, ``user-mapping``,
-    ``identified`` (by file names and sizes), ``unknown``.
+    ``identified`` (by file names and sizes), ``hf-listing`` (no manifest: what the
+    Hugging Face cache recorded, see :mod:`modelguard.hflisting`), ``unknown``.
     """
 
     __slots__ = ()
 
     def describe(self) -> str:
+        if self.how == "hf-listing" and self.manifest is not None:
+            return f"expectations: {self.manifest.source}"
         how = {
             "hub-id": "Hub id",
             "hf-cache-snapshot": "Hugging Face cache snapshot",
@@ -508,6 +530,10 @@ def _resolve_model(
             model, commit = parsed
             root = hfcache.snapshot_root(path)
             manifest = find_manifest(model, commit, extra_dirs=extra)
+            if manifest is None:
+                listed = _cache_expectations(root)
+                if listed is not None:
+                    return ResolvedModel(model, commit, root, listed, "hf-listing")
             return ResolvedModel(model, commit, root, manifest, "hf-cache-snapshot")
         local = path / LOCAL_MANIFEST_NAME
         if local.is_file():
@@ -525,6 +551,9 @@ def _resolve_model(
         manifest = _identify(path, extra)
         if manifest is not None:
             return ResolvedModel(manifest.model, manifest.revision, path, manifest, "identified")
+        listed = _cache_expectations(path)  # a local_dir download with its saved listing
+        if listed is not None:
+            return ResolvedModel(None, listed.revision, path, listed, "hf-listing")
         return ResolvedModel(None, None, path, None, "unknown")
     if path.exists() or not _looks_like_model_id(text):
         return ResolvedModel(None, revision, path if path.exists() else None, None, "unknown")
@@ -532,10 +561,20 @@ def _resolve_model(
     commit = hfcache.resolve_ref(text, revision, cache_dir) if revision else None
     manifest = find_manifest(text, commit or revision, extra_dirs=extra)
     if manifest is None:
-        return ResolvedModel(text, revision, hfcache.snapshot_path(text, revision, cache_dir), None, "unknown")
+        snap = hfcache.snapshot_path(text, revision, cache_dir)
+        listed = _cache_expectations(snap, model=text) if snap is not None else None
+        if listed is not None:
+            return ResolvedModel(text, listed.revision, snap, listed, "hf-listing")
+        return ResolvedModel(text, revision, snap, None, "unknown")
     # No revision asked: the manifest's pinned one (loaders are then given that revision).
     wanted = commit or revision or manifest.revision
     return ResolvedModel(text, wanted, hfcache.snapshot_path(text, wanted, cache_dir), manifest, "hub-id")
+
+
+def _cache_expectations(directory: Path, model: str | None = None) -> Manifest | None:
+    from .hflisting import cache_expectations
+
+    return cache_expectations(directory, all_files=_policy.effective_all_files(), model=model)
 
 
 def _looks_like_model_id(text: str) -> bool:
@@ -587,6 +626,11 @@ def check_before_load(
             if done is not None:
                 _verified.set(done | {key})
         return resolved
+    if resolved.how == "hf-listing":
+        # The loaders' component names mean nothing to a cache listing: check the files loaders read.
+        from .hflisting import checked_components
+
+        components = checked_components(manifest, policy.effective_all_files())
     wanted = None
     if components is not None:
         wanted = sorted(set(components) & set(manifest.components))
@@ -604,7 +648,7 @@ def check_before_load(
         return resolved
     report = fetched if fetched is not None else _verify(manifest, directory, wanted)
     if not report.ok:
-        if on_failure == "repair" and not policy.effective_offline():
+        if on_failure == "repair" and not policy.effective_offline() and manifest.origin == "manifest":
             _repair(manifest, directory, wanted, report)
             report = _verify(manifest, directory, wanted)
         if not report.ok:
@@ -704,7 +748,9 @@ def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loa
         if resolved.directory is not None and resolved.how == "unknown" and Path(os.fspath(where)).is_dir()
         else f"write a manifest with `modelguard build DIR --model {model}` into one of: "
              + ", ".join(str(d) for d in search_path(list(_policy.manifest_dirs)))
-    ) + f"; or set {ENV_UNKNOWN}=allow to load unverified models without this message"
+    ) + ("; or download it with huggingface_hub's snapshot_download (or `hf download`), which saves the Hub's "
+         "listing that the guard then checks the files against"
+         f"; or set {ENV_UNKNOWN}=allow to load unverified models without this message")
     message = (f"modelguard: no manifest applies to {target} (loaded by {loader}), "
                "so its files are not verified; random initialization is still refused")
     pinned = _manifest_for_another_revision(resolved)
@@ -793,7 +839,7 @@ def _verification_error(
     verb = {"refuse": "refused to load", "repair": "could not repair", "warn": "loading despite failed checks:"}
     lines = [
         f"modelguard {verb[on_failure]} {manifest.model} ({loader}) from {report.directory}: "
-        f"files do not match the manifest",
+        f"files do not match {report.expectations_phrase}",
         f"  {resolved.describe()}",
         *("  " + line for line in format_report(report, quiet=True).splitlines()),
     ]
@@ -801,11 +847,13 @@ def _verification_error(
     remedy = "; ".join(remedies) if remedies else None
     if on_failure == "repair" and offline:
         lines.append("  (repair skipped: downloads are off, HF_HUB_OFFLINE)")
+    elif on_failure == "repair" and manifest.origin != "manifest":
+        lines.append("  (repair skipped: it needs a manifest; download the files again with the command below)")
     if resolved.how == "identified":
         hint = (f"if this directory is a different model (e.g. a fine-tune of {manifest.model}), save its own manifest: "
                 f"`modelguard build {report.directory} --model ORG/NAME -o {Path(report.directory) / LOCAL_MANIFEST_NAME}`")
         remedy = f"{remedy}; {hint}" if remedy else hint
-    elif on_failure == "refuse" and remedy:
+    elif on_failure == "refuse" and remedy and manifest.origin == "manifest":
         remedy += f"; or set {ENV_POLICY}=repair to re-download broken files while loading"
     return VerificationError("\n".join(lines), report=report, path=report.directory, remedy=remedy)
 

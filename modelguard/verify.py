@@ -83,6 +83,27 @@ class VerifyReport:
     extra_files: tuple[str, ...] = ()
     strict_extra: bool = False
     elapsed_s: float = 0.0
+    expectations: str = "manifest"
+
+    @property
+    def completeness_checked(self) -> bool:
+        """False when the expectations could not say which files should exist (blob addresses)."""
+        return self.expectations != "blob-addresses"
+
+    @property
+    def expectations_phrase(self) -> str:
+        if self.expectations == "hub-listing":
+            rev = f" of commit {self.revision[:12]}" if self.revision else ""
+            return f"the Hub's listing{rev} saved at download"
+        if self.expectations == "blob-addresses":
+            return "their blobs' content addresses (completeness not checked)"
+        return "the manifest"
+
+    @property
+    def _unlisted(self) -> str:
+        if self.expectations == "blob-addresses":
+            return "with no content address (plain files, not links to blobs)"
+        return f"not in {self.expectations_phrase}"
 
     @property
     def failures(self) -> tuple[FileResult, ...]:
@@ -110,7 +131,7 @@ class VerifyReport:
         n_ok = sum(r.status == OK for r in self.files)
         n_skipped = sum(r.status == SKIPPED for r in self.files)
         if self.ok:
-            text = f"verified: {n_ok} file(s) of {self.model} match the manifest"
+            text = f"verified: {n_ok} file(s) of {self.model} match {self.expectations_phrase}"
             if n_skipped:
                 text += f"; optional component(s) not present: {', '.join(self.missing_optional_components)}"
             return text
@@ -121,7 +142,7 @@ class VerifyReport:
                 f" (component(s): {', '.join(self.failed_components)})"
             )
         if self.strict_extra and self.extra_files:
-            parts.append(f"{len(self.extra_files)} file(s) not in the manifest")
+            parts.append(f"{len(self.extra_files)} file(s) {self._unlisted}")
         return f"FAILED: {self.model}: " + "; ".join(parts)
 
     def raise_for_errors(self) -> None:
@@ -132,7 +153,7 @@ class VerifyReport:
         for r in self.failures:
             lines.append(f"  {r.path} [{r.component}]: {r.message}")
         for path in self.extra_files if self.strict_extra else ():
-            lines.append(f"  {path}: not listed in the manifest")
+            lines.append(f"  {path}: {self._unlisted.replace('not in', 'not listed in')}")
         remedies = list(dict.fromkeys(r.remedy for r in self.failures if r.remedy))
         raise VerificationError(
             "\n".join(lines),
@@ -164,6 +185,8 @@ class VerifyReport:
             "extra_files": list(self.extra_files),
             "strict_extra": self.strict_extra,
             "elapsed_s": round(self.elapsed_s, 4),
+            "expectations": {"origin": self.expectations, "source": self.manifest_source,
+                             "completeness_checked": self.completeness_checked},
         }
 
 
@@ -297,7 +320,7 @@ class _Checker:
                remedy: str | None = None, cached: bool = False) -> FileResult:
         comp = self.manifest.components[entry.component]
         if expected is None:
-            expected = {"size": entry.size, **entry.digests}
+            expected = {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests)
         if status == FAILED and remedy is None:
             remedy = self.remedy(entry, diagnosis)
         return FileResult(
@@ -380,7 +403,7 @@ class _Checker:
 
     def _cached_or_read(self, entry: FileEntry, path: Path, resolved: Path, st: os.stat_result,
                         use_cache: bool) -> FileResult | tuple[Path, Path]:
-        if self.cache is not None and use_cache and st.st_size == entry.size:
+        if self.cache is not None and use_cache and entry.size in (None, st.st_size):
             hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
             if hit is not None:
                 cached = self._compare(entry, st.st_size, hit, None, cached=True)
@@ -412,7 +435,7 @@ class _Checker:
             if not stat.S_ISREG(st.st_mode):
                 kind = _file_kind(st.st_mode)
                 return self.result(entry, "not_a_file", f"is a {kind}, not a regular file", actual={"type": kind})
-            if st.st_size != entry.size:
+            if entry.size is not None and st.st_size != entry.size:
                 return self._wrong_size(entry, fd, st.st_size)
             try:
                 digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st)
@@ -460,6 +483,15 @@ class _Checker:
             actual["lfs_oid_sha256"] = pointer["oid_sha256"]
             actual["lfs_size"] = pointer["size"]
             expected_sha = entry.digests.get("sha256")
+            if self.manifest.origin != "manifest":
+                # A cache download, not a git clone: the fix is to download the file again.
+                same = pointer["size"] == entry.size and pointer["oid_sha256"] == expected_sha
+                return self.result(
+                    entry, "lfs_pointer",
+                    f"is a Git LFS pointer stub ({size} bytes), not the file"
+                    + ("" if same else f" (to a different file: oid {pointer['oid_sha256']}, size {pointer['size']})"),
+                    actual=actual,
+                )
             if pointer["size"] == entry.size and (expected_sha is None or pointer["oid_sha256"] == expected_sha):
                 detail = ("this is the pointer to the right file: run `git lfs pull`" if expected_sha
                           else "its size matches the manifest: run `git lfs pull`")
@@ -514,18 +546,35 @@ class _Checker:
             return self.result(entry, "ok", f"ok ({human_size(size)}, {names}{', cached' if cached else ''})",
                                status=OK, actual=actual, cached=cached)
         detail = "; ".join(f"{a}: expected {entry.digests[a]}, got {v}" for a, v in mismatched.items())
+        if fd is not None and entry.size is None:
+            # No size to compare first (expectations from content addresses): tell the stub,
+            # the empty file and the error page apart by their bytes.
+            if size == 0:
+                return self.result(entry, "empty", f"is empty (0 bytes); {detail}", actual=actual)
+            pointer = parse_lfs_pointer(os.pread(fd, SNIFF_BYTES, 0))
+            if pointer is not None:
+                actual["lfs_oid_sha256"] = pointer["oid_sha256"]
+                actual["lfs_size"] = pointer["size"]
+                same = pointer["oid_sha256"] == entry.digests.get("sha256")
+                return self.result(
+                    entry, "lfs_pointer",
+                    f"is a Git LFS pointer stub ({size} bytes), not the file"
+                    + ("" if same else f" (it points to oid {pointer['oid_sha256']}, size {pointer['size']})"),
+                    actual=actual,
+                )
+        sized = "right size but " if entry.size is not None else ""
         if fd is not None and size > 0:
             zero_from = _zero_region(fd, size)
             if zero_from == 0:
                 actual["content"] = "all zero bytes"
                 return self.result(entry, "zero_filled",
-                                   f"right size but every byte is zero (a preallocated or wiped file); {detail}",
+                                   f"{sized}every byte is zero (a preallocated or wiped file); {detail}",
                                    actual=actual)
             if zero_from is not None and size - zero_from >= min(4096, size // 2):
                 actual["zero_from"] = zero_from
                 return self.result(
                     entry, "zero_filled",
-                    f"right size but bytes {zero_from}..{size} are zero: a preallocated download that did not "
+                    f"{sized}bytes {zero_from}..{size} are zero: a preallocated download that did not "
                     f"finish ({100.0 * zero_from / size:.1f}% written); {detail}",
                     actual=actual,
                 )
@@ -538,7 +587,7 @@ class _Checker:
                                    f"(starts: {_first_line(head)!r}); {detail}", actual=actual)
         return self.result(
             entry, "digest_mismatch",
-            f"right size, wrong content: {detail}", actual=actual,
+            f"{'right size, ' if entry.size is not None else ''}wrong content: {detail}", actual=actual,
         )
 
 
@@ -569,6 +618,10 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
     def remedy(entry: FileEntry, diagnosis: str) -> str | None:
         if diagnosis in ("changed_while_reading",):
             return None
+        if manifest.origin != "manifest":
+            from .hflisting import remedy as download_again
+
+            return download_again(manifest, directory)
         if "/" not in manifest.model:
             return f"restore {entry.path} from the source the manifest was built from"
         cmd = f"modelguard fetch {manifest.model}"
@@ -600,14 +653,36 @@ def list_extra_files(manifest: Manifest, directory: Path) -> tuple[str, ...]:
 
 
 def _resolve_manifest(manifest: str | os.PathLike[str]) -> Manifest:
-    """A manifest file, or (a str that names no file and no .yaml) a model id with a known manifest."""
+    """A manifest file; a model id with a known manifest, else its Hugging Face cache snapshot's
+    own listing (:mod:`modelguard.hflisting`); or a snapshot / ``local_dir`` folder's listing."""
     from .manifest import load_manifest
 
     text = os.fspath(manifest)
-    if isinstance(manifest, str) and not text.endswith((".yaml", ".yml")) and not os.path.exists(text):
-        from .registry import require_manifest
+    if os.path.isdir(text):
+        from .hflisting import cache_expectations, describe_missing_source
+        from .errors import ManifestNotFoundError
 
-        return require_manifest(text)
+        found = cache_expectations(text)
+        if found is None:
+            raise ManifestNotFoundError(
+                f"{text} is a folder with no source of expectations: not a Hugging Face cache snapshot "
+                "or download folder with a saved listing",
+                path=text, expected="a manifest file, a model id, or a folder downloaded by huggingface_hub",
+                remedy=describe_missing_source("ORG/NAME") + f", then pass the manifest: verify(MANIFEST, {text!r})",
+            )
+        return found
+    if isinstance(manifest, str) and not text.endswith((".yaml", ".yml")) and not os.path.exists(text):
+        from .registry import find_manifest, require_manifest
+
+        found = find_manifest(text)
+        if found is None:
+            from .hflisting import model_expectations
+
+            cached = model_expectations(text)
+            if cached is not None:
+                return cached[0]
+            require_manifest(text)  # raises, naming the search path and how to get a source
+        return found
     return load_manifest(manifest)
 
 
@@ -641,9 +716,13 @@ def verify(
 
     ``manifest`` is a :class:`Manifest`, the path of a manifest file, or a model id with a
     known manifest (``"BAAI/bge-m3"``, see :mod:`modelguard.registry`). Without
-    ``directory``, the model's snapshot in the Hugging Face cache is checked.
+    ``directory``, the model's snapshot in the Hugging Face cache is checked. A model id with
+    no manifest, or a snapshot / ``local_dir`` folder, is checked against what the cache
+    itself recorded (:mod:`modelguard.hflisting`); the report's ``manifest_source`` says which.
     """
     if not isinstance(manifest, Manifest):
+        if directory is None and os.path.isdir(manifest):
+            directory = manifest
         manifest = _resolve_manifest(manifest)
     if directory is None:
         directory = _cache_snapshot(manifest)
@@ -699,7 +778,7 @@ def verify(
                 errors.append(exc)
 
     try:
-        for e in sorted(entries, key=lambda e: -e.size):
+        for e in sorted(entries, key=lambda e: -(e.size or 0)):
             located = checker.locate(e)
             if isinstance(located, FileResult):
                 results[e.path] = located
@@ -728,7 +807,7 @@ def verify(
     return VerifyReport(
         model=manifest.model, revision=manifest.revision, directory=str(root),
         manifest_source=manifest.source, files=ordered, extra_files=extra,
-        strict_extra=strict_extra, elapsed_s=time.perf_counter() - start,
+        strict_extra=strict_extra, elapsed_s=time.perf_counter() - start, expectations=manifest.origin,
     )
 
 
@@ -738,6 +817,8 @@ def format_report(report: VerifyReport, *, quiet: bool = False) -> str:
     if not quiet:
         rev = f" @ {report.revision[:12]}" if report.revision else ""
         lines.append(f"{report.model}{rev}  in {report.directory}")
+        if report.expectations != "manifest":
+            lines.append(f"  expectations: {report.manifest_source}")
         width = max((len(r.path) for r in report.files), default=10)
         cwidth = max((len(r.component) for r in report.files), default=6)
         for r in report.files:
@@ -755,7 +836,7 @@ def format_report(report: VerifyReport, *, quiet: bool = False) -> str:
         if report.extra_files:
             label = "FAIL" if report.strict_extra else "note"
             unchecked = "" if report.strict_extra else " (not checked)"
-            lines.append(f"  {label}  {len(report.extra_files)} file(s) not in the manifest{unchecked}: "
+            lines.append(f"  {label}  {len(report.extra_files)} file(s) {report._unlisted}{unchecked}: "
                          + ", ".join(report.extra_files[:20])
                          + (" ..." if len(report.extra_files) > 20 else ""))
     elif not report.ok:

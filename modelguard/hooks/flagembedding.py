@@ -388,6 +388,10 @@ def _fetch_remedy(plan: _Plan, file: str) -> str:
     model = plan.resolved.model_id
     if plan.resolved.how == "hf-cache-snapshot" and model:
         return f"modelguard fetch {model} --revision {plan.resolved.revision}"
+    if plan.resolved.how == "hf-listing" and manifest is not None and manifest.lists_every_file:
+        return (f"the Hub's listing of {manifest.model} at commit {manifest.revision} (saved at download) has no "
+                f"{file}: that commit does not publish it; load a repository or revision that does, or copy {file} "
+                f"from the model's source into {plan.directory}")
     return (f"copy {file} from the model's source into {plan.directory} "
             f"(for BAAI/bge-m3 itself: `modelguard fetch BAAI/bge-m3 --local-dir {plan.directory}`)")
 
@@ -402,6 +406,8 @@ def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[
         lines.append(f"  {c.file} [{c.component}]: diagnosis {c.diagnosis}; actual: {c.actual}")
     if not plan.resolved.manifest:
         lines.append("  (no manifest applies to this model; head files are checked anyway)")
+    elif plan.resolved.how == "hf-listing":
+        lines.append(f"  ({plan.resolved.describe()})")
     lines.append(f"  without the guard, {_CONSEQUENCE}")
     remedy = "; ".join(dict.fromkeys(_fetch_remedy(plan, c.file) for c in bad))
     missing = [c.component for c in bad if c.diagnosis == "missing"]
