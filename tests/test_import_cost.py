@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "FlagEmbedding", "huggingface_hub", "sentence_transformers")
+HEAVY = ("torch", "transformers", "FlagEmbedding", "huggingface_hub", "sentence_transformers",
+         "diffusers", "peft", "onnxruntime", "onnx", "safetensors")
 
 PROBE = """
 import json, sys
@@ -37,6 +38,7 @@ def test_the_probe_sees_a_heavy_import():
     "code",
     [
         "import modelguard",
+        "import modelguard.auto",
         "import modelguard.cli",
         "import modelguard; modelguard.load_manifest, modelguard.build_manifest, modelguard.ModelGuardError",
         "from modelguard.cli import build_parser; build_parser()",
@@ -53,3 +55,18 @@ def test_cli_verify_imports_no_heavy_library(minilm_dir):
         "assert rc == 0, rc\n"
     )
     assert imported_heavy(code) == []
+
+
+def test_auto_patches_the_loaders_when_the_program_imports_them():
+    # modelguard imports none of them itself; importing them afterwards patches their loaders.
+    code = (
+        "import modelguard.auto\n"
+        "import safetensors.torch, onnxruntime, peft, diffusers\n"
+        "from diffusers import DiffusionPipeline, UNet2DModel\n"
+        "from modelguard.hooks import is_wrapped\n"
+        "wrapped = [is_wrapped(f) for f in (safetensors.torch.load_file, safetensors.safe_open,\n"
+        "           onnxruntime.InferenceSession.__init__, peft.PeftModel.load_adapter,\n"
+        "           DiffusionPipeline.from_pretrained, UNet2DModel.from_pretrained)]\n"
+        "assert all(wrapped), wrapped\n"
+    )
+    assert set(imported_heavy(code)) >= {"diffusers", "peft", "onnxruntime", "safetensors"}
