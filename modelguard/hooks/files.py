@@ -209,10 +209,11 @@ def _verify_entries(root: Path, manifest: Any, how: str, entries: list[Any], loa
         components={name: dataclasses.replace(manifest.components[name], required=True) for name in used},
     )
     on_failure = policy.effective_on_failure()
-    report = verify(subset, root, components=used)
+    workers = 1 if len(entries) == 1 else None  # one file: no need to count CPUs for reader threads
+    report = verify(subset, root, components=used, max_workers=workers)
     if not report.ok and on_failure == "repair" and not policy.effective_offline():
         guard._repair(subset, root, used, report)
-        report = verify(subset, root, components=used)
+        report = verify(subset, root, components=used, max_workers=workers)
     if report.ok:
         return
     resolved = guard.ResolvedModel(manifest.model, manifest.revision, root, manifest, how)
