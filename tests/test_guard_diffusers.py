@@ -157,3 +157,14 @@ def test_allow_random_init_by_name_lets_the_model_load(unet_missing_a_weight):
     with modelguard.allow_random_init(keys="conv_in.*"):
         with pytest.raises(RandomInitError, match="conv_out.bias, conv_out.weight"):
             diffusers.UNet2DModel.from_pretrained(unet_missing_a_weight / "unet")
+
+
+def test_a_missing_file_of_an_optional_manifest_component_still_names_the_pipeline_component(pipe_dir):
+    # generic build rules put scheduler/scheduler_config.json in the optional component 'other'
+    manifest = modelguard.load_manifest(pipe_dir / "modelguard.yaml")
+    assert manifest.file("scheduler/scheduler_config.json").component == "other"
+    (pipe_dir / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(VerificationError) as info:
+        diffusers.DDPMPipeline.from_pretrained(pipe_dir)
+    text = str(info.value)
+    assert "broken component(s): scheduler (scheduler/scheduler_config.json: missing: " in text

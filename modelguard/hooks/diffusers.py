@@ -90,6 +90,7 @@ def _wrap_pipeline_from_pretrained(original: Any) -> Any:
                         name, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
                         local_files_only=bool(kwargs.get("local_files_only")),
                     )
+                    _require_component_files(resolved, label)
                 except VerificationError as exc:
                     raise name_components(exc) from None
                 if asked is None and resolved.how == "hub-id" and resolved.revision:
@@ -99,6 +100,39 @@ def _wrap_pipeline_from_pretrained(original: Any) -> Any:
             return func(cls, *args, **kwargs)
 
     return classmethod(from_pretrained)
+
+
+def pipeline_components(directory: Any) -> list[str]:
+    """The component subfolders ``model_index.json`` names (``unet``, ``scheduler``...)."""
+    import json
+
+    try:
+        with open(os.path.join(directory, "model_index.json"), encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(index, dict):
+        return []
+    return sorted(name for name, value in index.items()
+                  if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None)
+
+
+def _require_component_files(resolved: Any, label: str) -> None:
+    """A file of a component the pipeline loads is required, even where the manifest puts it in an
+    optional component (``scheduler/scheduler_config.json`` in ``other``, say): verification
+    reports such a file absent as skipped, so the missing ones are checked here."""
+    from .. import guard
+    from .files import _verify_entries
+
+    manifest, root = resolved.manifest, resolved.directory
+    if manifest is None or root is None:
+        return
+    used = set(pipeline_components(root))
+    missing = [entry for entry in manifest.files
+               if (entry.path == "model_index.json" or entry.path.split("/", 1)[0] in used)
+               and not os.path.lexists(os.path.join(root, entry.path))]
+    if missing:
+        _verify_entries(root, manifest, resolved.how, missing, label, guard.current_policy())
 
 
 def _check_model_files(cls: Any, name: Any, kwargs: dict, label: str) -> None:
