@@ -19,13 +19,17 @@ an unchanged file costs a stat and a cache lookup.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 # Parsed local manifests, by path, kept while the file's (inode, size, mtime) is unchanged.
 _manifest_memo: dict[str, tuple[tuple[int, int, int], Any]] = {}
+
+_inspecting: contextvars.ContextVar[bool] = contextvars.ContextVar("modelguard_inspecting", default=False)
 
 FILE_KEY = "file"
 UNKNOWN_FOLDER_KEY = "unknown-files"  # a folder whose uncovered files this load already reported
@@ -147,6 +151,17 @@ def mark_verified(directory: str | os.PathLike[str], *, unknown: bool = False) -
     guard._verified.set(done | keys)
 
 
+@contextlib.contextmanager
+def inspecting() -> Iterator[None]:
+    """Within this block, reads are modelguard's own inspection of files it has already judged
+    (describing what a file that failed verification holds): they are not checked again."""
+    token = _inspecting.set(True)
+    try:
+        yield
+    finally:
+        _inspecting.reset(token)
+
+
 def check_files(paths: Iterable[Any], *, loader: str) -> None:
     """Verify the files ``paths`` before ``loader`` reads them (see the module docstring).
 
@@ -157,6 +172,8 @@ def check_files(paths: Iterable[Any], *, loader: str) -> None:
     """
     from .. import guard
 
+    if _inspecting.get():
+        return
     done = guard._verified.get()
     wanted: list[str] = []
     for value in paths:
