@@ -209,3 +209,23 @@ def test_external_data_files_are_listed_from_the_graph(model_dir):
 def test_a_model_given_as_bytes_is_left_alone(model_dir):
     data = (model_dir / "weights.safetensors").read_bytes()
     assert set(safetensors_torch.load(data)) == {"layer.weight", "layer.bias"}
+
+
+def test_a_file_in_a_hugging_face_cache_snapshot_is_checked_against_the_models_manifest(pristine, tmp_path,
+                                                                                        isolated_env):
+    commit = "c0ffee" + "0" * 34
+    snapshot = isolated_env / "hf" / "hub" / "models--acme--snap" / "snapshots" / commit
+    shutil.copytree(pristine, snapshot / "onnx")
+    manifests = tmp_path / "manifests"
+    manifest = modelguard.build_manifest(snapshot, "acme/snap", revision=commit)
+    modelguard.save_manifest(manifest, manifests / "acme" / "snap.yaml")
+    modelguard.install(manifest_dirs=[manifests])
+    tensors = safetensors_torch.load_file(str(snapshot / "onnx" / "weights.safetensors"))
+    assert set(tensors) == {"layer.weight", "layer.bias"}
+    flip_byte(snapshot / "onnx" / "weights.safetensors")
+    with pytest.raises(VerificationError) as info:
+        safetensors_torch.load_file(str(snapshot / "onnx" / "weights.safetensors"))
+    text = str(info.value)
+    assert "modelguard refused to load acme/snap (safetensors.torch.load_file)" in text
+    assert "manifest: Hugging Face cache snapshot" in text
+    assert "FAIL onnx/weights.safetensors [" in text
