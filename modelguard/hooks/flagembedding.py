@@ -422,6 +422,7 @@ def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[
 def _error_from_report(exc: Any, failed_heads: list[str], loader: str, colbert_dim: Any) -> Exception:
     """A verification failure that touches a head, as a MissingHeadError naming it."""
     from ..errors import MissingHeadError
+    from .files import inspecting
 
     report = exc.report
     results = [r for r in report.failures if r.component in failed_heads]
@@ -435,7 +436,8 @@ def _error_from_report(exc: Any, failed_heads: list[str], loader: str, colbert_d
     for r in results:
         if r.diagnosis in ("missing", "lfs_pointer"):
             continue
-        check = _inspect_head(directory, r.component, r.path, shapes.get(r.component), None)
+        with inspecting():  # describing a file that failed: not a load for the file-level guard
+            check = _inspect_head(directory, r.component, r.path, shapes.get(r.component), None)
         if check.diagnosis in ("wrong_shape", "wrong_keys", "unloadable", "wrong_dtype"):
             message += f"\n  {r.path} opened: {check.message}"
     remedy = exc.remedy or first.remedy or ""
