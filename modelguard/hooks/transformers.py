@@ -115,7 +115,9 @@ def _wrap_from_pretrained(original: Any) -> Any:
             want_info = bool(kwargs.pop("output_loading_info", False))
             model, info = func(cls, *args, output_loading_info=True, **kwargs)
             new_keys = set(info.get("missing_keys") or ())
-            new_keys.update(item[0] for item in info.get("mismatched_keys") or ())
+            # (key, checkpoint shape, model shape) tuples in most releases, bare keys in 4.57
+            new_keys.update(item if isinstance(item, str) else item[0]
+                            for item in info.get("mismatched_keys") or ())
             if new_keys:
                 new_keys = _model_names(model, new_keys)
                 guard.refuse_random_init(new_keys, model=os.fspath(name) if name else cls.__name__, loader=label)
