@@ -15,7 +15,9 @@ Configuration, by argument or environment (arguments win):
 - unknown, ``MODELGUARD_UNKNOWN``: a model with no manifest: ``warn`` (default),
   ``refuse`` or ``allow``. Random initialization is refused either way;
 - manifest_dirs, ``MODELGUARD_MANIFEST_PATH``: extra manifest folders;
-- offline, ``HF_HUB_OFFLINE``: never download.
+- offline, ``HF_HUB_OFFLINE``: never download;
+- rehash, ``MODELGUARD_REHASH``: hash every file in full before each load, whatever the
+  verified-digest cache holds (for high-assurance loads; see :mod:`modelguard.statcache`).
 
 The only way to let a model keep randomly initialized weights is
 :func:`allow_random_init` (or ``MODELGUARD_ALLOW_RANDOM_INIT``), naming the
@@ -70,11 +72,12 @@ class UnsupportedLibraryWarning(GuardWarning):
 # --------------------------------------------------------------------------- configuration
 
 
-class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline", defaults=(None, None, (), None))):
+class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline rehash",
+                        defaults=(None, None, (), None, None))):
     """The guard's settings (immutable). ``None`` fields are read from the environment at each check.
 
     ``on_failure``: refuse | repair | warn; ``unknown``: warn | refuse | allow;
-    ``manifest_dirs``: tuple of folders; ``offline``: bool.
+    ``manifest_dirs``: tuple of folders; ``offline``: bool; ``rehash``: bool.
     """
 
     __slots__ = ()
@@ -89,6 +92,13 @@ class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline", de
         if self.offline is not None:
             return self.offline
         return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+    def effective_rehash(self) -> bool:
+        if self.rehash is not None:
+            return self.rehash
+        from .statcache import rehash_by_env
+
+        return rehash_by_env()
 
 
 def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
@@ -152,13 +162,16 @@ def install(
     manifest_dirs: Iterable[str | os.PathLike[str]] | None = None,
     offline: bool | None = None,
     unknown: str | None = None,
+    rehash: bool | None = None,
 ) -> None:
     """Guard every supported loader, now and when its library is imported later.
 
     Idempotent: a second call only updates the settings given. ``policy`` is
     ``refuse`` | ``repair`` | ``warn`` (or a :class:`Policy`); ``unknown`` is
     ``warn`` | ``refuse`` | ``allow``; ``manifest_dirs`` are searched before
-    ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``.
+    ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``;
+    ``rehash=True`` (or ``MODELGUARD_REHASH=1``) hashes every file in full before each
+    load instead of trusting the verified-digest cache.
     """
     global _policy, _finder
     if isinstance(policy, Policy):
@@ -169,6 +182,7 @@ def install(
             unknown=_check_choice("unknown-model policy", unknown, UNKNOWN_POLICIES),
             manifest_dirs=tuple(str(d) for d in manifest_dirs or ()),
             offline=offline,
+            rehash=None if rehash is None else bool(rehash),
         )
     with _lock:
         if _finder is None:
@@ -178,12 +192,14 @@ def install(
             for name in _hook_table():
                 if name in sys.modules:
                     _apply_hook(name)
-        elif policy is not None or manifest_dirs is not None or offline is not None or unknown is not None:
+        elif (policy is not None or manifest_dirs is not None or offline is not None or unknown is not None
+              or rehash is not None):
             _policy = Policy(
                 on_failure=new.on_failure or _policy.on_failure,
                 unknown=new.unknown or _policy.unknown,
                 manifest_dirs=new.manifest_dirs or _policy.manifest_dirs,
                 offline=new.offline if new.offline is not None else _policy.offline,
+                rehash=new.rehash if new.rehash is not None else _policy.rehash,
             )
 
 
@@ -635,7 +651,7 @@ def verified_scope() -> Iterator[None]:
 def _verify(manifest: Manifest, directory: Path, components: list[str] | None) -> Any:
     from .verify import verify
 
-    return verify(manifest, directory, components=components)
+    return verify(manifest, directory, components=components, rehash=_policy.effective_rehash())
 
 
 def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loader: str) -> None:

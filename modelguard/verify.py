@@ -626,6 +626,7 @@ def verify(
     strict_extra: bool = False,
     all_digests: bool = False,
     cache: Any = True,
+    rehash: bool | None = None,
     progress: Callable[[int], None] | None = None,
     max_workers: int | None = None,
 ) -> VerifyReport:
@@ -637,6 +638,8 @@ def verify(
     files that verified in the user's durable cache (:mod:`modelguard.statcache`) so an
     unchanged file later costs a stat; False re-hashes every file; a directory uses a cache
     there; or any object with ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
+    ``rehash=True`` (default: ``MODELGUARD_REHASH``) hashes every file in full whatever the
+    cache holds, and stores what verifies.
     Files are hashed in parallel threads (``max_workers``), largest first.
 
     ``manifest`` is a :class:`Manifest`, the path of a manifest file, or a model id with a
@@ -674,7 +677,7 @@ def verify(
     from .statcache import resolve_cache
 
     checker = _Checker(
-        manifest, root, all_digests=all_digests, cache=resolve_cache(cache),
+        manifest, root, all_digests=all_digests, cache=resolve_cache(cache, rehash=rehash),
         remedy=default_remedy(manifest, root), progress=progress,
     )
     # Every check that needs no read (missing, wrong type, cache hit) runs in this thread:
