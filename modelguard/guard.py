@@ -657,13 +657,16 @@ def _verify(manifest: Manifest, directory: Path, components: list[str] | None) -
 def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loader: str) -> None:
     if unknown == "allow":
         return
+    from shlex import quote
+
     from .registry import search_path
 
     target = resolved.model_id or os.fspath(name_or_path)
-    model = resolved.model_id or "ORG/NAME"
+    model = quote(resolved.model_id) if resolved.model_id else "ORG/NAME"
     where = resolved.directory or name_or_path
     remedy = (
-        f"write a manifest: `modelguard build {where} --model {model} -o {Path(os.fspath(where)) / LOCAL_MANIFEST_NAME}`"
+        f"write a manifest: `modelguard build {quote(os.fspath(where))} --model {model} "
+        f"-o {quote(str(Path(os.fspath(where)) / LOCAL_MANIFEST_NAME))}`"
         if resolved.directory is not None and resolved.how == "unknown" and Path(os.fspath(where)).is_dir()
         else f"write a manifest with `modelguard build DIR --model {model}` into one of: "
              + ", ".join(str(d) for d in search_path(list(_policy.manifest_dirs)))
@@ -673,7 +676,7 @@ def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loa
     pinned = _manifest_for_another_revision(resolved)
     if pinned is not None:
         message += f"; the manifest for {resolved.model_id} pins revision {pinned}, not {resolved.revision}"
-        remedy = (f"load revision {pinned} (`modelguard fetch {resolved.model_id} --revision {pinned}`), "
+        remedy = (f"load revision {pinned} (`modelguard fetch {model} --revision {quote(pinned)}`), "
                   f"or add a manifest for {resolved.revision}; " + remedy)
     if unknown == "refuse":
         raise ManifestNotFoundError(
@@ -707,7 +710,10 @@ def _download(resolved: ResolvedModel, components: list[str] | None, policy: Pol
     """
     manifest = resolved.manifest
     assert manifest is not None and resolved.model_id is not None
-    fetch_cmd = f"modelguard fetch {manifest.model}" + (f" --revision {manifest.revision}" if manifest.revision else "")
+    from shlex import quote
+
+    fetch_cmd = (f"modelguard fetch {quote(manifest.model)}"
+                 + (f" --revision {quote(manifest.revision)}" if manifest.revision else ""))
     if policy.effective_offline():
         from .errors import OfflineError
 
@@ -741,9 +747,16 @@ def _repair(manifest: Manifest, directory: Path, components: list[str] | None, r
         raise ModelGuardError(
             "policy 'repair' needs modelguard.hub.repair_files, which this installation of modelguard lacks",
             expected="modelguard with Hub support", actual="no modelguard.hub.repair_files",
-            remedy=f"set {ENV_POLICY}=refuse and run `modelguard fetch {manifest.model}`, or upgrade modelguard",
+            remedy=f"set {ENV_POLICY}=refuse and run `modelguard fetch {_quote(manifest.model)}`, or upgrade modelguard",
         ) from None
     repair_files(manifest, directory, components=components)
+
+
+def _quote(text: str) -> str:
+    """``text`` quoted for a POSIX shell, for the commands printed in remedies."""
+    from shlex import quote
+
+    return quote(text)
 
 
 def _verification_error(
@@ -766,7 +779,8 @@ def _verification_error(
         lines.append("  (repair skipped: downloads are off, HF_HUB_OFFLINE)")
     if resolved.how == "identified":
         hint = (f"if this directory is a different model (e.g. a fine-tune of {manifest.model}), save its own manifest: "
-                f"`modelguard build {report.directory} --model ORG/NAME -o {Path(report.directory) / LOCAL_MANIFEST_NAME}`")
+                f"`modelguard build {_quote(str(report.directory))} --model ORG/NAME "
+                f"-o {_quote(str(Path(report.directory) / LOCAL_MANIFEST_NAME))}`")
         remedy = f"{remedy}; {hint}" if remedy else hint
     elif on_failure == "refuse" and remedy:
         remedy += f"; or set {ENV_POLICY}=repair to re-download broken files while loading"

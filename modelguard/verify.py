@@ -453,6 +453,8 @@ class _Checker:
                            actual={"exists": False})
 
     def _wrong_size(self, entry: FileEntry, fd: int, size: int) -> FileResult:
+        from shlex import quote
+
         head = os.pread(fd, SNIFF_BYTES, 0)
         actual: dict[str, Any] = {"size": size}
         pointer = parse_lfs_pointer(head)
@@ -467,14 +469,14 @@ class _Checker:
                     entry, "lfs_pointer",
                     f"is a Git LFS pointer stub ({size} bytes), not the file; {detail}",
                     actual=actual,
-                    remedy=f"cd {self.directory} && git lfs pull --include \"{entry.path}\"",
+                    remedy=f"cd {quote(str(self.directory))} && git lfs pull --include {quote(entry.path)}",
                 )
             return self.result(
                 entry, "lfs_pointer",
                 f"is a Git LFS pointer stub ({size} bytes) to a DIFFERENT file "
                 f"(oid {pointer['oid_sha256']}, size {pointer['size']}); the clone is at another revision",
                 actual=actual,
-                remedy=(f"check out revision {self.manifest.revision} and run `git lfs pull`"
+                remedy=(f"check out revision {quote(self.manifest.revision)} and run `git lfs pull`"
                         if self.manifest.revision else "check out the manifest's revision and run `git lfs pull`"),
             )
         page = sniff_error_page(head)
@@ -567,15 +569,17 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
     """The command that repairs a broken file of ``manifest`` in ``directory``."""
 
     def remedy(entry: FileEntry, diagnosis: str) -> str | None:
+        from shlex import quote
+
         if diagnosis in ("changed_while_reading",):
             return None
         if "/" not in manifest.model:
             return f"restore {entry.path} from the source the manifest was built from"
-        cmd = f"modelguard fetch {manifest.model}"
+        cmd = f"modelguard fetch {quote(manifest.model)}"
         if manifest.revision:
-            cmd += f" --revision {manifest.revision}"
+            cmd += f" --revision {quote(manifest.revision)}"
         if directory.parent.name != "snapshots":
-            cmd += f" --local-dir {directory}"
+            cmd += f" --local-dir {quote(str(directory))}"
         return cmd
 
     return remedy
@@ -653,14 +657,16 @@ def verify(
     start = time.perf_counter()
     root = Path(directory)
     if not root.is_dir():
+        from shlex import quote
+
         from .errors import UsageError
 
         raise UsageError(
             f"model directory {root} does not exist" if not root.exists() else f"{root} is not a directory",
             path=root, expected="a directory holding the model's files",
-            remedy=(f"download the model first: modelguard fetch {manifest.model}"
-                    + (f" --revision {manifest.revision}" if manifest.revision else "")
-                    + f" --local-dir {root}") if "/" in manifest.model else None,
+            remedy=(f"download the model first: modelguard fetch {quote(manifest.model)}"
+                    + (f" --revision {quote(manifest.revision)}" if manifest.revision else "")
+                    + f" --local-dir {quote(str(root))}") if "/" in manifest.model else None,
         )
     entries = manifest.files
     if components is not None:

@@ -141,7 +141,7 @@ def test_lfs_pointer_to_the_right_file(manifest, model):
     assert "is a Git LFS pointer stub" in r.message
     assert "this is the pointer to the right file: run `git lfs pull`" in r.message
     assert r.actual["lfs_oid_sha256"] == sha256(data) and r.actual["lfs_size"] == len(data)
-    assert r.remedy == f'cd {model} && git lfs pull --include "model.safetensors"'
+    assert r.remedy == f"cd {model} && git lfs pull --include model.safetensors"
 
 
 def test_lfs_pointer_to_another_file(manifest, model):

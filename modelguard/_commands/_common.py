@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from shlex import quote
 import threading
 import time
 from pathlib import Path
@@ -29,10 +30,10 @@ def resolve_target(target: str, directory: str | None, revision: str | None = No
     elif os.path.isdir(target) and not _is_known_model(target, revision):
         raise UsageError(
             f"{target} is a directory; TARGET is a manifest file or a model id",
-            expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + target,
+            expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + quote(target),
             actual=target,
-            remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {target}, "
-                   f"or write one: modelguard build {target} --model ORG/NAME -o MANIFEST.yaml",
+            remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {quote(target)}, "
+                   f"or write one: modelguard build {quote(target)} --model ORG/NAME -o MANIFEST.yaml",
         )
     else:
         manifest = registry.require_manifest(target, revision)
@@ -40,7 +41,7 @@ def resolve_target(target: str, directory: str | None, revision: str | None = No
         return manifest, Path(directory)
     snap = hfcache.require_snapshot(
         manifest.model, manifest.revision or revision, cache_dir,
-        how_to_pass=f"pass the directory: modelguard verify {target} DIR",
+        how_to_pass=f"pass the directory: modelguard verify {quote(target)} DIR",
     )
     return manifest, snap
 

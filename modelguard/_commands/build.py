@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("build needs a model directory", remedy="modelguard build DIR --model ORG/NAME [-o FILE]")
     if not args.model:
         raise UsageError("build needs --model", expected="--model ORG/NAME, e.g. --model BAAI/bge-m3",
-                         remedy=f"modelguard build {args.directory} --model ORG/NAME")
+                         remedy=f"modelguard build {shlex.quote(args.directory)} --model ORG/NAME")
     out = Path(args.output) if args.output else None
     if out is not None and out.exists() and not args.force:
         raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
@@ -74,7 +75,7 @@ def _run_from_hub(args: argparse.Namespace) -> int:
 
     if args.directory:
         raise UsageError("pass either DIR or --from-hub MODEL, not both",
-                         remedy=f"modelguard build --from-hub {args.from_hub} --revision REV [-o FILE]")
+                         remedy=f"modelguard build --from-hub {shlex.quote(args.from_hub)} --revision REV [-o FILE]")
     if args.model and args.model != args.from_hub:
         raise UsageError("--model differs from --from-hub", expected=args.from_hub, actual=args.model,
                          remedy="drop --model; --from-hub names the model")
@@ -104,10 +105,11 @@ def _check_output_folder(out) -> None:
         return
     if out.is_dir():
         raise UsageError(f"{out} is a directory", path=out, expected="a manifest file name, e.g. model.yaml",
-                         remedy=f"pass -o {out / 'model.yaml'}")
+                         remedy=f"pass -o {shlex.quote(str(out / 'model.yaml'))}")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"cannot write {out}: {parent} is not a directory", path=out,
                                  remedy="pass -o with a path inside a folder")
             return
+

@@ -374,6 +374,8 @@ def _opt_out(components: list[str], *, present: bool = False) -> str:
 
 
 def _fetch_remedy(plan: _Plan, file: str) -> str:
+    from shlex import quote
+
     from ..verify import default_remedy
 
     manifest = plan.resolved.manifest
@@ -381,9 +383,9 @@ def _fetch_remedy(plan: _Plan, file: str) -> str:
         return default_remedy(manifest, plan.directory)(manifest.file(file), "missing") or ""
     model = plan.resolved.model_id
     if plan.resolved.how == "hf-cache-snapshot" and model:
-        return f"modelguard fetch {model} --revision {plan.resolved.revision}"
+        return f"modelguard fetch {quote(model)} --revision {quote(str(plan.resolved.revision))}"
     return (f"copy {file} from the model's source into {plan.directory} "
-            f"(for BAAI/bge-m3 itself: `modelguard fetch BAAI/bge-m3 --local-dir {plan.directory}`)")
+            f"(for BAAI/bge-m3 itself: `modelguard fetch BAAI/bge-m3 --local-dir {quote(str(plan.directory))}`)")
 
 
 def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[str, ...]) -> Exception:
