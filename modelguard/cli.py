@@ -51,7 +51,25 @@ def report_error(exc: ModelGuardError, as_json: bool) -> int:
     return exc.exit_code
 
 
+def tolerate_any_output_encoding() -> None:
+    """Print what the terminal cannot encode as backslash escapes instead of failing.
+
+    A path with characters the output encoding lacks (``PYTHONIOENCODING=ascii``, a C
+    locale) or with bytes that are not UTF-8 (kept by Python as lone surrogates) would
+    otherwise end a run in a UnicodeEncodeError after the work was done.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is None:
+            continue
+        try:
+            reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tolerate_any_output_encoding()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         rules=None if args.rules == "auto" else args.rules, exclude=args.exclude,
     )
     if out is None:
-        sys.stdout.write(dump_manifest(manifest))
+        write_manifest_to_stdout(dump_manifest(manifest))
     else:
         save_manifest(manifest, out)
         comps = ", ".join(f"{n}{'' if c.required else ' (optional)'}" for n, c in sorted(manifest.components.items()))
@@ -88,7 +88,7 @@ def _run_from_hub(args: argparse.Namespace) -> int:
         exclude=args.exclude, hash_small=args.hash_small,
     )
     if out is None:
-        sys.stdout.write(dump_manifest(manifest))
+        write_manifest_to_stdout(dump_manifest(manifest))
     else:
         save_manifest(manifest, out)
         comps = ", ".join(f"{n}{'' if c.required else ' (optional)'}" for n, c in sorted(manifest.components.items()))
@@ -113,3 +113,19 @@ def _check_output_folder(out) -> None:
                                  remedy="pass -o with a path inside a folder")
             return
 
+
+def write_manifest_to_stdout(text: str) -> None:
+    """A manifest is UTF-8 whatever the terminal's encoding: when stdout cannot encode
+    it (``PYTHONIOENCODING=ascii``), its UTF-8 bytes go to the underlying buffer, so a
+    redirected manifest keeps its non-ASCII paths intact."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is not None:
+            sys.stdout.flush()
+            buffer.write(text.encode("utf-8", "surrogateescape"))
+            buffer.flush()
+            return
+    sys.stdout.write(text)
