@@ -232,3 +232,32 @@ def test_cli_build_warns_when_the_revision_is_not_a_commit(tmp_path):
     assert "revision: main" in proc.stdout
     pinned = run_cli("build", str(root), "--model", "org/x", "--revision", "d" * 40)
     assert pinned.returncode == 0 and "warning" not in pinned.stderr
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def test_twelve_thousand_file_model_builds_and_verifies(tmp_path):
+    """Past the old fixed limit of 100,000 YAML nodes (about 9,100 files): what build writes,
+    verify loads."""
+    import subprocess
+
+    from conftest import run_cli
+
+    model = tmp_path / "many"
+    for group in range(12):
+        folder = model / f"shard-{group:02d}"
+        folder.mkdir(parents=True)
+        for i in range(1000):
+            (folder / f"part-{i:04d}.txt").write_bytes(b"%d/%d\n" % (group, i))
+    out = tmp_path / "many.yaml"
+    built = run_cli("build", str(model), "--model", "org/many", "-o", str(out))
+    assert built.returncode == 0, built.stderr
+    assert "12000 file(s)" in built.stderr
+    checked = run_cli("verify", str(out), str(model), "--quiet", "--no-cache")
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr
+    assert "verified: 12000 file(s) of org/many match the manifest" in checked.stdout
+    (model / "shard-07" / "part-0500.txt").write_bytes(b"changed\n")
+    failed = run_cli("verify", str(out), str(model), "--quiet", "--no-cache")
+    assert failed.returncode == 1
+    assert "shard-07/part-0500.txt" in failed.stdout
