@@ -455,13 +455,14 @@ def _judge_stream_readings(open_stream: Callable[[], Any], head: bytes, judgemen
     if head.startswith(_NPY_MAGIC):
         _judge_npy(open_stream(), judgement, where)
         return
-    if _looks_like_pickle_start(head):
-        stream = open_stream()
-        first = _read_pickles(stream, judgement, where, 1)
-        if first and type(first[0]) is int and first[0] == _TORCH_MAGIC:  # torch's legacy format
-            _read_pickles(stream, judgement, where, 4)
-        if _JOBLIB_ARRAY in judgement.seen:
-            _judge_joblib(open_stream(), judgement, where)
+    # Read whatever the first byte: the unpickler takes any opcode first (no PROTO needed),
+    # and stops at once, having imported nothing, on a byte that is not one.
+    stream = open_stream()
+    first = _read_pickles(stream, judgement, where, 1)
+    if first and type(first[0]) is int and first[0] == _TORCH_MAGIC:  # torch's legacy format
+        _read_pickles(stream, judgement, where, 4)
+    if _JOBLIB_ARRAY in judgement.seen:
+        _judge_joblib(open_stream(), judgement, where)
 
 
 def _judge_npy(stream: Any, judgement: _Judgement, where: str) -> None:
@@ -650,7 +651,7 @@ def _judge_tar(fh: Any, judgement: _Judgement, where: str) -> None:
             else:
                 head = stream.read(64)
                 stream.seek(0)
-                if _looks_like_pickle_start(head):
+                if member.name in ("pickle", "sys_info") or _looks_like_pickle_start(head):
                     _read_pickles(stream, judgement, label, 1)
 
 
@@ -747,15 +748,15 @@ def judge_pickle_fd(fd: int, size: int, shown: str) -> SafetyFinding:
                     _read_pickles(stream, judgement, "", 1)
             finally:
                 stream.close()
-    else:
-        _judge_stream_readings(lambda: _FdStream(fd, size), head, judgement, "", 0)
-        with os.fdopen(os.dup(fd), "rb") as fh:  # a duplicate shares the offset: start from 0
+    # and as it is: "BZh" (bz2) is also a BINBYTES opcode pickle.load would run
+    _judge_stream_readings(lambda: _FdStream(fd, size), head, judgement, "", 0)
+    with os.fdopen(os.dup(fd), "rb") as fh:  # a duplicate shares the offset: start from 0
+        fh.seek(0)
+        _judge_zip(fh, judgement, "", 0)
+    if not head.startswith(ZIP_MAGIC):
+        with os.fdopen(os.dup(fd), "rb") as fh:
             fh.seek(0)
-            _judge_zip(fh, judgement, "", 0)
-        if not head.startswith(ZIP_MAGIC):
-            with os.fdopen(os.dup(fd), "rb") as fh:
-                fh.seek(0)
-                _judge_tar(fh, judgement, "")
+            _judge_tar(fh, judgement, "")
     return _verdict(judgement, shown)
 
 

@@ -550,3 +550,14 @@ def test_guard_refuses_a_model_holding_any_malicious_file(malicious, isolated_en
     assert message.startswith(f"{len(loaders)} unsafe file(s); not loaded:")
     for name in loaders:
         assert f"  {name}: pickle imports " in message, name
+
+
+def test_a_pickle_that_starts_like_a_compressed_stream_is_still_read_as_a_pickle(tmp_path):
+    """b"BZh" is bz2's magic and also BINBYTES: pickle.load runs what follows."""
+    length = int.from_bytes(b"Zh9\x00", "little")  # BINBYTES takes the 4 bytes after "B" as its length
+    body = b"BZh9\x00" + b"x" * length + b"0" + _call(_glob("os", "system"), _text("true")) + b"."
+    path = tmp_path / "looks-compressed.pkl"
+    path.write_bytes(body)
+    assert pickle.loads(body.replace(b"os\nsystem", b"builtins\nlen").replace(_text("true"), _text("xy"))) == 2
+    f = scan_file(path)
+    assert f.diagnosis == "dangerous_pickle" and f.dangerous_globals == ("os.system",), f
