@@ -261,3 +261,28 @@ def test_twelve_thousand_file_model_builds_and_verifies(tmp_path):
     failed = run_cli("verify", str(out), str(model), "--quiet", "--no-cache")
     assert failed.returncode == 1
     assert "shard-07/part-0500.txt" in failed.stdout
+
+
+def test_a_hundred_thousand_file_manifest_in_builds_shape_loads(tmp_path):
+    """A 100,000-file manifest, written in exactly the form build writes (its entry repeated
+    with other paths), loads and its files are all there (the fixed node limit refused it)."""
+    import time
+
+    from modelguard.manifest import dump_manifest, load_manifest
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "shard-000").mkdir()
+    (tmp_path / "one" / "shard-000" / "p0000.txt").write_bytes(b"0/0\n")
+    text = dump_manifest(build_manifest(tmp_path / "one", "org/big"))
+    head, entry = text.split("files:\n", 1)
+    assert entry.startswith("- path: shard-000/p0000.txt\n")
+    entries = "".join(entry.replace("shard-000/p0000.txt", f"shard-{i // 1000:03d}/p{i % 1000:04d}.txt")
+                      for i in range(100_000))
+    path = tmp_path / "big.yaml"
+    path.write_text(head + "files:\n" + entries)
+    started = time.perf_counter()
+    manifest = load_manifest(path)
+    elapsed = time.perf_counter() - started
+    assert len(manifest.files) == 100_000
+    assert manifest.files[-1].path == "shard-099/p0999.txt"
+    assert elapsed < 300, f"{elapsed:.0f} s"
