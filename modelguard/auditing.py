@@ -330,7 +330,7 @@ def check_bge_m3_heads(ctx: AuditContext) -> Iterator[Finding]:
         f"{', '.join(missing)} missing: FlagEmbedding then builds BOTH the sparse and the colbert head with random "
         "weights (logged only at INFO level), so sparse and colbert outputs change with the seed",
         source=", ".join(missing), value=missing,
-        remedy=(f"modelguard fetch {ctx.model}" + (f" --revision {ctx.revision}" if ctx.revision else "")
+        remedy=(f"modelguard fetch {_quote(ctx.model)}" + (f" --revision {_quote(ctx.revision)}" if ctx.revision else "")
                 if ctx.model else "copy the missing file(s) from the model's repository"),
     )
 
@@ -473,12 +473,12 @@ def locate_model(
     validate_model_id(text)
     snapshot = hfcache.snapshot_path(text, revision, cache_dir)
     if snapshot is None:
-        rev = f" --revision {revision}" if revision else ""
+        rev = f" --revision {_quote(revision)}" if revision else ""
         raise UsageError(
             f"{text}{' @ ' + revision if revision else ''} is not in the Hugging Face cache "
             f"({hfcache.hf_cache_dir(cache_dir)}) and is not a local directory",
             expected="a model directory, or a model id whose snapshot is in the cache",
-            remedy=f"download it first: modelguard fetch {text}{rev}, or pass the model directory",
+            remedy=f"download it first: modelguard fetch {_quote(text)}{rev}, or pass the model directory",
         )
     commit = hfcache.parse_snapshot_path(snapshot)
     return LocatedModel(snapshot, text, commit[1] if commit else revision, from_cache=True)
@@ -530,3 +530,10 @@ def audit(
         manifest_source=None if chosen is None else chosen.source, integrity=ctx.integrity,
         elapsed_s=time.perf_counter() - start,
     )
+
+
+def _quote(text: str) -> str:
+    """``text`` quoted for a POSIX shell, for the commands printed in remedies."""
+    from shlex import quote
+
+    return quote(text)

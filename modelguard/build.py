@@ -201,7 +201,7 @@ def build_manifest(
                 f"{root / p} links outside the model directory (to {target}); verify would refuse it",
                 path=root / p, expected="files inside the model directory",
                 actual=f"a link to {target}",
-                remedy=f"replace the link with the file it points to, or leave it out with --exclude '{p}'",
+                remedy=f"replace the link with the file it points to, or leave it out with --exclude {_quote(p)}",
             )
     rule_set = resolve_rules(rules, model, paths)
     algorithms = tuple(algorithms)
@@ -217,3 +217,10 @@ def build_manifest(
     used = {e.component for e in entries}
     components = {name: comp for name, comp in rule_set.components.items() if name in used}
     return Manifest(model=model, revision=revision, components=components, files=tuple(entries))
+
+
+def _quote(text: str) -> str:
+    """``text`` quoted for a POSIX shell, for the commands printed in remedies."""
+    from shlex import quote
+
+    return quote(str(text))

@@ -27,6 +27,8 @@ Configuration, by argument or environment (arguments win):
 A model in the Hugging Face cache with no manifest is checked against the Hub's listing
 saved at download (else its blobs' content addresses); the unknown-model policy applies
 only where no such source exists.
+- rehash, ``MODELGUARD_REHASH``: hash every file in full before each load, whatever the
+  verified-digest cache holds (for high-assurance loads; see :mod:`modelguard.statcache`).
 
 The only way to let a model keep randomly initialized weights is
 :func:`allow_random_init` (or ``MODELGUARD_ALLOW_RANDOM_INIT``), naming the
@@ -81,12 +83,12 @@ class UnsupportedLibraryWarning(GuardWarning):
 # --------------------------------------------------------------------------- configuration
 
 
-class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_files",
+class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_files rehash",
                         defaults=(None, None, (), None, None))):
     """The guard's settings (immutable). ``None`` fields are read from the environment at each check.
 
     ``on_failure``: refuse | repair | warn; ``unknown``: warn | refuse | allow;
-    ``manifest_dirs``: tuple of folders; ``offline``: bool; ``all_files``: bool.
+    ``manifest_dirs``: tuple of folders; ``offline``: bool; ``all_files``: bool; ``rehash``: bool.
     """
 
     __slots__ = ()
@@ -106,6 +108,12 @@ class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_
         if self.all_files is not None:
             return self.all_files
         return os.environ.get("MODELGUARD_ALL_FILES", "").strip().lower() in ("1", "true", "yes", "on")
+    def effective_rehash(self) -> bool:
+        if self.rehash is not None:
+            return self.rehash
+        from .statcache import rehash_by_env
+
+        return rehash_by_env()
 
 
 def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
@@ -174,6 +182,7 @@ def install(
     public_key: str | os.PathLike[str] | None = None,
     require_signature: bool | None = None,
     all_files: bool | None = None,
+    rehash: bool | None = None,
 ) -> None:
     """Guard every supported loader, now and when its library is imported later.
 
@@ -185,6 +194,8 @@ def install(
     ``require_signature`` ``$MODELGUARD_REQUIRE_SIGNATURE`` (see :mod:`modelguard.signing`).
     ``all_files``
     (``$MODELGUARD_ALL_FILES``) checks every file of a cache listing, not only what loaders read.
+    ``rehash=True`` (or ``MODELGUARD_REHASH=1``) hashes every file in full before each
+    load instead of trusting the verified-digest cache.
     """
     global _policy, _finder, _signing_settings
     if isinstance(policy, Policy):
@@ -196,6 +207,7 @@ def install(
             manifest_dirs=tuple(str(d) for d in manifest_dirs or ()),
             offline=offline,
             all_files=all_files,
+            rehash=None if rehash is None else bool(rehash),
         )
     with _lock:
         _signing_settings = (
@@ -210,13 +222,14 @@ def install(
                 if name in sys.modules:
                     _apply_hook(name)
         elif (policy is not None or manifest_dirs is not None or offline is not None or unknown is not None
-              or all_files is not None):
+              or all_files is not None or rehash is not None):
             _policy = Policy(
                 on_failure=new.on_failure or _policy.on_failure,
                 unknown=new.unknown or _policy.unknown,
                 manifest_dirs=new.manifest_dirs or _policy.manifest_dirs,
                 offline=new.offline if new.offline is not None else _policy.offline,
                 all_files=new.all_files if new.all_files is not None else _policy.all_files,
+                rehash=new.rehash if new.rehash is not None else _policy.rehash,
             )
 
 
@@ -732,19 +745,22 @@ def verified_scope() -> Iterator[None]:
 def _verify(manifest: Manifest, directory: Path, components: list[str] | None) -> Any:
     from .verify import verify
 
-    return verify(manifest, directory, components=components)
+    return verify(manifest, directory, components=components, rehash=_policy.effective_rehash())
 
 
 def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loader: str) -> None:
     if unknown == "allow":
         return
+    from shlex import quote
+
     from .registry import search_path
 
     target = resolved.model_id or os.fspath(name_or_path)
-    model = resolved.model_id or "ORG/NAME"
+    model = quote(resolved.model_id) if resolved.model_id else "ORG/NAME"
     where = resolved.directory or name_or_path
     remedy = (
-        f"write a manifest: `modelguard build {where} --model {model} -o {Path(os.fspath(where)) / LOCAL_MANIFEST_NAME}`"
+        f"write a manifest: `modelguard build {quote(os.fspath(where))} --model {model} "
+        f"-o {quote(str(Path(os.fspath(where)) / LOCAL_MANIFEST_NAME))}`"
         if resolved.directory is not None and resolved.how == "unknown" and Path(os.fspath(where)).is_dir()
         else f"write a manifest with `modelguard build DIR --model {model}` into one of: "
              + ", ".join(str(d) for d in search_path(list(_policy.manifest_dirs)))
@@ -756,7 +772,7 @@ def _unknown_model(name_or_path: Any, resolved: ResolvedModel, unknown: str, loa
     pinned = _manifest_for_another_revision(resolved)
     if pinned is not None:
         message += f"; the manifest for {resolved.model_id} pins revision {pinned}, not {resolved.revision}"
-        remedy = (f"load revision {pinned} (`modelguard fetch {resolved.model_id} --revision {pinned}`), "
+        remedy = (f"load revision {pinned} (`modelguard fetch {model} --revision {quote(pinned)}`), "
                   f"or add a manifest for {resolved.revision}; " + remedy)
     if unknown == "refuse":
         raise ManifestNotFoundError(
@@ -790,7 +806,10 @@ def _download(resolved: ResolvedModel, components: list[str] | None, policy: Pol
     """
     manifest = resolved.manifest
     assert manifest is not None and resolved.model_id is not None
-    fetch_cmd = f"modelguard fetch {manifest.model}" + (f" --revision {manifest.revision}" if manifest.revision else "")
+    from shlex import quote
+
+    fetch_cmd = (f"modelguard fetch {quote(manifest.model)}"
+                 + (f" --revision {quote(manifest.revision)}" if manifest.revision else ""))
     if policy.effective_offline():
         from .errors import OfflineError
 
@@ -824,9 +843,16 @@ def _repair(manifest: Manifest, directory: Path, components: list[str] | None, r
         raise ModelGuardError(
             "policy 'repair' needs modelguard.hub.repair_files, which this installation of modelguard lacks",
             expected="modelguard with Hub support", actual="no modelguard.hub.repair_files",
-            remedy=f"set {ENV_POLICY}=refuse and run `modelguard fetch {manifest.model}`, or upgrade modelguard",
+            remedy=f"set {ENV_POLICY}=refuse and run `modelguard fetch {_quote(manifest.model)}`, or upgrade modelguard",
         ) from None
     repair_files(manifest, directory, components=components)
+
+
+def _quote(text: str) -> str:
+    """``text`` quoted for a POSIX shell, for the commands printed in remedies."""
+    from shlex import quote
+
+    return quote(text)
 
 
 def _verification_error(
@@ -851,7 +877,8 @@ def _verification_error(
         lines.append("  (repair skipped: it needs a manifest; download the files again with the command below)")
     if resolved.how == "identified":
         hint = (f"if this directory is a different model (e.g. a fine-tune of {manifest.model}), save its own manifest: "
-                f"`modelguard build {report.directory} --model ORG/NAME -o {Path(report.directory) / LOCAL_MANIFEST_NAME}`")
+                f"`modelguard build {_quote(str(report.directory))} --model ORG/NAME "
+                f"-o {_quote(str(Path(report.directory) / LOCAL_MANIFEST_NAME))}`")
         remedy = f"{remedy}; {hint}" if remedy else hint
     elif on_failure == "refuse" and remedy and manifest.origin == "manifest":
         remedy += f"; or set {ENV_POLICY}=repair to re-download broken files while loading"

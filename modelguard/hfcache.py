@@ -96,11 +96,13 @@ def require_snapshot(
 
     snap = snapshot_path(model, revision, cache_dir)
     if snap is None:
-        rev = f" --revision {revision}" if revision else ""
+        from shlex import quote
+
+        rev = f" --revision {quote(revision)}" if revision else ""
         raise UsageError(
             f"{model}{' @ ' + revision[:12] if revision else ''} is not in the "
             f"Hugging Face cache ({hf_cache_dir(cache_dir)})",
             expected="a model directory, or the model's snapshot in the cache",
-            remedy=f"{how_to_pass}, or download it: modelguard fetch {model}{rev}",
+            remedy=f"{how_to_pass}, or download it: modelguard fetch {quote(model)}{rev}",
         )
     return snap

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from shlex import quote
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -203,8 +204,8 @@ def _resolve_manifest(model: str | Manifest, revision: str | None) -> Manifest:
         raise UsageError(
             f"the manifest of {manifest.model} pins revision {manifest.revision}, not {revision}",
             path=manifest.source, expected=manifest.revision, actual=revision,
-            remedy=f"drop --revision, or use a manifest built for {revision}: "
-                   f"modelguard build --from-hub {manifest.model} --revision {revision} -o FILE",
+            remedy=f"drop --revision, or use a manifest built for {quote(revision)}: "
+                   f"modelguard build --from-hub {quote(manifest.model)} --revision {quote(revision)} -o FILE",
         )
     if "/" not in manifest.model:
         raise UsageError(
@@ -230,14 +231,14 @@ def _wanted(manifest: Manifest, components: Iterable[str] | None) -> list[str] |
 def _fetch_command(manifest: Manifest, revision: str | None, local_dir: Any, *, given: Any = None,
                    cache_dir: Any = None) -> str:
     """The fetch command line that repeats this fetch (``given``: what the user named, id or file)."""
-    cmd = f"modelguard fetch {given if isinstance(given, str) else manifest.model}"
+    cmd = f"modelguard fetch {quote(given if isinstance(given, str) else manifest.model)}"
     rev = manifest.revision or revision
     if rev and not (isinstance(given, str) and given.endswith((".yaml", ".yml"))):
-        cmd += f" --revision {rev}"
+        cmd += f" --revision {quote(rev)}"
     if local_dir is not None:
-        cmd += f" --local-dir {local_dir}"
+        cmd += f" --local-dir {quote(os.fspath(local_dir))}"
     elif cache_dir is not None:
-        cmd += f" --cache-dir {cache_dir}"
+        cmd += f" --cache-dir {quote(os.fspath(cache_dir))}"
     return cmd
 
 
@@ -913,11 +914,11 @@ def format_scan(report: ScanReport) -> str:
         if not repo.ok and "/" in repo.repo_id and repo.repo_type == "model":
             bad = [rev.revision for rev in repo.revisions if rev.status == "corrupt"]
             for commit in bad:
-                lines.append(f"          fix: modelguard fetch {repo.repo_id} --revision {commit}"
+                saved = quote(repo.repo_id.replace('/', '--') + ".yaml")
+                lines.append(f"          fix: modelguard fetch {quote(repo.repo_id)} --revision {quote(commit)}"
                              if _has_manifest(repo.repo_id, commit) else
-                             f"          fix: modelguard build --from-hub {repo.repo_id} --revision {commit} "
-                             f"-o {repo.repo_id.replace('/', '--')}.yaml && modelguard fetch "
-                             f"{repo.repo_id.replace('/', '--')}.yaml")
+                             f"          fix: modelguard build --from-hub {quote(repo.repo_id)} --revision {quote(commit)} "
+                             f"-o {saved} && modelguard fetch {saved}")
     n_bad = sum(not r.ok for r in report.repos)
     lines.append(f"FAILED: corruption in {n_bad} of {len(report.repos)} repo(s)" if n_bad
                  else f"clean: {len(report.repos)} repo(s) checked")
@@ -948,7 +949,7 @@ def _model_info(model: str, revision: str) -> tuple[str, Any]:
     if is_offline():
         raise OfflineError(
             f"HF_HUB_OFFLINE is set; reading {model}'s metadata from the Hub needs the network",
-            remedy=f"unset HF_HUB_OFFLINE, or build from a local copy: modelguard build DIR --model {model}",
+            remedy=f"unset HF_HUB_OFFLINE, or build from a local copy: modelguard build DIR --model {quote(model)}",
         )
     api = HfApi(endpoint=endpoint)
     try:

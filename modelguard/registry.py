@@ -84,7 +84,7 @@ def require_manifest(
             f"no manifest known for {model}" + (f" at revision {revision}" if revision else ""),
             expected=f"a manifest file {model}.yaml in one of: " + ", ".join(str(d) for d in search_path(extra_dirs)),
             actual=f"known models: {known}",
-            remedy=f"write one with `modelguard build DIR --model {model} -o manifests/{model}.yaml` "
+            remedy=f"write one with `modelguard build DIR --model {_quote(model)} -o {_quote(f'manifests/{model}.yaml')}` "
                    f"and add its folder to ${ENV_PATH}, or pass the manifest file itself; or download the model "
                    "with huggingface_hub's snapshot_download (or `hf download`): its snapshot is then checked "
                    "against the Hub's listing saved with it",
@@ -130,3 +130,9 @@ def iter_manifests(extra_dirs: list[str | os.PathLike[str]] | None = None):
                 if key not in seen:
                     seen.add(key)
                     yield manifest
+
+
+def _quote(text: str) -> str:
+    from shlex import quote
+
+    return quote(text)

@@ -248,20 +248,57 @@ def _first_line(head: bytes) -> str:
 
 
 def _zero_region(fd: int, size: int) -> int | None:
-    """Offset where a trailing all-zero region starts, or None if the last byte is not zero."""
-    block = 1 << 20
-    end = size
-    start_of_zeros = size
+    """Offset where a trailing all-zero region starts, or None if the last byte is not zero.
+
+    At memory speed, not byte by byte: a trailing hole (sparse or preallocated file) is found
+    with ``SEEK_HOLE``/``SEEK_DATA`` and never read; the bytes before it are read backwards
+    in large blocks, each compared with a block of zeros (a memcmp), and only the one block
+    where the zeros end is searched for the last non-zero byte.
+    """
+    end = _trailing_hole(fd, size)
+    end = size if end is None else end
+    block = 8 << 20
+    zeros = bytes(min(block, size))
     while end > 0:
         start = max(0, end - block)
         data = os.pread(fd, end - start, start)
-        stripped = data.rstrip(b"\x00")
-        if stripped:
-            start_of_zeros = start + len(stripped)
-            break
-        start_of_zeros = start
-        end = start
-    return None if start_of_zeros == size else start_of_zeros
+        if len(data) != end - start:  # shrank while it was read: no diagnosis
+            return None
+        if data == (zeros if len(data) == len(zeros) else bytes(len(data))):
+            end = start
+            continue
+        step = 64 << 10  # the last non-zero byte: 64 KB pieces from the end, then one rstrip
+        piece_end = len(data)
+        while piece_end > 0:
+            piece_start = max(0, piece_end - step)
+            piece = data[piece_start:piece_end]
+            if piece.count(0) != len(piece):
+                end = start + piece_start + len(piece.rstrip(b"\x00"))
+                break
+            piece_end = piece_start
+        break
+    return None if end == size else end
+
+
+def _trailing_hole(fd: int, size: int) -> int | None:
+    """Where the file's last hole (read as zeros, never written) starts when it runs to the
+    end; None when the end is data, or the file system cannot tell."""
+    seek_hole, seek_data = getattr(os, "SEEK_HOLE", None), getattr(os, "SEEK_DATA", None)
+    if seek_hole is None or seek_data is None:
+        return None
+    try:
+        hole = os.lseek(fd, 0, seek_hole)
+        for _ in range(10_000):
+            if hole >= size:
+                return None
+            try:
+                data = os.lseek(fd, hole, seek_data)
+            except OSError:  # ENXIO: no data after this hole
+                return hole
+            hole = os.lseek(fd, data, seek_hole)
+    except OSError:
+        return None
+    return None
 
 
 def _containing_roots(directory: Path) -> list[Path]:
@@ -476,6 +513,8 @@ class _Checker:
                            actual={"exists": False})
 
     def _wrong_size(self, entry: FileEntry, fd: int, size: int) -> FileResult:
+        from shlex import quote
+
         head = os.pread(fd, SNIFF_BYTES, 0)
         actual: dict[str, Any] = {"size": size}
         pointer = parse_lfs_pointer(head)
@@ -499,14 +538,14 @@ class _Checker:
                     entry, "lfs_pointer",
                     f"is a Git LFS pointer stub ({size} bytes), not the file; {detail}",
                     actual=actual,
-                    remedy=f"cd {self.directory} && git lfs pull --include \"{entry.path}\"",
+                    remedy=f"cd {quote(str(self.directory))} && git lfs pull --include {quote(entry.path)}",
                 )
             return self.result(
                 entry, "lfs_pointer",
                 f"is a Git LFS pointer stub ({size} bytes) to a DIFFERENT file "
                 f"(oid {pointer['oid_sha256']}, size {pointer['size']}); the clone is at another revision",
                 actual=actual,
-                remedy=(f"check out revision {self.manifest.revision} and run `git lfs pull`"
+                remedy=(f"check out revision {quote(self.manifest.revision)} and run `git lfs pull`"
                         if self.manifest.revision else "check out the manifest's revision and run `git lfs pull`"),
             )
         page = sniff_error_page(head)
@@ -616,6 +655,8 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
     """The command that repairs a broken file of ``manifest`` in ``directory``."""
 
     def remedy(entry: FileEntry, diagnosis: str) -> str | None:
+        from shlex import quote
+
         if diagnosis in ("changed_while_reading",):
             return None
         if manifest.origin != "manifest":
@@ -624,11 +665,11 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
             return download_again(manifest, directory)
         if "/" not in manifest.model:
             return f"restore {entry.path} from the source the manifest was built from"
-        cmd = f"modelguard fetch {manifest.model}"
+        cmd = f"modelguard fetch {quote(manifest.model)}"
         if manifest.revision:
-            cmd += f" --revision {manifest.revision}"
+            cmd += f" --revision {quote(manifest.revision)}"
         if directory.parent.name != "snapshots":
-            cmd += f" --local-dir {directory}"
+            cmd += f" --local-dir {quote(str(directory))}"
         return cmd
 
     return remedy
@@ -701,6 +742,7 @@ def verify(
     strict_extra: bool = False,
     all_digests: bool = False,
     cache: Any = True,
+    rehash: bool | None = None,
     progress: Callable[[int], None] | None = None,
     max_workers: int | None = None,
 ) -> VerifyReport:
@@ -712,6 +754,8 @@ def verify(
     files that verified in the user's durable cache (:mod:`modelguard.statcache`) so an
     unchanged file later costs a stat; False re-hashes every file; a directory uses a cache
     there; or any object with ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
+    ``rehash=True`` (default: ``MODELGUARD_REHASH``) hashes every file in full whatever the
+    cache holds, and stores what verifies.
     Files are hashed in parallel threads (``max_workers``), largest first.
 
     ``manifest`` is a :class:`Manifest`, the path of a manifest file, or a model id with a
@@ -729,14 +773,16 @@ def verify(
     start = time.perf_counter()
     root = Path(directory)
     if not root.is_dir():
+        from shlex import quote
+
         from .errors import UsageError
 
         raise UsageError(
             f"model directory {root} does not exist" if not root.exists() else f"{root} is not a directory",
             path=root, expected="a directory holding the model's files",
-            remedy=(f"download the model first: modelguard fetch {manifest.model}"
-                    + (f" --revision {manifest.revision}" if manifest.revision else "")
-                    + f" --local-dir {root}") if "/" in manifest.model else None,
+            remedy=(f"download the model first: modelguard fetch {quote(manifest.model)}"
+                    + (f" --revision {quote(manifest.revision)}" if manifest.revision else "")
+                    + f" --local-dir {quote(str(root))}") if "/" in manifest.model else None,
         )
     entries = manifest.files
     if components is not None:
@@ -753,7 +799,7 @@ def verify(
     from .statcache import resolve_cache
 
     checker = _Checker(
-        manifest, root, all_digests=all_digests, cache=resolve_cache(cache),
+        manifest, root, all_digests=all_digests, cache=resolve_cache(cache, rehash=rehash),
         remedy=default_remedy(manifest, root), progress=progress,
     )
     # Every check that needs no read (missing, wrong type, cache hit) runs in this thread:

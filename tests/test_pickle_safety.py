@@ -78,10 +78,11 @@ def test_non_pickle_binaries_named_bin_are_not_refused(tmp_path):
     (tmp_path / "random.bin").write_bytes(bytes(range(256)) * 16)
     f = scan_file(tmp_path / "random.bin")
     assert f.diagnosis == "ok" and "no pickle imports" in f.message
-    # starts like a protocol-0 GLOBAL, then breaks: reported, not refused
+    # starts like a protocol-0 GLOBAL, then breaks: pickle.load imports foo.bar before it
+    # breaks, and foo.bar is not on the allowlist (default deny)
     (tmp_path / "odd.bin").write_bytes(b"cfoo\nbar\n\xff\xfe" + bytes(64))
     f = scan_file(tmp_path / "odd.bin")
-    assert f.safe and f.diagnosis == "suspicious_pickle" and "foo.bar" in f.message
+    assert not f.safe and f.diagnosis == "dangerous_pickle" and f.dangerous_globals == ("foo.bar",)
 
 
 def test_hand_written_protocol_0_pickle_is_refused(tmp_path):
@@ -96,14 +97,15 @@ def test_malicious_pickle_under_an_innocent_name_is_found_by_content(tmp_path, m
     assert f.diagnosis == "dangerous_pickle" and "posix.system" in f.dangerous_globals
 
 
-def test_whole_module_pickle_is_reported_but_not_refused(tmp_path):
+def test_whole_module_pickle_is_refused(tmp_path):
+    """A pickled nn.Module imports classes weights_only loading refuses: default deny."""
     import torch
 
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
     f = scan_file(tmp_path / "module.pt")
-    assert f.safe and f.diagnosis == "suspicious_pickle"
-    assert "torch.nn.modules.linear.Linear" in f.suspicious_globals
-    assert "weights_only=True" in f.message
+    assert not f.safe and f.diagnosis == "dangerous_pickle"
+    assert "torch.nn.modules.linear.Linear" in f.dangerous_globals
+    assert "(in module/data.pkl): not among the globals safe weight loading needs (default deny)" in f.message
 
 
 def test_lfs_stub_named_bin(tmp_path):
@@ -346,8 +348,8 @@ def test_torch_load_inside_a_guarded_loader_scans_and_forces_weights_only(tmp_pa
     with guarded.verified_scope():
         with pytest.raises(UnsafeFileError, match="posix.system"):
             torch.load(evil, weights_only=False)
-        with pytest.raises(Exception, match="Weights only load failed"):
-            torch.load(tmp_path / "module.pt", weights_only=False)  # forced to weights_only=True
+        with pytest.raises(UnsafeFileError, match="torch.nn.modules.linear.Linear"):
+            torch.load(tmp_path / "module.pt", weights_only=False)  # refused before torch reads it
         state = torch.load(write_torch_state_dict(tmp_path / "head.pt"), weights_only=False)
         assert set(state) == {"weight", "bias"}
     guarded.uninstall()
@@ -367,7 +369,7 @@ def test_audit_reports_unsafe_files_with_and_without_manifest(tmp_path, marker):
                                                                      ["posix.system"])]
     text = run_cli("audit", str(model), "--manifest", str(_build(model, tmp_path / "m.yaml")))
     assert text.returncode == 1
-    assert "FAIL  colbert_linear.pt: pickle imports dangerous callable(s) posix.system" in text.stdout
+    assert "FAIL  colbert_linear.pt: pickle imports posix.system: not among the globals safe weight loading" in text.stdout
     (model / "colbert_linear.pt").unlink()
     clean = run_cli("audit", str(model), "--json")
     doc = json.loads(clean.stdout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from shlex import quote
 import threading
 from pathlib import Path
 
@@ -34,10 +35,10 @@ def resolve_target(target: str, directory: str | None, revision: str | None = No
             raise UsageError(
                 f"{target} is a directory with no source of expectations: no manifest names it, and it is not a "
                 "Hugging Face cache snapshot or download folder with a saved listing",
-                expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + target,
+                expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + quote(target),
                 actual=target,
-                remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {target}, "
-                       f"or write one: modelguard build {target} --model ORG/NAME -o MANIFEST.yaml; "
+                remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {quote(target)}, "
+                       f"or write one: modelguard build {quote(target)} --model ORG/NAME -o MANIFEST.yaml; "
                        "or download the model with snapshot_download (or `hf download`) so the Hub's listing is saved",
             )
         return found, Path(directory) if directory is not None else Path(target)
@@ -56,7 +57,7 @@ def resolve_target(target: str, directory: str | None, revision: str | None = No
         return manifest, Path(directory)
     snap = hfcache.require_snapshot(
         manifest.model, manifest.revision or revision, cache_dir,
-        how_to_pass=f"pass the directory: modelguard verify {target} DIR",
+        how_to_pass=f"pass the directory: modelguard verify {quote(target)} DIR",
     )
     return manifest, snap
 

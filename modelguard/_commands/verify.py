@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also scan pickle-based weights for code and check safetensors headers (unsafe: exit 1)")
     p.add_argument("--no-cache", action="store_true",
                    help="re-hash every file; do not use or update the verified-digest cache")
+    p.add_argument("--rehash", action="store_true",
+                   help="hash every file in full even when the verified-digest cache holds it "
+                        "(catches in-place writes and bit rot the cache cannot see); still updates the cache")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--public-key", metavar="KEY.pem",
                    help="TARGET is an OpenSSF model signature: check it with this PEM public key "
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         report = verify(
             manifest, directory, components=components, strict_extra=args.strict,
             all_digests=args.all_digests, progress=progress, cache=not args.no_cache,
+            rehash=True if args.rehash else None,
         )
     finally:
         progress.close()

@@ -380,6 +380,8 @@ def _opt_out(components: list[str], *, present: bool = False) -> str:
 
 
 def _fetch_remedy(plan: _Plan, file: str) -> str:
+    from shlex import quote
+
     from ..verify import default_remedy
 
     manifest = plan.resolved.manifest
@@ -387,13 +389,13 @@ def _fetch_remedy(plan: _Plan, file: str) -> str:
         return default_remedy(manifest, plan.directory)(manifest.file(file), "missing") or ""
     model = plan.resolved.model_id
     if plan.resolved.how == "hf-cache-snapshot" and model:
-        return f"modelguard fetch {model} --revision {plan.resolved.revision}"
+        return f"modelguard fetch {quote(model)} --revision {quote(str(plan.resolved.revision))}"
     if plan.resolved.how == "hf-listing" and manifest is not None and manifest.lists_every_file:
         return (f"the Hub's listing of {manifest.model} at commit {manifest.revision} (saved at download) has no "
                 f"{file}: that commit does not publish it; load a repository or revision that does, or copy {file} "
-                f"from the model's source into {plan.directory}")
+                f"from the model's source into {quote(str(plan.directory))}")
     return (f"copy {file} from the model's source into {plan.directory} "
-            f"(for BAAI/bge-m3 itself: `modelguard fetch BAAI/bge-m3 --local-dir {plan.directory}`)")
+            f"(for BAAI/bge-m3 itself: `modelguard fetch BAAI/bge-m3 --local-dir {quote(str(plan.directory))}`)")
 
 
 def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[str, ...]) -> Exception:
