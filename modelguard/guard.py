@@ -84,7 +84,7 @@ class UnsupportedLibraryWarning(GuardWarning):
 
 
 class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_files rehash",
-                        defaults=(None, None, (), None, None))):
+                        defaults=(None, None, (), None, None, None))):
     """The guard's settings (immutable). ``None`` fields are read from the environment at each check.
 
     ``on_failure``: refuse | repair | warn; ``unknown``: warn | refuse | allow;
