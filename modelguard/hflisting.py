@@ -275,16 +275,20 @@ def remedy(manifest: Manifest, directory: Path) -> str:
     """The command that downloads a cache-described model's files again."""
     from .hfcache import hf_cache_dir, snapshot_root
 
-    rev = f" --revision {manifest.revision}" if manifest.revision else ""
+    from shlex import quote
+
+    rev = f" --revision {quote(manifest.revision)}" if manifest.revision else ""
     snap = snapshot_root(directory)
     if snap is not None:
         cache = snap.parent.parent.parent
-        where = "" if os.path.abspath(cache) == os.path.abspath(hf_cache_dir()) else f" --cache-dir {cache}"
-        return f"download it again: hf download {manifest.model}{rev}{where} --force-download"
-    return f"download it again: hf download ORG/NAME{rev} --local-dir {directory} --force-download"
+        where = "" if os.path.abspath(cache) == os.path.abspath(hf_cache_dir()) else f" --cache-dir {quote(str(cache))}"
+        return f"download it again: hf download {quote(manifest.model)}{rev}{where} --force-download"
+    return f"download it again: hf download ORG/NAME{rev} --local-dir {quote(str(directory))} --force-download"
 
 
 def describe_missing_source(target: str) -> str:
     """How to get a source of expectations for a model that has none."""
-    return (f"write a manifest (`modelguard build DIR --model {target}`), or download the model with "
+    from shlex import quote
+
+    return (f"write a manifest (`modelguard build DIR --model {quote(target)}`), or download the model with "
             "huggingface_hub's snapshot_download (or `hf download`) so the Hub's listing is saved with it")
