@@ -47,7 +47,8 @@ LINES: dict[str, tuple[list[str], list[str]]] = {
                          GUARD_SUITES),
     "fe1.2-tf4.44-st3": (["FlagEmbedding==1.2.11", "transformers==4.44.2", "tokenizers==0.19.1",
                           "sentence-transformers==3.0.1", "huggingface_hub==0.24.6", "accelerate==0.33.0",
-                          "peft==0.12.0", "datasets==2.21.0", "safetensors==0.4.4", "numpy==1.26.4"],
+                          "peft==0.12.0", "datasets==2.21.0", "safetensors==0.4.4", "numpy==1.26.4",
+                          "pyarrow==17.0.0", "pandas==2.2.2"],
                          ["tests/fe12"]),
 }
 SHOWN = ("FlagEmbedding", "transformers", "sentence-transformers", "huggingface_hub", "peft")
