@@ -39,6 +39,10 @@ GUARD_SUITES = [
 # installs today without our bounds gets.
 LINES: dict[str, tuple[list[str], list[str]]] = {
     "newest": (["FlagEmbedding", "transformers", "sentence-transformers", "peft"], GUARD_SUITES),
+    # transformers' and sentence-transformers' own guards on their newest releases, without the
+    # FlagEmbedding that cannot be imported beside them
+    "tf-newest-st-newest (no FlagEmbedding)": (["transformers", "sentence-transformers", "peft"],
+                                               [p for p in GUARD_SUITES if "flagembedding" not in p]),
     "fe1.4-tf5.23-st6 (locked)": (["FlagEmbedding==1.4.2", "transformers==5.23.0",
                                    "sentence-transformers==6.2.0"], GUARD_SUITES),
     "fe1.3-tf4.57-st5": (["FlagEmbedding==1.3.5", "transformers==4.57.6", "sentence-transformers==5.7.0"],
