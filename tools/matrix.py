@@ -96,9 +96,11 @@ def versions(python: Path) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
-def import_error(python: Path) -> str | None:
-    proc = subprocess.run([str(python), "-c", "import FlagEmbedding, sentence_transformers, transformers"],
-                          capture_output=True, text=True)
+def import_error(python: Path, pins: list[str]) -> str | None:
+    wanted = [module for dist, module in (("FlagEmbedding", "FlagEmbedding"), ("transformers", "transformers"),
+                                          ("sentence-transformers", "sentence_transformers"))
+              if any(re.split(r"[=<>]", pin)[0] == dist for pin in pins)]
+    proc = subprocess.run([str(python), "-c", "import " + ", ".join(wanted)], capture_output=True, text=True)
     if proc.returncode == 0:
         return None
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
@@ -144,7 +146,7 @@ def main() -> int:
             rows.append((name, {}, "install fails (see " + str(log.relative_to(REPO)) + ")"))
             continue
         found = versions(python)
-        broken = import_error(python)
+        broken = import_error(python, pins)
         print(f"== {name}: testing {' '.join(f'{k}=={v}' for k, v in found.items())}", flush=True)
         counts = test(python, paths, log, ROOT / f"{slug(name)}.xml")
         verdict = (f"{counts['passed']} passed, {counts['failed']} failed, {counts['errors']} errors, "
