@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import UsageError
+from .build import list_model_files
+from .engine import verify_directory
+from .resolve import locate
+from .safety import needs_scan, scan_paths
+from .version import __version__
 
 VARIES = "varies"
 FAILED = "failed"
@@ -61,16 +65,6 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {"section": self.section, "code": self.code, "severity": self.severity, "message": self.message,
                 "source": self.source, "value": self.value, "remedy": self.remedy}
-
-
-@dataclass(frozen=True)
-class LocatedModel:
-    """A model directory and, when known, its model id and revision."""
-
-    directory: Path
-    model: str | None = None
-    revision: str | None = None
-    from_cache: bool = False
 
 
 @dataclass
@@ -170,8 +164,6 @@ class AuditReport:
         return format_audit(self)
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
-
         return {
             "modelguard": __version__,
             "ok": self.ok,
@@ -419,13 +411,9 @@ def check_unsafe_files(ctx: AuditContext) -> Iterator[Finding]:
     (the manifest's files, or every such file in the directory when no manifest applies)."""
     if not ctx.verify_files:
         return
-    from .safety import needs_scan, scan_paths
-
     if ctx.manifest is not None:
         paths = [e.path for e in ctx.manifest.files if needs_scan(e.path)]
     else:
-        from .build import list_model_files
-
         paths = [p for p in list_model_files(ctx.directory) if needs_scan(p)]
     scanned = scan_paths(ctx.directory, paths)
     unsafe = [f for f in scanned if not f.safe]
@@ -445,45 +433,6 @@ def check_unsafe_files(ctx: AuditContext) -> Iterator[Finding]:
 # --------------------------------------------------------------------------- entry points
 
 
-def locate_model(
-    target: str | os.PathLike[str], *, revision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> LocatedModel:
-    """A local directory (a cache snapshot path names its model and revision), or a
-    model id whose snapshot is in the Hugging Face cache. Never downloads."""
-    from . import hfcache
-
-    path = Path(target)
-    if path.is_dir():
-        parsed = hfcache.parse_snapshot_path(path)
-        if parsed is not None:
-            return LocatedModel(path, parsed[0], parsed[1], from_cache=True)
-        return LocatedModel(path)
-    if path.exists():
-        raise UsageError(f"{path} is not a directory", path=path, expected="a model directory or a model id",
-                         remedy="pass the folder that holds config.json, not a file in it")
-    text = str(target)
-    looks_like_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and "\\" not in text
-    if not looks_like_id:
-        raise UsageError(f"model directory {text} does not exist", path=text,
-                         expected="a model directory, or a model id such as BAAI/bge-m3",
-                         remedy="check the path")
-    from .registry import validate_model_id
-
-    validate_model_id(text)
-    snapshot = hfcache.snapshot_path(text, revision, cache_dir)
-    if snapshot is None:
-        rev = f" --revision {revision}" if revision else ""
-        raise UsageError(
-            f"{text}{' @ ' + revision if revision else ''} is not in the Hugging Face cache "
-            f"({hfcache.hf_cache_dir(cache_dir)}) and is not a local directory",
-            expected="a model directory, or a model id whose snapshot is in the cache",
-            remedy=f"download it first: modelguard fetch {text}{rev}, or pass the model directory",
-        )
-    commit = hfcache.parse_snapshot_path(snapshot)
-    return LocatedModel(snapshot, text, commit[1] if commit else revision, from_cache=True)
-
-
 def audit(
     target: str | os.PathLike[str],
     *,
@@ -498,23 +447,14 @@ def audit(
     check; otherwise one is looked up (modelguard.registry) when the model id is
     known — from the argument, or from a Hugging Face cache snapshot path.
     """
-    from .manifest import Manifest, load_manifest
-    from .registry import find_manifest
-
     start = time.perf_counter()
-    located = locate_model(target, revision=revision, cache_dir=cache_dir)
-    chosen = None
-    if verify_files:
-        if manifest is not None:
-            chosen = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        elif located.model is not None:
-            chosen = find_manifest(located.model, located.revision)
-    ctx = AuditContext(directory=located.directory, model=located.model, revision=located.revision,
+    located = locate(target, revision=revision, cache_dir=cache_dir, manifest=manifest if verify_files else None,
+                     find=verify_files)
+    chosen = located.manifest
+    ctx = AuditContext(directory=located.directory, model=located.model_id, revision=located.revision,
                        manifest=chosen, verify_files=verify_files)
     if chosen is not None:
-        from .verify import verify
-
-        ctx.integrity = verify(chosen, located.directory)
+        ctx.integrity = verify_directory(chosen, located.directory)
     findings: list[Finding] = []
     for section, check in CHECKS:
         try:
@@ -525,7 +465,7 @@ def audit(
                 source=exc.name, remedy=f"download {exc.name} again; it is not valid JSON",
             ))
     return AuditReport(
-        target=str(target), directory=str(located.directory), model=located.model, revision=located.revision,
+        target=str(target), directory=str(located.directory), model=located.model_id, revision=located.revision,
         findings=tuple(findings), files_read=tuple(dict.fromkeys(ctx.files_read)),
         manifest_source=None if chosen is None else chosen.source, integrity=ctx.integrity,
         elapsed_s=time.perf_counter() - start,

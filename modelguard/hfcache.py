@@ -9,6 +9,8 @@ import os
 import re
 from pathlib import Path
 
+from .errors import UsageError
+
 _COMMIT = re.compile(r"\A[0-9a-f]{40}\Z")
 
 
@@ -85,8 +87,6 @@ def require_snapshot(
     how_to_pass: str = "pass the model directory",
 ) -> Path:
     """The snapshot of ``model`` at ``revision`` in the cache; a clear UsageError when it is not there."""
-    from .errors import UsageError
-
     snap = snapshot_path(model, revision, cache_dir)
     if snap is None:
         rev = f" --revision {revision}" if revision else ""

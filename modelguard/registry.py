@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ManifestNotFoundError, UsageError
+from .errors import ManifestError, ManifestNotFoundError, UsageError
 from .manifest import Manifest, load_manifest
 
 ENV_PATH = "MODELGUARD_MANIFEST_PATH"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+# A model directory's own manifest, and the user's file naming the model of local directories.
+LOCAL_MANIFEST_NAME = "modelguard.yaml"
+DIRECTORY_MAP_NAME = "directories.yaml"
 
 
 def shipped_manifest_dir() -> Path:
@@ -23,6 +26,11 @@ def shipped_manifest_dir() -> Path:
 def user_manifest_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "modelguard" / "manifests"
+
+
+def directory_map_file() -> Path:
+    """``$XDG_CONFIG_HOME/modelguard/directories.yaml``: ``/abs/dir: ORG/NAME[@REVISION]`` lines."""
+    return user_manifest_dir().parent / DIRECTORY_MAP_NAME
 
 
 def search_path(extra: list[str | os.PathLike[str]] | None = None) -> list[Path]:
@@ -43,6 +51,18 @@ def validate_model_id(model: str) -> str:
             f"'{model}' is not a model id", expected="ORG/NAME, e.g. BAAI/bge-m3", actual=model,
         )
     return model
+
+
+def looks_like_model_id(text: str, *, namespaced: bool = False) -> bool:
+    """Whether ``text`` can name a Hub model (``gpt2``, ``BAAI/bge-m3``) rather than a path;
+    ``namespaced``: only ``ORG/NAME`` counts. The one answer to "is this a model id?"."""
+    if text.startswith((".", "~", "/")) or (namespaced and text.count("/") != 1):
+        return False
+    try:
+        validate_model_id(text)
+    except UsageError:
+        return False
+    return True
 
 
 def candidate_files(model: str, revision: str | None, dirs: list[Path]) -> list[Path]:
@@ -68,7 +88,7 @@ def find_manifest(
             manifest = load_manifest(path)
             if manifest.model != model:
                 continue
-            if revision and manifest.revision and not _same_revision(manifest.revision, revision):
+            if revision and manifest.revision and not same_revision(manifest.revision, revision):
                 continue
             return manifest
     return None
@@ -90,7 +110,8 @@ def require_manifest(
     return manifest
 
 
-def _same_revision(a: str, b: str) -> bool:
+def same_revision(a: str, b: str) -> bool:
+    """Whether two revisions name the same commit (a short hash matches its full form)."""
     a, b = a.lower(), b.lower()
     if len(a) >= 7 and len(b) >= 7 and all(c in "0123456789abcdef" for c in a + b):
         return a.startswith(b) or b.startswith(a)
@@ -112,8 +133,6 @@ def known_models(extra_dirs: list[str | os.PathLike[str]] | None = None) -> list
 
 def iter_manifests(extra_dirs: list[str | os.PathLike[str]] | None = None):
     """Every manifest on the search path (unreadable ones skipped)."""
-    from .errors import ManifestError
-
     seen = set()
     for d in search_path(extra_dirs):
         if not d.is_dir():

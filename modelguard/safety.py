@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import UnsafeFileError
+from .fs import containing_roots, file_type_name, opened_path, within
+from .sniff import SAFETENSORS_MAX_HEADER, ZIP_MAGIC, sniff_format
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 SAFETENSORS_SUFFIX = ".safetensors"
-# safetensors refuses headers above 100 MB (HeaderTooLarge); so do we.
-SAFETENSORS_MAX_HEADER = 100_000_000
-LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
-ZIP_MAGIC = b"PK\x03\x04"
 
 # Bytes per element of each safetensors dtype; sub-byte types count in bits below.
 _DTYPE_BITS = {
@@ -102,26 +100,6 @@ def file_kind(path: str | os.PathLike[str], head: bytes = b"") -> str:
     return "other"
 
 
-def sniff_format(head: bytes) -> str:
-    """What the first bytes of a file look like: zip, pickle, lfs_pointer, html, empty, safetensors, unknown."""
-    if not head:
-        return "empty"
-    if head.startswith(LFS_PREFIX):
-        return "lfs_pointer"
-    if head.startswith(ZIP_MAGIC):
-        return "zip"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
-    stripped = head.lstrip().lower()
-    if stripped.startswith((b"<!doctype html", b"<html")):
-        return "html"
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 0 < n <= SAFETENSORS_MAX_HEADER and head[8:9] == b"{":
-            return "safetensors"
-    return "unknown"
-
-
 def _open_regular(path: Path) -> tuple[int, os.stat_result]:
     """Open ``path`` for reading if it is a regular file; never blocks on a FIFO or device."""
     st = os.stat(path)
@@ -141,12 +119,6 @@ class _NotRegular(OSError):
         self.mode = mode
 
 
-def _kind_name(mode: int) -> str:
-    from .verify import _file_kind
-
-    return _file_kind(mode)
-
-
 def scan_file(path: str | os.PathLike[str], *, name: str | None = None,
               roots: Iterable[Path] | None = None) -> SafetyFinding:
     """Check one file without loading it. ``name`` is how it is shown (default: the path);
@@ -156,14 +128,12 @@ def scan_file(path: str | os.PathLike[str], *, name: str | None = None,
     try:
         fd, st = _open_regular(p)
     except _NotRegular as exc:
-        return SafetyFinding(shown, file_kind(p), "not_a_file", f"is a {_kind_name(exc.mode)}, not a regular file; not opened")
+        return SafetyFinding(shown, file_kind(p), "not_a_file", f"is a {file_type_name(exc.mode)}, not a regular file; not opened")
     except OSError as exc:
         return SafetyFinding(shown, file_kind(p), "unreadable", f"cannot be read: {exc.strerror or exc}")
     if roots is not None:
-        from .verify import _within, opened_path
-
         real = opened_path(fd)
-        if real is not None and not _within(real, roots):
+        if real is not None and not within(real, roots):
             os.close(fd)
             return SafetyFinding(shown, file_kind(p), "symlink_escape",
                                  f"links outside the model directory (to {real}); not read")
@@ -381,10 +351,8 @@ def needs_scan(path: str) -> bool:
 
 def scan_paths(directory: str | os.PathLike[str], paths: Iterable[str]) -> tuple[SafetyFinding, ...]:
     """Scan the given relative paths of ``directory`` (paths that escape it are refused, not opened)."""
-    from .verify import _containing_roots, _within
-
     root = Path(directory)
-    roots = _containing_roots(root)
+    roots = containing_roots(root)
     out = []
     for rel in sorted(paths):
         full = root / rel
@@ -393,7 +361,7 @@ def scan_paths(directory: str | os.PathLike[str], paths: Iterable[str]) -> tuple
         except (OSError, RuntimeError) as exc:
             out.append(SafetyFinding(rel, file_kind(rel), "unreadable", f"cannot be resolved: {exc}"))
             continue
-        if not _within(resolved, roots):
+        if not within(resolved, roots):
             out.append(SafetyFinding(rel, file_kind(rel), "symlink_escape",
                                      f"links outside the model directory (to {resolved}); not opened"))
             continue

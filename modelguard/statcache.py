@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .errors import UsageError
+from .hashing import stat_key
+
 FORMAT_VERSION = 1
 RACY_WINDOW_NS = 2_000_000_000
 _DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40}
@@ -135,7 +138,7 @@ class StatCache:
             entry = json.loads(raw)
             if not isinstance(entry, dict) or entry.get("format") != FORMAT_VERSION:
                 return None
-            if entry.get("path") != real or entry.get("key") != list(_key(st)):
+            if entry.get("path") != real or entry.get("key") != list(stat_key(st)):
                 return None
             digests = entry.get("digests")
             if not isinstance(digests, dict):
@@ -163,7 +166,7 @@ class StatCache:
                 return
             real = self._key_path(path)
             now = os.stat(real)
-            if _key(now) != _key(st):
+            if stat_key(now) != stat_key(st):
                 return
             if not self._check_dir(create=True):
                 return
@@ -176,7 +179,7 @@ class StatCache:
             import tempfile
 
             document = {
-                "format": FORMAT_VERSION, "path": real, "key": list(_key(st)),
+                "format": FORMAT_VERSION, "path": real, "key": list(stat_key(st)),
                 "digests": dict(sorted(merged.items())), "stored_at_ns": time.time_ns(),
             }
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.entries)
@@ -201,7 +204,7 @@ class StatCache:
             with open(target, "rb") as f:
                 entry = json.loads(f.read(_MAX_ENTRY_BYTES))
             if (entry.get("format") == FORMAT_VERSION and entry.get("path") == real
-                    and entry.get("key") == list(_key(st))):
+                    and entry.get("key") == list(stat_key(st))):
                 return {a: v for a, v in entry["digests"].items() if _valid_digest(a, v)}
         except Exception:
             return None
@@ -224,34 +227,34 @@ class StatCache:
         return removed
 
 
-def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _valid_digest(algorithm: Any, value: Any) -> bool:
     length = _DIGEST_LENGTHS.get(algorithm)
     return length is not None and isinstance(value, str) and len(value) == length and _HEX.issuperset(value)
 
 
-def resolve_cache(cache: Any) -> Any:
-    """What ``verify(cache=...)`` accepts, as an object with ``lookup``/``store``, or None.
+def open_cache(cache: Any) -> Any:
+    """What ``verify(cache=...)`` accepts, as an object with ``lookup``/``store``.
 
     ``True`` (the default): the user's :class:`StatCache`, unless ``MODELGUARD_NO_CACHE`` is
-    set; ``False``/``None``: no cache; a path: a :class:`StatCache` rooted there; anything
-    else with ``lookup`` and ``store``: used as is.
+    set; ``False``/``None``: a :class:`NoCache`; a path: a :class:`StatCache` rooted there;
+    anything else with ``lookup`` and ``store`` (a NoCache too): used as is.
     """
     if cache is True:
-        return None if cache_disabled_by_env() else StatCache()
-    if cache is False or cache is None or isinstance(cache, NoCache):
-        return None
+        return NoCache() if cache_disabled_by_env() else StatCache()
+    if cache is False or cache is None:
+        return NoCache()
     if isinstance(cache, (str, os.PathLike)):
         return StatCache(cache)
     if callable(getattr(cache, "lookup", None)) and callable(getattr(cache, "store", None)):
         return cache
-    from .errors import UsageError
-
     raise UsageError(
         f"cache must be True, False, a directory or an object with lookup() and store(), not {type(cache).__name__}",
         expected="True | False | path | cache object", actual=repr(cache)[:100],
         remedy="pass cache=False to re-hash every file, or leave the default",
     )
+
+
+def resolve_cache(cache: Any) -> Any:
+    """Like :func:`open_cache`, but None where caching is off (the older form of the answer)."""
+    opened = open_cache(cache)
+    return None if isinstance(opened, NoCache) else opened

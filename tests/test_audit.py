@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from modelguard import auditing
 from modelguard.auditing import FAILED, NOTE, VARIES, Finding, audit, register_check
 from modelguard.errors import UsageError

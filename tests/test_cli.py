@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from modelguard import __version__
 from modelguard.build import build_manifest
 from modelguard.manifest import save_manifest

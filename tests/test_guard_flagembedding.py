@@ -33,12 +33,8 @@ FE_13_OR_LATER = FE_VERSION[:2] >= (1, 3)
 FALLBACK_LOG = "new initialize"  # FlagEmbedding's INFO line when it keeps random heads
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install()
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = pytest.mark.usefixtures("installed_guard")
 
 
 @pytest.fixture

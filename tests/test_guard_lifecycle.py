@@ -22,11 +22,8 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
 
 
-@pytest.fixture(autouse=True)
-def clean_guard():
-    guard.uninstall()
-    yield
-    guard.uninstall()
+# Every test starts and ends with the guard uninstalled (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(installed=False), pytest.mark.usefixtures("installed_guard")]
 
 
 def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers.cli import REPO
 
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "modelguard", "manifests")
 

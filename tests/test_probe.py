@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import modelguard
-from conftest import run_cli
+from helpers.cli import run_cli
 from modelguard.errors import UsageError
 from modelguard.probing import (CALL_RANDOM, DETERMINISTIC, LOAD_RANDOM, SEED_DEPENDENT, UNSEEDED,
                                 compare_outputs, probe_model)

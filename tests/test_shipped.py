@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers.cli import REPO
 from modelguard import registry
 from modelguard.manifest import load_manifest
-from modelguard.verify import format_report, verify
+from modelguard.verifying import format_report, verify
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 METADATA = REPO.parent / "shared" / "data" / "hub-metadata.yaml"

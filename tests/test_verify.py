@@ -20,7 +20,7 @@ import modelguard
 from modelguard.build import build_manifest
 from modelguard.errors import UsageError, VerificationError
 from modelguard.manifest import Manifest, dump_manifest, parse_manifest_text
-from modelguard.verify import format_report, verify
+from modelguard.verifying import format_report, verify
 
 ALL = ("md5", "sha256", "git_sha1")
 REVISION = "0123456789abcdef0123456789abcdef01234567"

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
+
+from ..build import build_manifest
+from ..errors import UsageError
+from ..hub import build_from_hub
+from ..manifest import dump_manifest, save_manifest
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +38,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..build import build_manifest
-    from ..errors import UsageError
-    from ..manifest import dump_manifest, save_manifest
-
     if getattr(args, "from_hub", None):
         return _run_from_hub(args)
     if not args.directory:
@@ -66,12 +66,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_from_hub(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..errors import UsageError
-    from ..hub import build_from_hub
-    from ..manifest import dump_manifest, save_manifest
-
     if args.directory:
         raise UsageError("pass either DIR or --from-hub MODEL, not both",
                          remedy=f"modelguard build --from-hub {args.from_hub} --revision REV [-o FILE]")
@@ -98,8 +92,6 @@ def _run_from_hub(args: argparse.Namespace) -> int:
 
 def _check_output_folder(out) -> None:
     """Refuse early (before hashing) an -o FILE whose folder cannot exist."""
-    from ..errors import UsageError
-
     if out is None:
         return
     if out.is_dir():

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ._common import Progress, resolve_target
+from ..engine import verify_directory
+from ..output import emit_json
+from ..report import format_report
+from ..resolve import resolve_verify_target
+from ..safety import format_findings, scan_manifest_files
+from ._common import Progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,15 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import emit_json
-    from ..verify import format_report, verify
-
-    manifest, directory = resolve_target(args.target, args.directory, args.revision, args.cache_dir)
+    resolution = resolve_verify_target(args.target, args.directory, revision=args.revision, cache_dir=args.cache_dir,
+                                       how_to_pass=f"pass the directory: modelguard verify {args.target} DIR")
+    manifest, directory = resolution.manifest, resolution.directory
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
     entries = manifest.files if components is None else manifest.files_of(*components)
     progress = Progress(sum(e.size for e in entries), f"verifying {manifest.model}")
     try:
-        report = verify(
+        report = verify_directory(
             manifest, directory, components=components, strict_extra=args.strict,
             all_digests=args.all_digests, progress=progress, cache=not args.no_cache,
         )
@@ -50,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     findings = None
     if getattr(args, "scan", False):
-        from ..safety import format_findings, scan_manifest_files
-
         findings = scan_manifest_files(manifest, directory, components)
     unsafe = [f for f in findings or () if not f.safe]
     if args.json:

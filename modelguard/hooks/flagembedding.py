@@ -33,6 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import guard
+from ..engine import default_remedy
+from ..errors import MissingHeadError, UsageError, VerificationError
+from ..fs import human_size
+from ..registry import looks_like_model_id
+from ..sniff import parse_lfs_pointer, sniff_error_page
 from . import Patches, version_tuple
 
 DISTRIBUTION = "FlagEmbedding"
@@ -81,8 +87,6 @@ def _wrap_embedder_init(original: Any) -> Any:
 
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         bound = signature.bind_partial(self, *args, **kwargs)
         name = bound.arguments.get("model_name_or_path")
         if name is None or _current.get() is not None:
@@ -117,8 +121,6 @@ def _wrap_get_model(original: Any) -> Any:
 
     @functools.wraps(func)
     def get_model(*args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         bound = signature.bind(*args, **kwargs)
         name = bound.arguments["model_name_or_path"]
         colbert_dim = bound.arguments.get("colbert_dim", -1)
@@ -140,8 +142,6 @@ def _wrap_load_model(original: Any) -> Any:
 
     @functools.wraps(original)
     def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         bound = signature.bind(self, *args, **kwargs)
         name = bound.arguments["model_name"]
         with guard.verified_scope():
@@ -191,15 +191,10 @@ class _Plan:
 
 def _prepare(name_or_path: Any, *, cache_dir: Any, colbert_dim: Any, loader: str) -> _Plan:
     """Verify the model's files and its two head files; raise before anything is built."""
-    from .. import guard
-    from ..errors import MissingHeadError, VerificationError
-
     name = os.fspath(name_or_path)
     allowed = tuple(c for c in HEAD_FILES if guard.random_init_allowed(component=c))
     components = [c for c in COMPONENTS if c not in allowed]
-    if not os.path.isdir(name) and not _is_model_id(name):
-        from ..errors import UsageError
-
+    if not os.path.isdir(name) and not looks_like_model_id(name, namespaced=True):
         raise UsageError(
             f"{loader}: model directory {name} does not exist" if not os.path.exists(name)
             else f"{loader}: {name} is not a directory",
@@ -242,31 +237,8 @@ def _prepare(name_or_path: Any, *, cache_dir: Any, colbert_dim: Any, loader: str
     if bad:
         raise _head_error(bad, plan, loader, allowed)
     plan.allowed_absent = tuple(absent_allowed)
-    _mark_verified(directory)
+    guard.mark_verified(directory)  # nested loaders (the backbone's from_pretrained) do not check again
     return plan
-
-
-def _mark_verified(directory: Path) -> None:
-    """Tell nested guarded loaders (transformers' from_pretrained of the backbone) that
-    this directory was checked for this load: its files are not hashed twice, and a head
-    absent with allow_random_init is not refused by a loader that never reads it."""
-    from .. import guard
-
-    scope = getattr(guard, "_verified", None)
-    done = scope.get() if scope is not None else None
-    if done is not None:
-        scope.set(done | {(os.path.realpath(directory), "*")})
-
-
-def _is_model_id(name: str) -> bool:
-    from ..errors import UsageError
-    from ..registry import validate_model_id
-
-    try:
-        validate_model_id(name)
-    except UsageError:
-        return False
-    return "/" in name and not name.startswith((".", "~", "/"))
 
 
 def _snapshot_download(repo_id: str, cache_dir: Any) -> str:
@@ -302,8 +274,6 @@ def _inspect_head(directory: Path, component: str, file: str, shapes: dict[str, 
                   tensors: Any) -> _HeadCheck:
     """Open one head file the way FlagEmbedding will, without building anything."""
     import stat
-
-    from ..verify import human_size, parse_lfs_pointer, sniff_error_page
 
     path = directory / file
     if tensors:
@@ -374,8 +344,6 @@ def _opt_out(components: list[str], *, present: bool = False) -> str:
 
 
 def _fetch_remedy(plan: _Plan, file: str) -> str:
-    from ..verify import default_remedy
-
     manifest = plan.resolved.manifest
     if manifest is not None and manifest.file(file) is not None:
         return default_remedy(manifest, plan.directory)(manifest.file(file), "missing") or ""
@@ -387,8 +355,6 @@ def _fetch_remedy(plan: _Plan, file: str) -> str:
 
 
 def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[str, ...]) -> Exception:
-    from ..errors import MissingHeadError
-
     model = plan.resolved.model_id or str(plan.directory)
     lines = [f"modelguard refused to load {model} ({loader}): "
              + "; ".join(f"the {c.component} head file {c.file} {c.message}" for c in bad)]
@@ -409,8 +375,6 @@ def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[
 
 def _error_from_report(exc: Any, failed_heads: list[str], loader: str, colbert_dim: Any) -> Exception:
     """A verification failure that touches a head, as a MissingHeadError naming it."""
-    from ..errors import MissingHeadError
-
     report = exc.report
     results = [r for r in report.failures if r.component in failed_heads]
     first = results[0]
@@ -444,8 +408,6 @@ def _error_from_report(exc: Any, failed_heads: list[str], loader: str, colbert_d
 def _finish(plan: _Plan, modules: dict[str, Any]) -> None:
     """Each head module holds exactly its file's tensors (loading any FlagEmbedding skipped)."""
     import torch
-
-    from ..errors import MissingHeadError
 
     for component, module in modules.items():
         check = plan.heads.get(component)

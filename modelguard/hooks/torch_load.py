@@ -2,7 +2,8 @@
 
 While a guarded loader (transformers, sentence-transformers, FlagEmbedding) builds a
 model, every ``torch.load`` of a file path first scans the file
-(:func:`modelguard.safety.scan_file`: a pickle importing dangerous callables is refused
+(:func:`modelguard.guard.scan_once`: a file the pre-load check already scanned in this load
+is not scanned again; a pickle importing dangerous callables is refused
 with :class:`~modelguard.errors.UnsafeFileError` before torch sees it) and then runs with
 ``weights_only=True``, torch's allowlisting unpickler, even where the caller passed
 ``weights_only=False`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set. ``torch.load``
@@ -15,6 +16,7 @@ import functools
 import os
 from typing import Any
 
+from .. import guard
 from . import Patches, version_tuple
 
 DISTRIBUTION = "torch"
@@ -38,14 +40,10 @@ def unpatch() -> None:
 def _wrap_load(original: Any) -> Any:
     @functools.wraps(original)
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         if not guard.in_loader_scope():
             return original(f, *args, **kwargs)
         if isinstance(f, (str, os.PathLike)):
-            from ..safety import scan_file
-
-            scan_file(f).raise_if_unsafe()
+            guard.scan_once(f).raise_if_unsafe()  # a file the pre-load check scanned is not scanned again
         kwargs["weights_only"] = True
         return original(f, *args, **kwargs)
 

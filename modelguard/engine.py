@@ -1,230 +1,30 @@
-"""Verify a model directory against a manifest, and explain every failure.
+"""The verify engine: check a model directory against a :class:`Manifest`, and explain
+every failure.
 
 Cheapest test first: exists -> regular file -> size -> content sniff -> digests.
-All digests a file needs come from one read of it.
+All digests a file needs come from one read of it; files whose bytes must be read are
+hashed in parallel (:func:`modelguard.hashing.run_parallel`). Which manifest and which
+directory apply is decided before, by :mod:`modelguard.resolve`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import VerificationError
-from .hashing import FileChangedError, hash_fd, usable_cpus
+from .errors import UsageError
+from .fs import access_detail, containing_roots, file_type_name, human_size, opened_path, walk_files, within
+from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
-
-SNIFF_BYTES = 1024
-LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
-# Directories and files that belong to tools, not to the model.
-IGNORED_NAMES = frozenset({".git", ".cache", "__pycache__", ".DS_Store", ".huggingface", ".locks"})
-# Lock files and partial downloads left by download tools.
-IGNORED_SUFFIXES = (".lock", ".incomplete")
-
-OK = "ok"
-FAILED = "failed"
-SKIPPED = "skipped"
+from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport
+from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
+from .statcache import open_cache
 
 
-@dataclass(frozen=True)
-class FileResult:
-    """The outcome for one manifest file.
-
-    ``status`` is ``ok``, ``failed`` or ``skipped`` (optional component absent);
-    ``diagnosis`` a stable code (``ok``, ``missing``, ``empty``, ``truncated``,
-    ``oversized``, ``lfs_pointer``, ``error_page``, ``zero_filled``,
-    ``digest_mismatch``, ``unreadable``, ``not_a_file``, ``symlink_escape``,
-    ``changed_while_reading``, ``optional_missing``).
-    """
-
-    path: str
-    component: str
-    required: bool
-    status: str
-    diagnosis: str
-    message: str
-    expected: Mapping[str, Any] = field(default_factory=dict)
-    actual: Mapping[str, Any] = field(default_factory=dict)
-    remedy: str | None = None
-    cached: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "component": self.component,
-            "required": self.required,
-            "status": self.status,
-            "diagnosis": self.diagnosis,
-            "message": self.message,
-            "expected": dict(self.expected),
-            "actual": dict(self.actual),
-            "remedy": self.remedy,
-            "cached": self.cached,
-        }
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """All file results of one verification, plus files the manifest does not list."""
-
-    model: str
-    revision: str | None
-    directory: str
-    manifest_source: str | None
-    files: tuple[FileResult, ...]
-    extra_files: tuple[str, ...] = ()
-    strict_extra: bool = False
-    elapsed_s: float = 0.0
-
-    @property
-    def failures(self) -> tuple[FileResult, ...]:
-        return tuple(r for r in self.files if r.status == FAILED)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not (self.strict_extra and self.extra_files)
-
-    @property
-    def failed_components(self) -> tuple[str, ...]:
-        return tuple(sorted({r.component for r in self.failures}))
-
-    @property
-    def missing_optional_components(self) -> tuple[str, ...]:
-        return tuple(sorted({r.component for r in self.files if r.status == SKIPPED}))
-
-    def result(self, path: str) -> FileResult | None:
-        for r in self.files:
-            if r.path == path:
-                return r
-        return None
-
-    def summary(self) -> str:
-        n_ok = sum(r.status == OK for r in self.files)
-        n_skipped = sum(r.status == SKIPPED for r in self.files)
-        if self.ok:
-            text = f"verified: {n_ok} file(s) of {self.model} match the manifest"
-            if n_skipped:
-                text += f"; optional component(s) not present: {', '.join(self.missing_optional_components)}"
-            return text
-        parts = []
-        if self.failures:
-            parts.append(
-                f"{len(self.failures)} of {len(self.files)} file(s) failed"
-                f" (component(s): {', '.join(self.failed_components)})"
-            )
-        if self.strict_extra and self.extra_files:
-            parts.append(f"{len(self.extra_files)} file(s) not in the manifest")
-        return f"FAILED: {self.model}: " + "; ".join(parts)
-
-    def raise_for_errors(self) -> None:
-        """Raise :class:`VerificationError` describing every failure, if any."""
-        if self.ok:
-            return
-        lines = [self.summary()]
-        for r in self.failures:
-            lines.append(f"  {r.path} [{r.component}]: {r.message}")
-        for path in self.extra_files if self.strict_extra else ():
-            lines.append(f"  {path}: not listed in the manifest")
-        remedies = list(dict.fromkeys(r.remedy for r in self.failures if r.remedy))
-        raise VerificationError(
-            "\n".join(lines),
-            report=self,
-            path=self.directory,
-            remedy="; ".join(remedies) if remedies else None,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        from . import __version__
-
-        return {
-            "modelguard": __version__,
-            "ok": self.ok,
-            "model": self.model,
-            "revision": self.revision,
-            "directory": self.directory,
-            "manifest": self.manifest_source,
-            "summary": {
-                "files": len(self.files),
-                "ok": sum(r.status == OK for r in self.files),
-                "failed": len(self.failures),
-                "skipped": sum(r.status == SKIPPED for r in self.files),
-                "extra": len(self.extra_files),
-            },
-            "failed_components": list(self.failed_components),
-            "missing_optional_components": list(self.missing_optional_components),
-            "files": [r.to_dict() for r in self.files],
-            "extra_files": list(self.extra_files),
-            "strict_extra": self.strict_extra,
-            "elapsed_s": round(self.elapsed_s, 4),
-        }
-
-
-# --------------------------------------------------------------------------- diagnosis helpers
-
-
-def human_size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{n} B" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1000
-    return f"{n} B"
-
-
-def parse_lfs_pointer(head: bytes) -> dict[str, Any] | None:
-    """The oid/size of a Git LFS pointer file's text, or None if it is not one."""
-    if not head.startswith(LFS_PREFIX):
-        return None
-    text = head.decode("utf-8", "replace")
-    oid = re.search(r"^oid sha256:([0-9a-f]{64})\s*$", text, re.M)
-    size = re.search(r"^size (\d+)\s*$", text, re.M)
-    return {"oid_sha256": oid.group(1) if oid else None, "size": int(size.group(1)) if size else None}
-
-
-def sniff_error_page(head: bytes) -> str | None:
-    """'HTML'/'JSON'/'XML' when ``head`` looks like a saved web error page."""
-    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
-        return "HTML"
-    if stripped.startswith(b"<?xml") and b"<error" in stripped:
-        return "XML"
-    if stripped.startswith(b"{") and re.search(rb'"(error|errors|message|detail)"\s*:', stripped[:512]):
-        # A server's error body is a small object such as {"error": "Repository not found"};
-        # a config that merely has an "errors" key (GPT-2's tokenizer_config.json) is not one.
-        import json
-
-        try:
-            body = json.loads(head.decode("utf-8"))
-        except ValueError:
-            return None
-        keys = {k.lower() for k in body} if isinstance(body, dict) else set()
-        if keys & {"error", "errors", "message", "detail"} and len(keys) <= 4:
-            return "JSON"
-    return None
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1] in "AEFHILMNORSX" else "a"
-
-
-def _first_line(head: bytes) -> str:
-    text = head.decode("utf-8", "replace").strip()
-    if "<title>" in text.lower():
-        m = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
-        if m:
-            return m.group(1).strip()[:100]
-    return text.splitlines()[0][:100] if text else ""
-
-
-def _zero_region(fd: int, size: int) -> int | None:
+def zero_region(fd: int, size: int) -> int | None:
     """Offset where a trailing all-zero region starts, or None if the last byte is not zero."""
     block = 1 << 20
     end = size
@@ -240,33 +40,6 @@ def _zero_region(fd: int, size: int) -> int | None:
         end = start
     return None if start_of_zeros == size else start_of_zeros
 
-
-def _containing_roots(directory: Path) -> list[Path]:
-    """Directories a file may resolve into: the model dir, and for a HF cache
-    snapshot, that repo's own blobs folder."""
-    roots = [directory.resolve()]
-    if directory.parent.name == "snapshots":
-        roots.append((directory.parent.parent / "blobs").resolve())
-    return roots
-
-
-def _within(path: Path, roots: Iterable[Path]) -> bool:
-    # On strings: ``root in path.parents`` builds a Path per level, and this runs twice per file.
-    text = os.fspath(path)
-    for root in roots:
-        prefix = os.fspath(root)
-        if text == prefix or text.startswith(prefix.rstrip(os.sep) + os.sep):
-            return True
-    return False
-
-
-def opened_path(fd: int) -> Path | None:
-    """The real path of the open file ``fd`` (Linux /proc), or None where it cannot be told."""
-    try:
-        target = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
-    return Path(target) if target.startswith("/") and not target.endswith(" (deleted)") else None
 
 
 # --------------------------------------------------------------------------- engine
@@ -285,10 +58,10 @@ class _Checker:
     ) -> None:
         self.manifest = manifest
         self.directory = directory
-        self.roots = _containing_roots(directory)
+        self.roots = containing_roots(directory)
         self._root_text = os.fspath(self.roots[0]).rstrip(os.sep)
         self.all_digests = all_digests
-        self.cache = cache
+        self.cache = open_cache(cache)
         self.remedy = remedy
         self.progress = progress
 
@@ -333,7 +106,7 @@ class _Checker:
             resolved = path.resolve(strict=False)
         except (OSError, RuntimeError) as exc:
             return self.result(entry, "unreadable", f"path cannot be resolved: {exc}")
-        if not _within(resolved, self.roots):
+        if not within(resolved, self.roots):
             return self.result(
                 entry, "symlink_escape",
                 f"links outside the model directory (to {resolved}); not followed",
@@ -353,7 +126,7 @@ class _Checker:
         except OSError as exc:
             return self.result(entry, "unreadable", f"cannot stat: {exc.strerror}")
         if not stat.S_ISREG(st.st_mode):
-            kind = _file_kind(st.st_mode)
+            kind = file_type_name(st.st_mode)
             return self.result(
                 entry, "not_a_file", f"is a {kind}, not a regular file; not opened",
                 actual={"type": kind}, remedy=f"replace {path} with the real file",
@@ -380,7 +153,7 @@ class _Checker:
 
     def _cached_or_read(self, entry: FileEntry, path: Path, resolved: Path, st: os.stat_result,
                         use_cache: bool) -> FileResult | tuple[Path, Path]:
-        if self.cache is not None and use_cache and st.st_size == entry.size:
+        if use_cache and st.st_size == entry.size:
             hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
             if hit is not None:
                 cached = self._compare(entry, st.st_size, hit, None, cached=True)
@@ -394,14 +167,14 @@ class _Checker:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
         except PermissionError:
-            return self.result(entry, "unreadable", "permission denied: this user cannot read it" + _access_detail(path),
+            return self.result(entry, "unreadable", "permission denied: this user cannot read it" + access_detail(path),
                                remedy=f"make {path} readable by this user (chmod/chown), then verify again")
         except OSError as exc:
             return self.result(entry, "unreadable", f"cannot open: {exc.strerror}")
         try:
             # A link swapped between locate() and open() must not take the read outside.
             real = opened_path(fd)
-            if real is not None and not _within(real, self.roots):
+            if real is not None and not within(real, self.roots):
                 return self.result(
                     entry, "symlink_escape",
                     f"links outside the model directory (to {real}, swapped while verifying); not read",
@@ -410,7 +183,7 @@ class _Checker:
                 )
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                kind = _file_kind(st.st_mode)
+                kind = file_type_name(st.st_mode)
                 return self.result(entry, "not_a_file", f"is a {kind}, not a regular file", actual={"type": kind})
             if st.st_size != entry.size:
                 return self._wrong_size(entry, fd, st.st_size)
@@ -421,8 +194,6 @@ class _Checker:
                                    remedy="wait until whatever is writing the file has finished, then verify again")
             except OSError as exc:
                 return self.result(entry, "unreadable", f"read error: {exc.strerror or exc}")
-            from .hashing import stat_key
-
             try:  # the path must still name the file that was read (not renamed over or removed)
                 now = stat_key(os.stat(path))
             except OSError:
@@ -432,7 +203,7 @@ class _Checker:
                                    "replaced or removed while it was read; not verified",
                                    remedy="wait until whatever is writing the file has finished, then verify again")
             result = self._compare(entry, st.st_size, digests, fd)
-            if result.ok and self.cache is not None:
+            if result.ok:
                 self.cache.store(resolved, st, digests)
             return result
         finally:
@@ -484,8 +255,8 @@ class _Checker:
             actual["content"] = f"{page} error page"
             return self.result(
                 entry, "error_page",
-                f"is {_article(page)} {page} error page saved in place of the file ({size} bytes, expected "
-                f"{entry.size}; starts: {_first_line(head)!r}): the download saved the server's error response",
+                f"is {article(page)} {page} error page saved in place of the file ({size} bytes, expected "
+                f"{entry.size}; starts: {first_line(head)!r}): the download saved the server's error response",
                 actual=actual,
             )
         if size == 0:
@@ -515,7 +286,7 @@ class _Checker:
                                status=OK, actual=actual, cached=cached)
         detail = "; ".join(f"{a}: expected {entry.digests[a]}, got {v}" for a, v in mismatched.items())
         if fd is not None and size > 0:
-            zero_from = _zero_region(fd, size)
+            zero_from = zero_region(fd, size)
             if zero_from == 0:
                 actual["content"] = "all zero bytes"
                 return self.result(entry, "zero_filled",
@@ -534,33 +305,13 @@ class _Checker:
             if page is not None and not (page == "JSON" and entry.path.endswith(".json")):
                 actual["content"] = f"{page} error page"
                 return self.result(entry, "error_page",
-                                   f"is {_article(page)} {page} error page saved in place of the file "
-                                   f"(starts: {_first_line(head)!r}); {detail}", actual=actual)
+                                   f"is {article(page)} {page} error page saved in place of the file "
+                                   f"(starts: {first_line(head)!r}); {detail}", actual=actual)
         return self.result(
             entry, "digest_mismatch",
             f"right size, wrong content: {detail}", actual=actual,
         )
 
-
-def _access_detail(path: Path) -> str:
-    """`` (mode -rw-------, owner uid 1000; this process runs as uid 1001)``, or '' if unknown."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ""
-    return f" (mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid}; this process runs as uid {os.geteuid()})"
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISFIFO(mode):
-        return "FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device file"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "special file"
 
 
 def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, str], str | None]:
@@ -583,44 +334,15 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
 
 def list_extra_files(manifest: Manifest, directory: Path) -> tuple[str, ...]:
     """Files under ``directory`` the manifest does not list (tool folders skipped)."""
-    listed = {entry.path for entry in manifest.files}
-    extra: list[str] = []
     if not directory.is_dir():
         return ()
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
-        rel_root = os.path.relpath(root, directory)
-        for name in files:
-            if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
-                continue
-            rel = name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
-            if rel not in listed:
-                extra.append(rel)
-    return tuple(sorted(extra))
+    listed = {entry.path for entry in manifest.files}
+    return tuple(rel for rel in walk_files(directory) if rel not in listed)
 
 
-def _resolve_manifest(manifest: str | os.PathLike[str]) -> Manifest:
-    """A manifest file, or (a str that names no file and no .yaml) a model id with a known manifest."""
-    from .manifest import load_manifest
-
-    text = os.fspath(manifest)
-    if isinstance(manifest, str) and not text.endswith((".yaml", ".yml")) and not os.path.exists(text):
-        from .registry import require_manifest
-
-        return require_manifest(text)
-    return load_manifest(manifest)
-
-
-def _cache_snapshot(manifest: Manifest) -> Path:
-    """The model's snapshot in the Hugging Face cache at the manifest's revision."""
-    from .hfcache import require_snapshot
-
-    return require_snapshot(manifest.model, manifest.revision)
-
-
-def verify(
-    manifest: Manifest | str | os.PathLike[str],
-    directory: str | os.PathLike[str] | None = None,
+def verify_directory(
+    manifest: Manifest,
+    directory: str | os.PathLike[str],
     *,
     components: Iterable[str] | None = None,
     strict_extra: bool = False,
@@ -638,20 +360,10 @@ def verify(
     unchanged file later costs a stat; False re-hashes every file; a directory uses a cache
     there; or any object with ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
     Files are hashed in parallel threads (``max_workers``), largest first.
-
-    ``manifest`` is a :class:`Manifest`, the path of a manifest file, or a model id with a
-    known manifest (``"BAAI/bge-m3"``, see :mod:`modelguard.registry`). Without
-    ``directory``, the model's snapshot in the Hugging Face cache is checked.
     """
-    if not isinstance(manifest, Manifest):
-        manifest = _resolve_manifest(manifest)
-    if directory is None:
-        directory = _cache_snapshot(manifest)
     start = time.perf_counter()
     root = Path(directory)
     if not root.is_dir():
-        from .errors import UsageError
-
         raise UsageError(
             f"model directory {root} does not exist" if not root.exists() else f"{root} is not a directory",
             path=root, expected="a directory holding the model's files",
@@ -664,65 +376,33 @@ def verify(
         wanted = set(components)
         unknown = wanted - set(manifest.components)
         if unknown:
-            from .errors import UsageError
-
             raise UsageError(
                 f"unknown component(s) {', '.join(sorted(unknown))} for {manifest.model}",
                 expected="one of: " + ", ".join(manifest.components), actual=", ".join(sorted(unknown)),
             )
         entries = tuple(e for e in entries if e.component in wanted)
-    from .statcache import resolve_cache
-
     checker = _Checker(
-        manifest, root, all_digests=all_digests, cache=resolve_cache(cache),
+        manifest, root, all_digests=all_digests, cache=open_cache(cache),
         remedy=default_remedy(manifest, root), progress=progress,
     )
     # Every check that needs no read (missing, wrong type, cache hit) runs in this thread:
     # an unchanged model costs a stat per file and starts no thread. A file whose bytes
-    # must be read is queued at once to reader threads (hashlib releases the GIL), so these
-    # checks overlap the hashing; largest files first so the readers do not end on one big
-    # file. Plain threads and a queue, not an executor: a future per file costs GIL time.
+    # must be read goes at once to the reader threads (hashlib releases the GIL), so these
+    # checks overlap the hashing; largest files first so the readers do not end on one big file.
     results: dict[str, FileResult] = {}
-    workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
-    work = None
-    readers: list = []
-    errors: list[BaseException] = []
 
-    def read_queued() -> None:
-        while True:
-            item = work.get()
-            if item is None:
-                return
-            try:
-                results[item[0].path] = checker.read_and_compare(*item)
-            except BaseException as exc:  # raised in the caller's thread below
-                errors.append(exc)
-
-    try:
+    def to_read() -> Iterable[tuple[FileEntry, Path, Path]]:
         for e in sorted(entries, key=lambda e: -e.size):
             located = checker.locate(e)
             if isinstance(located, FileResult):
                 results[e.path] = located
-            elif workers == 1:
-                results[e.path] = checker.read_and_compare(e, *located)
             else:
-                if work is None:
-                    import queue as queue_module
-                    import threading
+                yield (e, *located)
 
-                    work = queue_module.SimpleQueue()
-                    readers = [threading.Thread(target=read_queued, name="modelguard-verify", daemon=True)
-                               for _ in range(workers)]
-                    for t in readers:
-                        t.start()
-                work.put((e, *located))
-    finally:
-        for _ in readers:
-            work.put(None)
-        for t in readers:
-            t.join()
-    if errors:
-        raise errors[0]
+    workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
+    for result in run_parallel(to_read(), lambda item: checker.read_and_compare(*item), workers=workers,
+                               thread_name="modelguard-verify"):
+        results[result.path] = result
     ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
     extra = list_extra_files(manifest, root) if components is None else ()
     return VerifyReport(
@@ -730,38 +410,3 @@ def verify(
         manifest_source=manifest.source, files=ordered, extra_files=extra,
         strict_extra=strict_extra, elapsed_s=time.perf_counter() - start,
     )
-
-
-def format_report(report: VerifyReport, *, quiet: bool = False) -> str:
-    """Human-readable report: one line per file, details under failures, a summary."""
-    lines: list[str] = []
-    if not quiet:
-        rev = f" @ {report.revision[:12]}" if report.revision else ""
-        lines.append(f"{report.model}{rev}  in {report.directory}")
-        width = max((len(r.path) for r in report.files), default=10)
-        cwidth = max((len(r.component) for r in report.files), default=6)
-        for r in report.files:
-            tag = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip"}[r.status]
-            lines.append(f"  {tag}  {r.component:<{cwidth}}  {r.path:<{width}}  {r.message}")
-            if r.status == FAILED:
-                exp = ", ".join(f"{k} {v}" for k, v in r.expected.items())
-                act = ", ".join(f"{k} {v}" for k, v in r.actual.items())
-                if exp:
-                    lines.append(f"        expected: {exp}")
-                if act:
-                    lines.append(f"        actual:   {act}")
-                if r.remedy:
-                    lines.append(f"        fix:      {r.remedy}")
-        if report.extra_files:
-            label = "FAIL" if report.strict_extra else "note"
-            unchecked = "" if report.strict_extra else " (not checked)"
-            lines.append(f"  {label}  {len(report.extra_files)} file(s) not in the manifest{unchecked}: "
-                         + ", ".join(report.extra_files[:20])
-                         + (" ..." if len(report.extra_files) > 20 else ""))
-    elif not report.ok:
-        for r in report.failures:
-            lines.append(f"FAIL {r.path} [{r.component}]: {r.message}")
-            if r.remedy:
-                lines.append(f"     fix: {r.remedy}")
-    lines.append(report.summary())
-    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""The guard's settings: the failure policy, the unknown-model policy, extra manifest folders,
+offline, and folders the program declared to hold a known model. Also the warning classes
+users filter. Cheap to import (``import modelguard.auto`` loads it at program start).
+
+Configuration, by argument or environment (arguments win):
+
+- policy, ``MODELGUARD_POLICY``: what to do when files fail verification:
+  ``refuse`` (default, raise :class:`~modelguard.errors.VerificationError`),
+  ``repair`` (re-download through :func:`modelguard.hub.repair_files`, then verify
+  again), ``warn`` (warn and load anyway);
+- unknown, ``MODELGUARD_UNKNOWN``: a model with no manifest: ``warn`` (default),
+  ``refuse`` or ``allow``. Random initialization is refused either way;
+- manifest_dirs, ``MODELGUARD_MANIFEST_PATH``: extra manifest folders;
+- offline, ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``: never download.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import namedtuple
+
+from .env import is_offline
+from .errors import UsageError
+
+POLICIES = ("refuse", "repair", "warn")
+UNKNOWN_POLICIES = ("warn", "refuse", "allow")
+ENV_POLICY = "MODELGUARD_POLICY"
+ENV_UNKNOWN = "MODELGUARD_UNKNOWN"
+ENV_ALLOW_RANDOM_INIT = "MODELGUARD_ALLOW_RANDOM_INIT"
+
+
+class GuardWarning(UserWarning):
+    """The guard let something through that deserves attention (policy warn, unknown model)."""
+
+
+class UnknownModelWarning(GuardWarning):
+    """A model was loaded that no manifest describes, so its files were not verified."""
+
+
+class UnsupportedLibraryWarning(GuardWarning):
+    """An installed library version is outside what a hook supports; it was not patched."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline", defaults=(None, None, (), None))):
+    """The guard's settings (immutable). ``None`` fields are read from the environment at each check.
+
+    ``on_failure``: refuse | repair | warn; ``unknown``: warn | refuse | allow;
+    ``manifest_dirs``: tuple of folders; ``offline``: bool.
+    """
+
+    __slots__ = ()
+
+    def effective_on_failure(self) -> str:
+        return self.on_failure or env_choice(ENV_POLICY, POLICIES, "refuse")
+
+    def effective_unknown(self) -> str:
+        return self.unknown or env_choice(ENV_UNKNOWN, UNKNOWN_POLICIES, "warn")
+
+    def effective_offline(self) -> bool:
+        if self.offline is not None:
+            return self.offline
+        return is_offline()
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise UsageError(
+            f"${name}={raw!r} is not a valid setting",
+            expected="one of: " + ", ".join(choices), actual=raw,
+            remedy=f"export {name}={default}  (or unset it for the default, {default})",
+        )
+    return value
+
+
+def check_choice(what: str, value: str | None, choices: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise UsageError(f"{what} {value!r} is not valid", expected="one of: " + ", ".join(choices), actual=repr(value))
+    return value.lower()
+
+
+_lock = threading.RLock()
+_policy = Policy()
+# Folders the program declared (map_directory): realpath -> (model id, revision).
+directory_map: dict[str, tuple[str, str | None]] = {}
+
+
+def current_policy() -> Policy:
+    return _policy
+
+
+def set_policy(policy: Policy) -> None:
+    global _policy
+    with _lock:
+        _policy = policy
+
+
+def make_policy(policy: str | Policy | None, *, manifest_dirs=None, offline: bool | None = None,
+                unknown: str | None = None) -> Policy:
+    """A :class:`Policy` from :func:`modelguard.install`'s arguments (checked)."""
+    if isinstance(policy, Policy):
+        return policy
+    return Policy(
+        on_failure=check_choice("policy", policy, POLICIES),
+        unknown=check_choice("unknown-model policy", unknown, UNKNOWN_POLICIES),
+        manifest_dirs=tuple(str(d) for d in manifest_dirs or ()),
+        offline=offline,
+    )
+
+
+def merge_policy(old: Policy, new: Policy) -> Policy:
+    """``new``'s settings where given, ``old``'s elsewhere (a second install() call)."""
+    return Policy(
+        on_failure=new.on_failure or old.on_failure,
+        unknown=new.unknown or old.unknown,
+        manifest_dirs=new.manifest_dirs or old.manifest_dirs,
+        offline=new.offline if new.offline is not None else old.offline,
+    )
+
+
+def map_directory(directory: str | os.PathLike[str], model: str, revision: str | None = None) -> None:
+    """Declare that the local ``directory`` holds ``model`` (its manifest then applies)."""
+    from .registry import validate_model_id  # the manifest schema loads with the first model, not at start
+
+    validate_model_id(model)
+    with _lock:
+        directory_map[os.path.realpath(directory)] = (model, revision)
