@@ -25,7 +25,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "features": ("modelguard.verifying", "modelguard.policy", "modelguard.randominit", "modelguard.importhooks",
                  "modelguard.preload", "modelguard.guard", "modelguard.hooks", "modelguard.hub",
                  "modelguard.hub.client", "modelguard.hub.place", "modelguard.hub.download", "modelguard.hub.scan",
-                 "modelguard.hub.metadata", "modelguard.build", "modelguard.auditing", "modelguard.probing",
+                 "modelguard.hub.metadata", "modelguard.build", "modelguard.auditing", "modelguard.audit_report",
+                 "modelguard.probing",
                  "modelguard.comparison", "modelguard.runners", "modelguard.determinism"),
     "loader hooks": ("modelguard.hooks.transformers", "modelguard.hooks.sentence_transformers",
                      "modelguard.hooks.flagembedding", "modelguard.hooks.torch_load", "modelguard.hooks.remote_code",
@@ -200,3 +201,14 @@ def test_download_error_takes_its_result_in_the_constructor():
     error = DownloadError("fetch failed", result="the fetch result", path="/models/x")
     assert error.result == "the fetch result" and error.exit_code == 1
     assert DownloadError("no result").result is None
+
+
+def test_modules_stay_small():
+    """No module over 600 lines; at most two over 450, each saying why in a comment on its first line."""
+    sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in modules().items()}
+    assert max(sizes.values()) <= 600, sorted(sizes.items(), key=lambda item: -item[1])[:3]
+    large = [name for name, n in sizes.items() if n > 450]
+    assert len(large) <= 2, large
+    for name in large:
+        first = modules()[name].read_text(encoding="utf-8").splitlines()[0]
+        assert first.startswith("# over 450 lines:"), f"{name} ({sizes[name]} lines) says not why it is large"
