@@ -61,13 +61,10 @@ def snapshot_path(
 
 def parse_snapshot_path(path: str | os.PathLike[str]) -> tuple[str, str] | None:
     """``(model_id, commit)`` for a path inside ``.../models--ORG--NAME/snapshots/<commit>``, else None."""
-    p = Path(os.path.abspath(path))
-    for candidate in (p, *p.parents):
-        if candidate.parent.name == "snapshots" and candidate.parent.parent.name.startswith("models--"):
-            repo = candidate.parent.parent.name[len("models--"):]
-            model = repo.replace("--", "/", 1)
-            return model, candidate.name
-    return None
+    root = snapshot_root(path)
+    if root is None:
+        return None
+    return root.parent.parent.name[len("models--"):].replace("--", "/", 1), root.name
 
 
 def snapshot_root(path: str | os.PathLike[str]) -> Path | None:

@@ -132,7 +132,6 @@ def check_before_load(
     return resolved
 
 
-
 # Findings that mean code would run on load: refused whatever the failure policy.
 _CODE_RISKS = ("dangerous_pickle", "mislabeled")
 

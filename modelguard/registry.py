@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from .errors import ManifestError, ManifestNotFoundError, UsageError
 from .manifest import Manifest, load_manifest
@@ -131,19 +133,37 @@ def known_models(extra_dirs: list[str | os.PathLike[str]] | None = None) -> list
     return sorted(models)
 
 
-def iter_manifests(extra_dirs: list[str | os.PathLike[str]] | None = None):
-    """Every manifest on the search path (unreadable ones skipped)."""
-    seen = set()
-    for d in search_path(extra_dirs):
-        if not d.is_dir():
+# path -> ((inode, size, mtime_ns), the manifest or None when unreadable): each file parsed once per version.
+_parsed: dict[str, tuple[tuple[int, int, int], Manifest | None]] = {}
+_parsed_lock = threading.Lock()
+
+
+def iter_manifests(extra_dirs: list[str | os.PathLike[str]] | None = None) -> Iterator[Manifest]:
+    """Every readable manifest on the search path (first of each model and revision; unreadable
+    ones skipped), each file parsed once per version of it."""
+    seen: set[tuple[str, str | None]] = set()
+    for folder in search_path(extra_dirs):
+        if not folder.is_dir():
             continue
-        for path in sorted(d.rglob("*")):
-            if path.suffix in MANIFEST_SUFFIXES and path.is_file():
+        for path in sorted(folder.rglob("*")):
+            if path.suffix not in MANIFEST_SUFFIXES:
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            with _parsed_lock:
+                cached = _parsed.get(str(path))
+            if cached is not None and cached[0] == stamp:
+                manifest = cached[1]
+            else:
                 try:
-                    manifest = load_manifest(path)
+                    manifest = load_manifest(path) if path.is_file() else None
                 except ManifestError:
-                    continue
-                key = (manifest.model, manifest.revision)
-                if key not in seen:
-                    seen.add(key)
-                    yield manifest
+                    manifest = None
+                with _parsed_lock:
+                    _parsed[str(path)] = (stamp, manifest)
+            if manifest is not None and (manifest.model, manifest.revision) not in seen:
+                seen.add((manifest.model, manifest.revision))
+                yield manifest

@@ -15,12 +15,11 @@ path (:mod:`modelguard.registry`). Nothing here downloads or hashes.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 from . import hfcache, registry
-from .errors import ManifestError, UsageError
+from .errors import UsageError
 from .manifest import Manifest, load_manifest
 
 LOCAL_MANIFEST_NAME = registry.LOCAL_MANIFEST_NAME
@@ -148,11 +147,10 @@ def locate(
                          remedy="pass the folder that holds config.json, not a file in it")
     else:
         text = str(target)
-        if text.count("/") != 1 or text.startswith((".", "/", "~")) or "\\" in text:
+        if not registry.looks_like_model_id(text, namespaced=True):
             raise UsageError(f"model directory {text} does not exist", path=text,
                              expected="a model directory, or a model id such as BAAI/bge-m3",
                              remedy="check the path")
-        registry.validate_model_id(text)  # ORG/NAME-shaped: a bad part is a clear "not a model id"
         directory = hfcache.snapshot_path(text, revision, cache_dir)
         if directory is None:
             rev = f" --revision {revision}" if revision else ""
@@ -262,44 +260,10 @@ def mapped_model(directory: Path, declared: Mapping[str, tuple[str, str | None]]
 
 # --------------------------------------------------------------------------- identification by file names and sizes
 
-_manifest_memo: dict[str, tuple[tuple[int, int, int], Manifest | None]] = {}
-_memo_lock = threading.Lock()
-
-
-def known_manifests(extra_dirs: list[str]) -> Iterator[Manifest]:
-    """Every readable manifest on the search path, parsed once per file version."""
-    seen: set[tuple[str, str | None]] = set()
-    for folder in registry.search_path(extra_dirs):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if path.suffix not in registry.MANIFEST_SUFFIXES:
-                continue
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-            with _memo_lock:
-                cached = _manifest_memo.get(str(path))
-            if cached is not None and cached[0] == stamp:
-                manifest = cached[1]
-            else:
-                try:
-                    manifest = load_manifest(path)
-                except ManifestError:
-                    manifest = None
-                with _memo_lock:
-                    _manifest_memo[str(path)] = (stamp, manifest)
-            if manifest is not None and (manifest.model, manifest.revision) not in seen:
-                seen.add((manifest.model, manifest.revision))
-                yield manifest
-
-
 def identify(directory: Path, extra_dirs: list[str]) -> Manifest | None:
     """The known manifest whose files this directory holds (names present, sizes mostly equal)."""
     best: tuple[int, int, Manifest] | None = None
-    for manifest in known_manifests(extra_dirs):
+    for manifest in registry.iter_manifests(extra_dirs):
         required = [e for e in manifest.files if manifest.components[e.component].required]
         if not required:
             continue

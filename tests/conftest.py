@@ -140,10 +140,19 @@ def hub_offline(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_bge_m3_template(tmp_path_factory) -> Path:
-    """A tiny real bge-m3 (tests/_models.py), built once per session; never modify it."""
-    from _models import make_tiny_bge_m3
+    """A tiny real bge-m3 (tests/helpers/bge_m3.py), built once per session; never modify it."""
+    from helpers.bge_m3 import make_tiny_bge_m3
 
     return make_tiny_bge_m3(tmp_path_factory.mktemp("tiny-bge-m3-template") / "tiny-bge-m3")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_template(tmp_path_factory) -> Path:
+    """A tiny real causal LM that samples (tests/helpers/tiny_lm.py), built once per session;
+    never modify it (copy it with ``copy_tiny_causal_lm``)."""
+    from helpers.tiny_lm import make_tiny_causal_lm
+
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm-template") / "tiny-lm")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from helpers.requires import need
 
 need("FlagEmbedding")
 
-from _models import load_bge_m3, m3_outputs  # noqa: E402
+from helpers.bge_m3 import load_bge_m3, m3_outputs  # noqa: E402
 
 
 # Every test runs with the guard uninstalled (conftest.installed_guard).

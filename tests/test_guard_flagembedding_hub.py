@@ -17,7 +17,7 @@ from modelguard.errors import MissingHeadError  # noqa: E402
 from modelguard.hfcache import repo_folder  # noqa: E402
 from modelguard.manifest import save_manifest  # noqa: E402
 
-from _models import TINY_BGE_M3_ID, load_bge_m3, m3_outputs, tiny_bge_m3_manifest  # noqa: E402
+from helpers.bge_m3 import TINY_BGE_M3_ID, load_bge_m3, m3_outputs, tiny_bge_m3_manifest  # noqa: E402
 
 
 # Every test runs with the loader guard freshly installed (conftest.installed_guard).

@@ -14,7 +14,7 @@ import modelguard
 from modelguard import guard
 from modelguard.errors import RandomInitError, VerificationError
 
-from _tiny_bert import sample_inputs, save_tiny_bert, save_tiny_tokenizer
+from helpers.tiny_bert import sample_inputs, save_tiny_bert, save_tiny_tokenizer
 
 transformers = need("transformers")
 torch = need("torch")

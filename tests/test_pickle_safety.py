@@ -322,7 +322,7 @@ def test_transformers_from_pretrained_refuses_malicious_pytorch_model_bin(tmp_pa
     import transformers
     from safetensors.torch import load_file
 
-    from _tiny_bert import save_tiny_bert
+    from helpers.tiny_bert import save_tiny_bert
     from hostile import RunsShellCommand, payload_command
 
     model = save_tiny_bert(tmp_path / "bert")
@@ -342,7 +342,7 @@ def test_a_guarded_load_scans_each_pickle_once(tmp_path, guarded, monkeypatch):
     from picklescan import scanner
     from safetensors.torch import load_file
 
-    from _tiny_bert import save_tiny_bert
+    from helpers.tiny_bert import save_tiny_bert
 
     model = save_tiny_bert(tmp_path / "bert")
     state = load_file(str(model / "model.safetensors"))
