@@ -11,10 +11,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from helpers.cli import REPO
 
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "modelguard", "manifests")
+BUILD_LOG: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +37,11 @@ def wheel(tmp_path_factory) -> Path:
         (src / "README.md").write_text("modelguard\n")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "-w", str(work / "dist"), str(src)],
+         "-v", "-w", str(work / "dist"), str(src)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    BUILD_LOG["output"] = proc.stdout + proc.stderr
     wheels = list((work / "dist").glob("modelguard-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
@@ -84,3 +89,69 @@ def test_installed_wheel_verifies_a_model_by_id(wheel, tmp_path, minilm_dir):
         capture_output=True, text=True, cwd=outside, env=env, timeout=300,
     )
     assert '"manifest": "' + str((target / "modelguard" / "_manifests").resolve()) in json_proc.stdout
+
+
+def test_wheel_builds_without_warnings(wheel):
+    """A quiet install: no 'Package ... is absent from the packages configuration', no deprecations."""
+    output = BUILD_LOG["output"]
+    assert "running bdist_wheel" in output or "Building wheel" in output, output[-2000:]
+    noisy = [line.strip() for line in output.splitlines()
+             if "Warning" in line or "absent from the `packages` configuration" in line
+             or "would be ignored" in line]
+    assert noisy == [], "\n".join(noisy)
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pinned = line.partition("==")
+            assert pinned, f"constraints.txt: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = pinned
+    return pins
+
+
+def test_every_extra_admits_the_pinned_versions():
+    """The extras users install and the lock the tests run on must agree: a range that excludes
+    the tested version (or a pin missing from the lock) is a failure."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = _pins()
+    checked = []
+    for extra, requirements in extras.items():
+        for text in requirements:
+            requirement = Requirement(text)
+            if canonicalize_name(requirement.name) == "modelguard":
+                continue
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"extra {extra!r}: {requirement.name} is not pinned in constraints.txt"
+            assert requirement.specifier.contains(pins[name], prereleases=True), (
+                f"extra {extra!r} asks for {text!r}, but constraints.txt pins {name}=={pins[name]}")
+            checked.append(name)
+    assert {"flagembedding", "transformers", "sentence-transformers", "torch"} <= set(checked)
+
+
+def test_core_dependencies_admit_the_pinned_versions():
+    import tomllib
+
+    pins = _pins()
+    for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins and requirement.specifier.contains(pins[name]), (text, pins.get(name))
+
+
+def test_the_environment_under_test_is_the_locked_one():
+    """`make test` installs exactly constraints.txt: any other version here means the run does not
+    test what the lock says (refresh it with `make lock`)."""
+    from importlib.metadata import distributions
+
+    pins = _pins()
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+    differ = {name: (pinned, installed[name]) for name, pinned in pins.items()
+              if name in installed and Version(installed[name]).public != Version(pinned).public}
+    assert differ == {}, f"installed versions differ from constraints.txt (pinned, installed): {differ}"
+    missing = sorted(name for name in pins if name not in installed)
+    assert missing == [], f"pinned in constraints.txt but not installed: {missing}"

@@ -5,7 +5,7 @@ If it is missing or its import fails (a broken release, an incompatible neighbou
 module's collection FAILS and the run shows the library's own import error: 34 guard
 tests must never vanish from a run as skips. A developer working in a partial
 environment may set ``MODELGUARD_TEST_ALLOW_MISSING=1`` to turn that into a skip with
-the same reason, except under CI (``CI=true``), where it is always a failure.
+the same reason, except under CI (``CI=true``) and ``make test``, where it is always a failure.
 """
 
 from __future__ import annotations
@@ -23,8 +23,13 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+def strict() -> bool:
+    """Under CI or `make test` (MODELGUARD_TEST_STRICT=1) nothing may turn into a skip."""
+    return in_ci() or os.environ.get("MODELGUARD_TEST_STRICT", "") == "1"
+
+
 def missing_allowed() -> bool:
-    return not in_ci() and os.environ.get(ALLOW_MISSING, "") == "1"
+    return not strict() and os.environ.get(ALLOW_MISSING, "") == "1"
 
 
 class RequiredLibraryError(ImportError):
