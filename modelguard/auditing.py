@@ -26,6 +26,7 @@ from .audit_report import (FAILED, HOW_TO_BE_DETERMINISTIC, NOTE, SEVERITIES, VA
 from .build import list_model_files
 from .comparison import is_number
 from .engine import verify_directory
+from .remedy import fetch_command
 from .resolve import locate
 from .safety import needs_scan, scan_paths
 
@@ -195,7 +196,7 @@ def check_bge_m3_heads(ctx: AuditContext) -> Iterator[Finding]:
         f"{', '.join(missing)} missing: FlagEmbedding then builds BOTH the sparse and the colbert head with random "
         "weights (logged only at INFO level), so sparse and colbert outputs change with the seed",
         source=", ".join(missing), value=missing,
-        remedy=(f"modelguard fetch {ctx.model}" + (f" --revision {ctx.revision}" if ctx.revision else "")
+        remedy=(fetch_command(ctx.model, ctx.revision)
                 if ctx.model else "copy the missing file(s) from the model's repository"),
     )
 

@@ -19,6 +19,7 @@ from .errors import UsageError
 from .fs import access_detail, containing_roots, file_type_name, human_size, opened_path, walk_files, within
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
+from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
 from .statcache import open_cache
@@ -322,12 +323,8 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
             return None
         if "/" not in manifest.model:
             return f"restore {entry.path} from the source the manifest was built from"
-        cmd = f"modelguard fetch {manifest.model}"
-        if manifest.revision:
-            cmd += f" --revision {manifest.revision}"
-        if directory.parent.name != "snapshots":
-            cmd += f" --local-dir {directory}"
-        return cmd
+        return fetch_command(manifest.model, manifest.revision,
+                             local_dir=None if directory.parent.name == "snapshots" else directory)
 
     return remedy
 
@@ -367,9 +364,8 @@ def verify_directory(
         raise UsageError(
             f"model directory {root} does not exist" if not root.exists() else f"{root} is not a directory",
             path=root, expected="a directory holding the model's files",
-            remedy=(f"download the model first: modelguard fetch {manifest.model}"
-                    + (f" --revision {manifest.revision}" if manifest.revision else "")
-                    + f" --local-dir {root}") if "/" in manifest.model else None,
+            remedy=(f"download the model first: {fetch_command(manifest.model, manifest.revision, local_dir=root)}"
+                    if "/" in manifest.model else None),
         )
     entries = manifest.files
     if components is not None:

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from .errors import UsageError
+from .remedy import fetch_command
 
 _COMMIT = re.compile(r"\A[0-9a-f]{40}\Z")
 
@@ -86,11 +87,10 @@ def require_snapshot(
     """The snapshot of ``model`` at ``revision`` in the cache; a clear UsageError when it is not there."""
     snap = snapshot_path(model, revision, cache_dir)
     if snap is None:
-        rev = f" --revision {revision}" if revision else ""
         raise UsageError(
             f"{model}{' @ ' + revision[:12] if revision else ''} is not in the "
             f"Hugging Face cache ({hf_cache_dir(cache_dir)})",
             expected="a model directory, or the model's snapshot in the cache",
-            remedy=f"{how_to_pass}, or download it: modelguard fetch {model}{rev}",
+            remedy=f"{how_to_pass}, or download it: {fetch_command(model, revision)}",
         )
     return snap

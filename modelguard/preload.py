@@ -24,6 +24,7 @@ from .hashing import stat_key
 from .hub import fetch, repair_files
 from .manifest import Manifest
 from .policy import ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map
+from .remedy import fetch_command
 from .report import VerifyReport, format_report
 from .resolve import LOCAL_MANIFEST_NAME, Resolution, resolve
 from .safety import SafetyFinding, require_safe, scan_file, scan_manifest_files
@@ -235,7 +236,7 @@ def _unknown_model(name_or_path: Any, resolved: Resolution, unknown: str, loader
     pinned = _manifest_for_another_revision(resolved)
     if pinned is not None:
         message += f"; the manifest for {resolved.model_id} pins revision {pinned}, not {resolved.revision}"
-        remedy = (f"load revision {pinned} (`modelguard fetch {resolved.model_id} --revision {pinned}`), "
+        remedy = (f"load revision {pinned} (`{fetch_command(resolved.model_id, pinned)}`), "
                   f"or add a manifest for {resolved.revision}; " + remedy)
     if unknown == "refuse":
         raise ManifestNotFoundError(
@@ -267,7 +268,7 @@ def _download(resolved: Resolution, components: list[str] | None, policy: Policy
     """
     manifest = resolved.manifest
     assert manifest is not None and resolved.model_id is not None
-    fetch_cmd = f"modelguard fetch {manifest.model}" + (f" --revision {manifest.revision}" if manifest.revision else "")
+    fetch_cmd = fetch_command(manifest.model, manifest.revision)
     if policy.effective_offline():
         raise OfflineError(
             f"{manifest.model} is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE or local_files_only)",

@@ -21,6 +21,7 @@ from typing import Any, Mapping, NamedTuple
 from . import hfcache, registry
 from .errors import UsageError
 from .manifest import Manifest, load_manifest
+from .remedy import fetch_command
 
 LOCAL_MANIFEST_NAME = registry.LOCAL_MANIFEST_NAME
 MANIFEST_FILE_SUFFIXES = registry.MANIFEST_SUFFIXES
@@ -153,12 +154,11 @@ def locate(
                              remedy="check the path")
         directory = hfcache.snapshot_path(text, revision, cache_dir)
         if directory is None:
-            rev = f" --revision {revision}" if revision else ""
             raise UsageError(
                 f"{text}{' @ ' + revision if revision else ''} is not in the Hugging Face cache "
                 f"({hfcache.hf_cache_dir(cache_dir)}) and is not a local directory",
                 expected="a model directory, or a model id whose snapshot is in the cache",
-                remedy=f"download it first: modelguard fetch {text}{rev}, or pass the model directory",
+                remedy=f"download it first: {fetch_command(text, revision)}, or pass the model directory",
             )
         parsed = hfcache.parse_snapshot_path(directory)
         model, commit, how = text, parsed[1] if parsed else revision, "hub-id"

@@ -38,6 +38,7 @@ from ..engine import default_remedy
 from ..errors import MissingHeadError, UsageError, VerificationError
 from ..fs import human_size
 from ..registry import looks_like_model_id
+from ..remedy import fetch_command
 from ..sniff import parse_lfs_pointer, sniff_error_page
 from . import Patches, version_tuple
 
@@ -349,9 +350,9 @@ def _fetch_remedy(plan: _Plan, file: str) -> str:
         return default_remedy(manifest, plan.directory)(manifest.file(file), "missing") or ""
     model = plan.resolved.model_id
     if plan.resolved.how == "hf-cache-snapshot" and model:
-        return f"modelguard fetch {model} --revision {plan.resolved.revision}"
+        return fetch_command(model, plan.resolved.revision)
     return (f"copy {file} from the model's source into {plan.directory} "
-            f"(for BAAI/bge-m3 itself: `modelguard fetch BAAI/bge-m3 --local-dir {plan.directory}`)")
+            f"(for BAAI/bge-m3 itself: `{fetch_command('BAAI/bge-m3', local_dir=plan.directory)}`)")
 
 
 def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[str, ...]) -> Exception:

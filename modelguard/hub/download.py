@@ -23,6 +23,7 @@ from ..errors import DownloadError, OfflineError, UsageError
 from ..fs import human_size
 from ..hashing import hash_file
 from ..manifest import FileEntry, Manifest
+from ..remedy import fetch_command
 from ..report import FAILED, SKIPPED, VerifyReport
 from ..resolve import resolve_manifest
 from .client import COMMIT, SHA256, hub_error, resolve_commit, retry_backoff, same_origin_key
@@ -162,15 +163,10 @@ def _wanted(manifest: Manifest, components: Iterable[str] | None) -> list[str] |
 def _fetch_command(manifest: Manifest, revision: str | None, local_dir: Any, *, given: Any = None,
                    cache_dir: Any = None) -> str:
     """The fetch command line that repeats this fetch (``given``: what the user named, id or file)."""
-    cmd = f"modelguard fetch {given if isinstance(given, str) else manifest.model}"
     rev = manifest.revision or revision
-    if rev and not (isinstance(given, str) and given.endswith((".yaml", ".yml"))):
-        cmd += f" --revision {rev}"
-    if local_dir is not None:
-        cmd += f" --local-dir {local_dir}"
-    elif cache_dir is not None:
-        cmd += f" --cache-dir {cache_dir}"
-    return cmd
+    named_file = isinstance(given, str) and given.endswith((".yaml", ".yml"))  # the file pins its revision
+    return fetch_command(given if isinstance(given, str) else manifest.model, None if named_file else rev,
+                         local_dir=local_dir, cache_dir=cache_dir)
 
 
 def fetch_files(

@@ -15,6 +15,7 @@ from ..engine import verify_directory
 from ..errors import ManifestError, UsageError
 from ..hashing import hash_file, run_parallel
 from ..manifest import Manifest
+from ..remedy import fetch_command
 from ..report import FAILED
 from ..sniff import LFS_PREFIX, SNIFF_BYTES, parse_lfs_pointer, sniff_error_page
 from ..version import __version__
@@ -290,7 +291,7 @@ def format_scan(report: ScanReport) -> str:
         if not repo.ok and "/" in repo.repo_id and repo.repo_type == "model":
             bad = [rev.revision for rev in repo.revisions if rev.status == "corrupt"]
             for commit in bad:
-                lines.append(f"          fix: modelguard fetch {repo.repo_id} --revision {commit}"
+                lines.append(f"          fix: {fetch_command(repo.repo_id, commit)}"
                              if _has_manifest(repo.repo_id, commit) else
                              f"          fix: modelguard build --from-hub {repo.repo_id} --revision {commit} "
                              f"-o {repo.repo_id.replace('/', '--')}.yaml && modelguard fetch "
