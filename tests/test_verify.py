@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from helpers.st_model import write_st_shaped_model
+from safetensors.numpy import save
 
 import modelguard
 from modelguard.build import build_manifest
@@ -29,19 +30,16 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """A small model folder: real safetensors weights, JSON configs, a tokenizer, optional ONNX."""
-    root = tmp_path_factory.mktemp("tiny") / "tiny"
-    root.mkdir()
     rng = np.random.default_rng(0)
-    save_file({"embeddings": rng.standard_normal((128, 256)).astype(np.float32),
-               "bias": rng.standard_normal(256).astype(np.float32)}, str(root / "model.safetensors"))
-    (root / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 256}, indent=2) + "\n")
+    weights = save({"embeddings": rng.standard_normal((128, 256)).astype(np.float32),
+                    "bias": rng.standard_normal(256).astype(np.float32)})
     vocab = {f"tok{i}": i for i in range(2000)}
-    (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"vocab": vocab}}))
-    (root / "1_Pooling").mkdir()
-    (root / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}\n')
-    (root / "onnx").mkdir()
-    (root / "onnx" / "model.onnx").write_bytes(rng.bytes(3000))
-    return root
+    return write_st_shaped_model(
+        tmp_path_factory.mktemp("tiny") / "tiny", weights=weights,
+        config=json.dumps({"model_type": "bert", "hidden_size": 256}, indent=2) + "\n",
+        tokenizer=json.dumps({"version": "1.0", "model": {"vocab": vocab}}),
+        extra={"onnx/model.onnx": rng.bytes(3000)},
+    )
 
 
 @pytest.fixture(scope="module")
