@@ -42,9 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """Exit 2 naming the first unknown option, with the closest option of its command (argparse
+    in Python < 3.14 suggests none); other leftover arguments get argparse's own message."""
+    import difflib
+
+    sub = None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, "command", None):
+            sub = action.choices.get(args.command)
+    target = sub or parser
+    unknown = [e.split("=", 1)[0] for e in extras if e.startswith("-") and e != "-" and not e[1:2].isdigit()]
+    if not unknown:
+        target.error(f"unrecognized arguments: {' '.join(extras)}")
+    word = unknown[0]
+    options = sorted({o for a in target._actions for o in a.option_strings})  # options go after their command
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.75)
+    hint = f"did you mean '{match[0]}'?" if match else \
+        f"{target.prog} takes: " + ", ".join(o for o in options if o.startswith("--"))
+    target.error(f"unknown option '{word}'; {hint}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _refuse_unknown(parser, args, extras)
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

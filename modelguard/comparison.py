@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from numbers import Number
 from typing import Any, Mapping
 
-from .optional import require
+from .dependencies import import_library
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Comparison:
 
 def _to_array(value: Any) -> Any:
     """numpy array for tensors/arrays/number lists, else None."""
-    np = require("numpy", "torch")
+    np = import_library("numpy", "torch", needed_by="the probe")
 
     if type(value).__module__.startswith("torch"):
         value = value.detach().to("cpu")

@@ -52,12 +52,19 @@ def resolve_ref(model: str, revision: str | None, cache_dir: str | os.PathLike[s
 def snapshot_path(
     model: str, revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None
 ) -> Path | None:
-    """The snapshot folder of ``model`` at ``revision`` (default: main) if it is in the cache."""
+    """The snapshot folder of ``model`` at ``revision`` (default: main) if it is in the cache.
+
+    An empty snapshot folder (left by a download that died before its first file) counts as absent.
+    """
     commit = resolve_ref(model, revision, cache_dir)
     if commit is None:
         return None
     path = repo_folder(model, cache_dir) / "snapshots" / commit
-    return path if path.is_dir() else None
+    try:
+        with os.scandir(path) as entries:
+            return path if next(entries, None) is not None else None
+    except OSError:  # not there, or not a folder
+        return None
 
 
 def parse_snapshot_path(path: str | os.PathLike[str]) -> tuple[str, str] | None:

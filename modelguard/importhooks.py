@@ -12,6 +12,7 @@ import sys
 import threading
 import warnings
 
+from .dependencies import describe_import_failure
 from .hooks import HOOKS
 from .policy import UnsupportedLibraryWarning
 
@@ -104,9 +105,12 @@ def apply_hook(import_name: str) -> None:
             with contextlib.suppress(Exception):
                 hook.unpatch()
             _refused[import_name] = f"patching failed: {exc}"
+            if isinstance(exc, ImportError):  # a part of the library the hook wraps cannot be imported: say why
+                detail = describe_import_failure(import_name, exc)
+            else:
+                detail = f"{type(exc).__name__}: {exc}"
             warnings.warn(
-                f"modelguard: could not guard {import_name} {version} ({type(exc).__name__}: {exc}); "
-                "its loaders are NOT guarded",
+                f"modelguard: could not guard {import_name} {version} ({detail}); its loaders are NOT guarded",
                 UnsupportedLibraryWarning, stacklevel=3,
             )
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .errors import ManifestError
 from .manifest_schema import (
     DIGEST_ALGORITHMS,
     DIGEST_LENGTHS,
+    IMPLICIT_COMPONENT,
     SCHEMA_VERSION,
     Component,
     FileEntry,
@@ -28,7 +30,7 @@ from .manifest_schema import (
 )
 
 __all__ = [
-    "DIGEST_ALGORITHMS", "DIGEST_LENGTHS", "SCHEMA_VERSION", "Component", "FileEntry", "Manifest", "TensorSpec",
+    "DIGEST_ALGORITHMS", "DIGEST_LENGTHS", "IMPLICIT_COMPONENT", "SCHEMA_VERSION", "Component", "FileEntry", "Manifest", "TensorSpec",
     "check_relative_path", "dump_manifest", "load_manifest", "parse_manifest_text", "save_manifest",
     "validate_manifest",
 ]
@@ -205,11 +207,22 @@ def dump_manifest(manifest: Manifest) -> str:
 
 
 def save_manifest(manifest: Manifest, path: str | Path) -> Path:
-    """Write ``manifest`` to ``path`` atomically (temp file + rename)."""
+    """Write ``manifest`` to ``path`` atomically (temp file + rename).
+
+    The file gets the mode any program's new file gets (0666 less the umask), or keeps the mode
+    of the file it replaces; not the 0600 of the temporary file.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+        os.umask(mask)
+        mode = 0o666 & ~mask
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(dump_manifest(manifest))
         os.replace(tmp, target)

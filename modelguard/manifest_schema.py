@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 from .errors import ManifestError, UnsafePathError
 
 SCHEMA_VERSION = 1
+IMPLICIT_COMPONENT = "model"  # the component of a manifest that declares none
 DIGEST_ALGORITHMS = ("sha256", "git_sha1", "md5")  # strongest first
 DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40}
 
@@ -197,7 +198,9 @@ def validate_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     """Validate already-parsed manifest data and build a :class:`Manifest`."""
     check = _Checker(source)
     model, revision, description = _check_top_level(check, data)
-    components = _check_components(check, data.get("components"))
+    # Without ``components`` the manifest has one implicit, required component (IMPLICIT_COMPONENT),
+    # so the smallest hand-written manifest lists just path, size and a digest per file.
+    components = _check_components(check, data.get("components", {IMPLICIT_COMPONENT: None}))
     files = _check_files(check, data.get("files"), components, source)
     return Manifest(
         model=model.strip(), revision=revision, components=components, files=tuple(files),
@@ -245,8 +248,9 @@ def _check_components(check: _Checker, raw_components: Any) -> dict[str, Compone
     """``components:``: a non-empty mapping of name -> {required, description}."""
     if not isinstance(raw_components, dict) or not raw_components:
         check.fail(
-            "components", "missing or not a non-empty mapping",
-            "a mapping of component name to {required: true|false, description: ...}", raw_components,
+            "components", "not a non-empty mapping",
+            "a mapping of component name to {required: true|false, description: ...}, or no components key "
+            f"(one required component, '{IMPLICIT_COMPONENT}')", raw_components,
         )
     components: dict[str, Component] = {}
     for name, spec in raw_components.items():
@@ -338,6 +342,8 @@ def _check_file_entry(check: _Checker, item: Mapping[str, Any], label: str, path
         )
 
     component = item.get("component")
+    if "component" not in item and len(components) == 1:
+        component = next(iter(components))  # the only component there is
     if not isinstance(component, str):
         check.fail(f"{label}.component", "missing or not a string", "one of: " + ", ".join(components), component)
     if component not in components:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import UsageError
-from .optional import require
+from .dependencies import import_library
 
 KINDS = ("bge-m3", "sentence-transformers", "causal-lm")
 
@@ -61,7 +61,7 @@ def detect_kind(directory: Path, model_id: str | None = None) -> str:
 
 def bge_m3_loader(directory: Path, texts: Sequence[str], device: str) -> Callable[[int], Runner]:
     def load(seed: int) -> Runner:
-        BGEM3FlagModel = require("FlagEmbedding", "flagembedding").BGEM3FlagModel
+        BGEM3FlagModel = import_library("FlagEmbedding", "flagembedding", needed_by="the probe").BGEM3FlagModel
 
         with contextlib.redirect_stdout(sys.stderr):
             model = BGEM3FlagModel(str(directory), use_fp16=False, devices=device)
@@ -78,7 +78,8 @@ def bge_m3_loader(directory: Path, texts: Sequence[str], device: str) -> Callabl
 
 def sentence_transformers_loader(directory: Path, texts: Sequence[str], device: str) -> Callable[[int], Runner]:
     def load(seed: int) -> Runner:
-        SentenceTransformer = require("sentence_transformers", "transformers").SentenceTransformer
+        library = import_library("sentence_transformers", "transformers", needed_by="the probe")
+        SentenceTransformer = library.SentenceTransformer
 
         with contextlib.redirect_stdout(sys.stderr):
             model = SentenceTransformer(str(directory), device=device)
@@ -92,7 +93,7 @@ def causal_lm_loader(directory: Path, texts: Sequence[str], max_new_tokens: int,
     def load(seed: int) -> Runner:
         import torch
 
-        AutoModelForCausalLM = require("transformers", "transformers").AutoModelForCausalLM
+        AutoModelForCausalLM = import_library("transformers", "transformers", needed_by="the probe").AutoModelForCausalLM
         with contextlib.redirect_stdout(sys.stderr):
             model = AutoModelForCausalLM.from_pretrained(str(directory)).to(device).eval()
             prompts = [p.to(device) for p in _lm_prompts(directory, texts, model.config)]
@@ -134,7 +135,7 @@ def _lm_prompts(directory: Path, texts: Sequence[str], config: Any) -> list[Any]
 
 
 def check_device(device: str) -> None:
-    torch = require("torch", "torch")
+    torch = import_library("torch", "torch", needed_by="the probe")
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError, TypeError) as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .dependencies import import_library
 from .errors import UnsafeFileError
 from .fs import containing_roots, file_type_name, opened_path, within
 from .sniff import SAFETENSORS_MAX_HEADER, ZIP_MAGIC, sniff_format
@@ -200,8 +201,7 @@ def scan_pickle_fd(fd: int, shown: str) -> SafetyFinding:
     picklescan and judge the globals they import."""
     import logging
 
-    from picklescan import scanner
-
+    scanner = import_library("picklescan.scanner", needed_by="scanning pickle-based weights")
     logging.getLogger("picklescan").setLevel(logging.CRITICAL)  # we report findings ourselves
     ext = os.path.splitext(shown)[1].lower() or None
     oversized = _oversized_zip_pickle(fd)

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "modelguard"
 # Lowest first. A module may import modules of its own layer or a lower one.
 LAYERS: dict[str, tuple[str, ...]] = {
     "base": ("modelguard.errors", "modelguard.version", "modelguard.env", "modelguard.fs", "modelguard.sniff",
-             "modelguard.hfcache", "modelguard.optional", "modelguard.remedy"),
+             "modelguard.hfcache", "modelguard.dependencies", "modelguard.remedy"),
     "manifests and hashing": ("modelguard.manifest_schema", "modelguard.manifest", "modelguard.registry",
                               "modelguard.hashing", "modelguard.statcache"),
     "verify engine": ("modelguard.report", "modelguard.engine", "modelguard.safety"),

@@ -192,7 +192,14 @@ def test_model_id_finds_its_manifest_and_its_hf_cache_snapshot(tiny, isolated_en
         ("build -o under a file", ["build", "{root}", "--model", "org/x", "-o", "{manifest}/x.yaml"],
          "cannot write {manifest}/x.yaml: {manifest} is not a directory"),
         ("verify without target", ["verify"], "the following arguments are required: TARGET"),
-        ("unknown option", ["verify", "--frobnicate", "x"], "unrecognized arguments: --frobnicate"),
+        ("unknown option", ["verify", "--frobnicate", "x"],
+         "unknown option '--frobnicate'; modelguard verify takes: --all-digests, --cache-dir, --components, --help, "
+         "--json, --no-cache, --quiet, --revision, --scan, --strict"),
+        ("mistyped option", ["verify", "{manifest}", "{root}", "--strcit"], "unknown option '--strcit'; did you mean '--strict'?"),
+        ("mistyped option with a value", ["build", "{root}", "--modle=org/x"], "unknown option '--modle'; did you mean '--model'?"),
+        ("mistyped option of scan", ["scan", "--cache-dri", "{tmp}"], "unknown option '--cache-dri'; did you mean '--cache-dir'?"),
+        ("mistyped top-level option", ["--verison"], "unknown option '--verison'; did you mean '--version'?"),
+        ("extra argument", ["verify", "{manifest}", "{root}", "surplus"], "unrecognized arguments: surplus"),
     ],
 )
 def test_user_mistakes_exit_2_with_a_message_and_no_traceback(tiny, tmp_path, case, args, message):
@@ -254,12 +261,14 @@ def test_progress_is_drawn_only_on_a_terminal_for_long_jobs(monkeypatch, tty, to
 
     terminal = _Terminal(tty)
     monkeypatch.setattr(sys, "stderr", terminal)
-    progress = Progress(total, "verifying org/tiny")
+    progress = Progress(total, "verifying org/tiny", mininterval=0)
     progress(total // 2)
+    drawing = terminal.text
     progress.close()
-    if drawn:
-        assert f"\rverifying org/tiny:  50.0% of {total / 1e9:.2f} GB" in terminal.text
-        assert terminal.text.endswith("\r")  # the line is cleared at the end
+    if drawn:  # tqdm's bar: percent, bytes, time so far < time left, rate
+        assert re.search(r"\rverifying org/tiny:  50%\|.*\| 256M/512M \[\d\d:\d\d<\d\d:\d\d, +[\d.]+[KMGT]?B/s\]",
+                         drawing), drawing
+        assert terminal.text.endswith("\r") and len(terminal.text) > len(drawing)  # the line is cleared at the end
     else:
         assert terminal.text == ""
 

@@ -469,8 +469,35 @@ def test_hub_model_not_in_cache_is_fetched_and_a_failed_download_is_reported():
     modelguard.install()
     with pytest.raises(DownloadError) as info:
         guard.check_before_load(MINILM, components=["tokenizer"])
-    assert isinstance(info.value, ModelGuardError)
-    assert "all-MiniLM-L6-v2" in str(info.value) and "127.0.0.1:9" in str(info.value)
+    text = str(info.value)
+    assert info.value.exit_code == 1
+    assert f"cannot reach {MINILM} @ main: config.json on http://127.0.0.1:9: ConnectError" in text, text
+    assert "fix:      check the network, HF_ENDPOINT and proxy settings" in text, text
+
+
+def test_a_failed_download_leaves_no_empty_snapshot_so_the_next_load_names_the_network_again():
+    modelguard.install()
+    commit = "5617a9f61b028005a4858fdac845db406aefb181"  # the shipped, pinned bge-m3 manifest
+    snapshot = Path(os.environ["HF_HUB_CACHE"]) / "models--BAAI--bge-m3" / "snapshots" / commit
+    for attempt in (1, 2):
+        with pytest.raises(DownloadError) as info:
+            guard.check_before_load("BAAI/bge-m3", components=["tokenizer"])
+        text = str(info.value)
+        assert f"fetch of BAAI/bge-m3 @ {commit} did not end with verified files" in text, (attempt, text)
+        assert "127.0.0.1:9" in text and "ConnectError" in text, (attempt, text)
+        assert not snapshot.exists(), (attempt, sorted(p.name for p in snapshot.iterdir()))
+
+
+def test_an_empty_snapshot_folder_left_by_a_killed_download_counts_as_absent():
+    modelguard.install()
+    commit = "5617a9f61b028005a4858fdac845db406aefb181"
+    snapshot = Path(os.environ["HF_HUB_CACHE"]) / "models--BAAI--bge-m3" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    with pytest.raises(DownloadError) as info:  # fetched again (and the network named), not "files missing"
+        guard.check_before_load("BAAI/bge-m3", components=["tokenizer"])
+    text = str(info.value)
+    assert f"fetch of BAAI/bge-m3 @ {commit} did not end with verified files" in text, text
+    assert "127.0.0.1:9" in text and "ConnectError" in text, text
 
 
 def test_local_files_only_never_downloads():

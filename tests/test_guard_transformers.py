@@ -40,6 +40,18 @@ def with_manifest(src: Path, dst: Path, model: str = "acme/tiny-bert") -> Path:
     return dst
 
 
+def assert_holds_checkpoint(module, directory: Path) -> int:
+    """Every tensor of ``directory/model.safetensors`` is in ``module``, bit for bit; returns how many."""
+    from safetensors.torch import load_file
+
+    stored = load_file(directory / "model.safetensors")
+    state = module.state_dict()
+    assert stored and set(stored) <= set(state), sorted(set(stored) - set(state))
+    for name, tensor in stored.items():
+        assert torch.equal(state[name], tensor), name
+    return len(stored)
+
+
 def test_classification_head_from_base_checkpoint_is_refused(checkpoints):
     with pytest.raises(RandomInitError) as info:
         transformers.BertForSequenceClassification.from_pretrained(checkpoints["base"])
@@ -77,8 +89,11 @@ def test_an_opt_out_for_other_keys_does_not_cover_the_head(checkpoints):
 
 def test_environment_opt_out(checkpoints, monkeypatch):
     monkeypatch.setenv("MODELGUARD_ALLOW_RANDOM_INIT", "keys=classifier.*")
-    model = transformers.BertForSequenceClassification.from_pretrained(checkpoints["base"])
-    assert isinstance(model, transformers.BertForSequenceClassification)
+    model, info = transformers.BertForSequenceClassification.from_pretrained(
+        checkpoints["base"], output_loading_info=True,
+    )
+    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}  # only the allowed head is new
+    assert assert_holds_checkpoint(model.bert, checkpoints["base"]) > 10  # the encoder is the checkpoint's
 
 
 def test_head_reinitialized_for_a_size_mismatch_is_refused(checkpoints):
@@ -145,7 +160,12 @@ def test_flipped_byte_in_weights_is_refused_and_warn_policy_loads(checkpoints, t
     monkeypatch.setenv("MODELGUARD_POLICY", "warn")
     with pytest.warns(guard.GuardWarning, match="loading despite failed checks: acme/tiny-bert"):
         model = transformers.BertForSequenceClassification.from_pretrained(d)
-    assert isinstance(model, transformers.BertForSequenceClassification)
+    assert_holds_checkpoint(model, d)  # the bytes on disk, flipped bit included, as the warning said
+    from safetensors.torch import load_file
+
+    original = load_file(checkpoints["seqcls"] / "model.safetensors")
+    state = model.state_dict()
+    assert [k for k, t in original.items() if not torch.equal(state[k], t)] != []
 
 
 def test_only_the_components_transformers_reads_are_checked(checkpoints, tmp_path):
@@ -154,7 +174,7 @@ def test_only_the_components_transformers_reads_are_checked(checkpoints, tmp_pat
     modelguard.save_manifest(modelguard.build_manifest(d, "acme/tiny-bert"), d / "modelguard.yaml")
     (d / "tokenizer.json").write_text('{"truncation": 1}')  # broken tokenizer, weights intact
     model = transformers.BertForSequenceClassification.from_pretrained(d)
-    assert isinstance(model, transformers.BertForSequenceClassification)
+    assert assert_holds_checkpoint(model, checkpoints["seqcls"]) > 10
 
 
 def test_random_init_is_refused_for_unknown_models_too(checkpoints, monkeypatch):

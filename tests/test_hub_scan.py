@@ -125,3 +125,17 @@ def test_scan_of_a_missing_cache_is_a_usage_error(tmp_path):
     proc = run_cli("scan", "--cache-dir", str(tmp_path / "nope"))
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "--cache-dir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_scan_on_a_machine_without_a_cache_reports_nothing_to_scan(tmp_path):
+    home = tmp_path / "fresh-home"  # nothing was ever downloaded here
+    env = {"HOME": str(home), "HF_HUB_CACHE": "", "HUGGINGFACE_HUB_CACHE": "", "HF_HOME": "", "XDG_CACHE_HOME": ""}
+    proc = run_cli("scan", env=env)
+    default = home / ".cache" / "huggingface" / "hub"
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"no Hugging Face cache at {default}: nothing to scan\n" and proc.stderr == ""
+    proc = run_cli("scan", "--json", env=env)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["ok"] is True and doc["cache_exists"] is False
+    assert doc["cache_dir"] == str(default) and doc["repos"] == [] and doc["summary"]["repos"] == 0
+    assert not default.exists()  # scanning creates nothing

@@ -53,3 +53,20 @@ def test_cli_verify_imports_no_heavy_library(minilm_dir):
         "assert rc == 0, rc\n"
     )
     assert imported_heavy(code) == []
+
+
+def test_the_progress_bar_library_is_imported_only_to_draw():
+    code = ("import json, sys\n"
+            "from modelguard._commands._common import Progress\n"
+            "Progress(1 << 40, 'verifying').close()\n"  # stderr is a pipe here: nothing to draw
+            "before = 'tqdm' in sys.modules\n"
+            "class Terminal:\n"
+            "    def isatty(self): return True\n"
+            "    def write(self, s): return len(s)\n"
+            "    def flush(self): pass\n"
+            "sys.stderr = Terminal()\n"
+            "Progress(1 << 40, 'verifying').close()\n"
+            "print(json.dumps([before, 'tqdm' in sys.modules]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [False, True]

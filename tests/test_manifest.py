@@ -9,6 +9,7 @@ import hashlib
 import pytest
 import yaml
 
+from helpers.cli import run_cli
 from modelguard.errors import ManifestError, ModelGuardError, UnsafePathError
 from modelguard.manifest import (
     Component,
@@ -119,8 +120,8 @@ def test_unknown_key_without_close_match_says_why_it_is_refused(tmp_path):
         (lambda d: d.pop("model"), "model", "missing or not a string", "BAAI/bge-m3"),
         (lambda d: d.__setitem__("revision", 1234567), "revision", "not a revision string", "40 hex digits"),
         (lambda d: d.__setitem__("description", ["x"]), "description", "not a string", "a string"),
-        (lambda d: d.__setitem__("components", {}), "components", "missing or not a non-empty mapping", "component name"),
-        (lambda d: d.__setitem__("components", ["model"]), "components", "missing or not a non-empty mapping", "component name"),
+        (lambda d: d.__setitem__("components", {}), "components", "not a non-empty mapping", "component name"),
+        (lambda d: d.__setitem__("components", ["model"]), "components", "not a non-empty mapping", "component name"),
         (lambda d: d.__setitem__("files", []), "files", "missing or not a non-empty list", "a list of"),
         (lambda d: d.__setitem__("files", {"a": 1}), "files", "missing or not a non-empty list", "a list of"),
         (lambda d: d["files"].__setitem__(0, "model.safetensors"), "files[0]", "not a mapping", "{path, size"),
@@ -373,3 +374,101 @@ def test_validate_manifest_accepts_parsed_data_and_does_not_mutate_it():
     manifest = validate_manifest(data, source="inline")
     assert manifest.source == "inline"
     assert data == before
+
+
+# --------------------------------------------------------------------------- the smallest manifest
+
+
+def smallest() -> dict:
+    return {"modelguard": 1, "model": "acme/mine",
+            "files": [{"path": "model.safetensors", "size": 3, "sha256": SHA},
+                      {"path": "config.json", "size": 3, "md5": MD5}]}
+
+
+def test_smallest_hand_written_manifest_has_one_implicit_required_component(tmp_path):
+    manifest, _ = load(tmp_path, smallest())
+    assert manifest.components == {"model": Component("model", True)}
+    assert manifest.required_components == ("model",)
+    assert [(f.path, f.component) for f in manifest.files] == [("model.safetensors", "model"), ("config.json", "model")]
+    again = parse_manifest_text(dump_manifest(manifest))  # written back out, it is an ordinary manifest
+    assert again.components == manifest.components
+    assert sorted(again.files, key=lambda f: f.path) == sorted(manifest.files, key=lambda f: f.path)  # dump sorts
+
+
+def test_smallest_manifest_verifies_a_directory_from_the_cli(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "model.safetensors").write_bytes(b"abc")
+    (tmp_path / "d" / "config.json").write_bytes(b"abc")
+    _, path = load(tmp_path, smallest())
+    result = run_cli("verify", str(path), str(tmp_path / "d"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (tmp_path / "d" / "config.json").write_bytes(b"abd")
+    result = run_cli("verify", str(path), str(tmp_path / "d"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL  model  config.json        right size, wrong content: md5: expected " + MD5 in result.stdout
+
+
+def test_a_single_declared_component_is_the_default_for_files_that_name_none(tmp_path):
+    data = smallest()
+    data["components"] = {"weights": {"required": False}}
+    manifest, _ = load(tmp_path, data)
+    assert {f.component for f in manifest.files} == {"weights"}
+    assert manifest.required_components == ()
+
+
+@pytest.mark.parametrize(
+    "mutate, field, problem, expected",
+    [
+        (lambda d: d["files"][0].__setitem__("component", "dense"), "files[0] (model.safetensors).component",
+         "undeclared component 'dense'", "one of: model"),
+        (lambda d: d["files"][0].__setitem__("sha265", SHA), "files[0] (model.safetensors)", "unknown key 'sha265'",
+         "sha256"),
+        (lambda d: d["files"][1].pop("md5"), "files[1] (config.json)", "no digest", "at least one of"),
+        (lambda d: d.__setitem__("components", None), "components", "not a non-empty mapping",
+         "or no components key (one required component, 'model')"),
+    ],
+)
+def test_the_smallest_manifest_is_still_validated_strictly(tmp_path, mutate, field, problem, expected):
+    data = smallest()
+    mutate(data)
+    exc = refused(tmp_path, data)
+    assert f": {field}: {problem}" in exc.message, exc.message
+    assert expected in exc.expected, exc.expected
+
+
+# --------------------------------------------------------------------------- file mode
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_saved_manifest_gets_the_mode_the_umask_gives_any_new_file(tmp_path, umask, mode):
+    import os
+    import stat
+
+    manifest, _ = load(tmp_path, good())
+    old = os.umask(umask)
+    try:
+        target = save_manifest(manifest, tmp_path / "out" / "m.yaml")
+        plain = tmp_path / "out" / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == mode == stat.S_IMODE(plain.stat().st_mode)
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    target.chmod(0o600)  # a file the user restricted keeps its mode when rewritten
+    save_manifest(manifest, target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_build_output_gets_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "model.safetensors").write_bytes(b"abc")
+    old = os.umask(0o022)  # the CLI subprocess inherits it
+    try:
+        result = run_cli("build", str(tmp_path / "d"), "--model", "acme/mine", "-o", str(tmp_path / "m.yaml"))
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((tmp_path / "m.yaml").stat().st_mode) == 0o644

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write shipped manifests from a file of published Hub metadata (offline).
 
-    python tools/manifests_from_metadata.py ../shared/data/hub-metadata.yaml manifests/
+    python tools/manifests_from_metadata.py tests/data/hub-metadata.yaml manifests/
 
 The metadata file maps a model id to {revision, files: {path: {size, sha256, git_sha1, trust}}}.
 Only the values it records are written: no digest is invented. Components come

@@ -4,34 +4,31 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 
 class Progress:
-    """A byte counter drawn on stderr when it is a terminal and the job is long."""
+    """Bytes hashed, drawn on stderr by tqdm (percent, rate, time left) when stderr is a
+    terminal and the job is long; otherwise nothing is drawn and tqdm is not imported."""
 
-    def __init__(self, total: int, label: str, *, min_total: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, total: int, label: str, *, min_total: int = 256 * 1024 * 1024,
+                 mininterval: float = 0.2) -> None:
         self.total = total
         self.label = label
-        self.done = 0
         self.enabled = sys.stderr.isatty() and total >= min_total
-        self._lock = threading.Lock()
-        self._last = 0.0
+        self._lock = threading.Lock()  # hashing threads report concurrently
+        self._bar = None
+        if self.enabled:
+            from tqdm import tqdm  # installed with huggingface_hub
+
+            self._bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+                             file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=mininterval)
 
     def __call__(self, n: int) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            self.done += n
-            now = time.monotonic()
-            if now - self._last < 0.2:
-                return
-            self._last = now
-            pct = 100.0 * self.done / self.total if self.total else 100.0
-            sys.stderr.write(f"\r{self.label}: {pct:5.1f}% of {self.total / 1e9:.2f} GB")
-            sys.stderr.flush()
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(n)
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 60 + "\r")
-            sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -63,9 +63,15 @@ def supported(version: str) -> bool:
 def patch(module: Any) -> None:
     import importlib
 
+    runner_name = "FlagEmbedding.finetune.embedder.encoder_only.m3.runner"
     try:
-        runner = importlib.import_module("FlagEmbedding.finetune.embedder.encoder_only.m3.runner")
-    except ImportError:
+        runner = importlib.import_module(runner_name)
+    except ModuleNotFoundError as exc:
+        # Only the module itself (or a package above it) being absent means the 1.2 layout; a name
+        # it imports that is missing is a broken install, and its error is the one to report.
+        if not exc.name or not (runner_name == exc.name or runner_name.startswith(exc.name + ".")) \
+                or exc.name == "FlagEmbedding":
+            raise
         runner = None
     if runner is not None:  # the 1.3/1.4 layout
         _patches.replace(runner.EncoderOnlyEmbedderM3Runner, "get_model", _wrap_get_model)

@@ -27,7 +27,8 @@ from ..remedy import fetch_command
 from ..report import FAILED, SKIPPED, VerifyReport
 from ..resolve import resolve_manifest
 from .client import COMMIT, SHA256, hub_error, resolve_commit, retry_backoff, same_origin_key
-from .place import Target, cache_target, install_file, local_target, make_dirs, remove_if_empty, remove_stale_temp_files, safe_name
+from .place import (Target, cache_target, install_file, local_target, make_dirs, remove_empty_target, remove_if_empty,
+                    remove_stale_temp_files, safe_name)
 
 MAX_ATTEMPTS = 3
 
@@ -234,6 +235,9 @@ def fetch_files(
     except OfflineError:
         remove_if_empty(created, lock_file=target.lock_path)
         raise
+    except BaseException:
+        remove_empty_target(created, target)
+        raise
     ordered = tuple(actions[r.path] for r in after.files if r.path in actions)
     result = FetchResult(report=after, actions=ordered, revision=commit or rev, endpoint=endpoint)
     if not result.ok:
@@ -245,7 +249,7 @@ def fetch_files(
             lines.append(f"  {a.path} [{a.component}]: {a.message}")
         for r in still:
             lines.append(f"  {r.path} [{r.component}]: {r.message}")
-        raise DownloadError(
+        error = DownloadError(
             "\n".join(lines), result=result, path=target.directory,
             expected="every file with the manifest's size and digests",
             actual=", ".join(a.path for a in failed) or ", ".join(r.path for r in still),
@@ -254,6 +258,8 @@ def fetch_files(
                     f"then run `{_fetch_command(manifest, download_rev, local_dir, given=model, cache_dir=cache_dir)}` "
                     "again"),
         )
+        remove_empty_target(created, target)
+        raise error
     return result
 
 

@@ -77,6 +77,13 @@ def remove_if_empty(created: list[Path], *, lock_file: Path) -> None:
 
 
 
+def remove_empty_target(created: list[Path], target: Target) -> None:
+    """After a failed fetch in which nothing landed, remove the (empty) folders this call made for
+    the files, or the next load would take an empty snapshot for one with every file missing and
+    hide this failure's cause. The lock file stays: another process may be waiting on it."""
+    remove_if_empty([d for d in created if not target.lock_path.is_relative_to(d)], lock_file=target.lock_path)
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[-80:]
 

@@ -84,6 +84,7 @@ class ScanReport:
     cache_dir: str
     repos: tuple[RepoScan, ...]
     elapsed_s: float = 0.0
+    cache_exists: bool = True  # False: no cache folder at the default location, so nothing to scan
 
     @property
     def ok(self) -> bool:
@@ -91,7 +92,7 @@ class ScanReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "modelguard": __version__, "ok": self.ok, "cache_dir": self.cache_dir,
+            "modelguard": __version__, "ok": self.ok, "cache_dir": self.cache_dir, "cache_exists": self.cache_exists,
             "summary": {
                 "repos": len(self.repos),
                 "revisions": sum(len(r.revisions) for r in self.repos),
@@ -148,9 +149,13 @@ def scan_cache(
     against it (missing manifest files make it ``incomplete``, broken ones ``corrupt``).
     Every blob is read: no digest cache, so bytes that rotted in place are found too.
     ``progress`` is called with the number of bytes hashed as they are.
+    No cache folder at the default location (nothing downloaded yet) is an empty, clean
+    report; a ``cache_dir`` given that does not exist is a :class:`UsageError`.
     """
     start = time.perf_counter()
     root = hfcache.hf_cache_dir(cache_dir)
+    if not cache_dir and not root.exists() and not root.is_symlink():
+        return ScanReport(cache_dir=str(root), repos=(), elapsed_s=time.perf_counter() - start, cache_exists=False)
     if not root.is_dir():
         raise UsageError(
             f"Hugging Face cache {root} does not exist" if not root.exists() else f"{root} is not a directory",
@@ -267,6 +272,8 @@ def cache_blob_bytes(cache_dir: str | os.PathLike[str] | None = None) -> int:
 
 def format_scan(report: ScanReport) -> str:
     """Human-readable scan report: one block per repo, one line per revision."""
+    if not report.cache_exists:
+        return f"no Hugging Face cache at {report.cache_dir}: nothing to scan"
     lines = [f"Hugging Face cache {report.cache_dir}"]
     if not report.repos:
         lines.append("  (no repositories)")

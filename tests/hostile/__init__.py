@@ -169,6 +169,7 @@ import sys, time
 path, seconds = sys.argv[1], float(sys.argv[2])
 end = time.monotonic() + seconds
 with open(path, "ab", buffering=0) as fh:
+    fh.write(b"g" * 4096)  # the file has grown before the caller hears "started"
     print("started", flush=True)
     while time.monotonic() < end:
         fh.write(b"g" * 4096)
