@@ -17,7 +17,8 @@ _LAZY = {
     "ModelGuardError": "errors", "ManifestError": "errors", "ManifestNotFoundError": "errors",
     "UnsafePathError": "errors", "VerificationError": "errors", "MissingHeadError": "errors",
     "RandomInitError": "errors", "UnsafeFileError": "errors", "DownloadError": "errors",
-    "OfflineError": "errors", "UsageError": "errors",
+    "OfflineError": "errors", "UsageError": "errors", "SignatureError": "errors",
+    "SignatureFormatError": "errors",
     # manifests
     "Manifest": "manifest", "FileEntry": "manifest", "Component": "manifest", "TensorSpec": "manifest",
     "load_manifest": "manifest", "parse_manifest_text": "manifest", "dump_manifest": "manifest",
@@ -28,6 +29,8 @@ _LAZY = {
     "verify": "verifying", "VerifyReport": "report", "FileResult": "report",
     # the Hub
     "fetch": "hub", "FetchResult": "hub",
+    # signatures (OpenSSF model signing; needs modelguard[signing])
+    "read_signature": "signing", "verify_signed": "signing", "sign_directory": "signing",
     # loader guard
     "install": "guard", "uninstall": "guard", "allow_random_init": "guard",
     "GuardWarning": "guard", "UnknownModelWarning": "guard",

@@ -122,3 +122,12 @@ class DownloadError(ModelGuardError):
 
 class OfflineError(DownloadError):
     """A download was needed but the Hub is switched off (HF_HUB_OFFLINE=1)."""
+
+
+class SignatureError(VerificationError):
+    """A model signature does not verify: altered, made by another key, an untrusted
+    certificate, or required and absent (exit 1)."""
+
+
+class SignatureFormatError(ManifestError):
+    """A signature file cannot be read as a model signature (exit 2)."""

@@ -13,7 +13,8 @@ right after the library's own import finishes. The hooks call this module's publ
 
 Settings (:mod:`modelguard.policy`): the failure policy (``MODELGUARD_POLICY``), the
 unknown-model policy (``MODELGUARD_UNKNOWN``), extra manifest folders
-(``MODELGUARD_MANIFEST_PATH``), offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``).
+(``MODELGUARD_MANIFEST_PATH``), offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``), model
+signatures (``MODELGUARD_PUBLIC_KEY``, ``MODELGUARD_REQUIRE_SIGNATURE``, :mod:`modelguard.signing`).
 
 Importing this module is cheap (it runs at the top of programs): the pre-load check and
 what it needs (the manifest schema, the verify engine, the resolver) load with the first
@@ -68,14 +69,19 @@ def install(
     manifest_dirs: Iterable[str | os.PathLike[str]] | None = None,
     offline: bool | None = None,
     unknown: str | None = None,
+    public_key: str | os.PathLike[str] | None = None,
+    require_signature: bool | None = None,
 ) -> None:
     """Guard every supported loader, now and when its library is imported later.
 
     Idempotent: a second call only updates the settings given. ``policy`` is
     ``refuse`` | ``repair`` | ``warn`` (or a :class:`Policy`); ``unknown`` is
     ``warn`` | ``refuse`` | ``allow``; ``manifest_dirs`` are searched before
-    ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``.
+    ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``;
+    ``public_key`` (a PEM file) overrides ``$MODELGUARD_PUBLIC_KEY`` and
+    ``require_signature`` ``$MODELGUARD_REQUIRE_SIGNATURE`` (see :mod:`modelguard.signing`).
     """
+    _settings.set_signing_settings(public_key, require_signature)
     new = _settings.make_policy(policy, manifest_dirs=manifest_dirs, offline=offline, unknown=unknown)
     if not is_installed():
         _settings.set_policy(new)
@@ -88,6 +94,7 @@ def uninstall() -> None:
     """Remove the import hook and restore every original function. Idempotent."""
     remove_finder()
     _settings.set_policy(Policy())
+    _settings.set_signing_settings(None, None, keep=False)
 
 
 def __getattr__(name: str) -> object:

@@ -11,7 +11,11 @@ Configuration, by argument or environment (arguments win):
 - unknown, ``MODELGUARD_UNKNOWN``: a model with no manifest: ``warn`` (default),
   ``refuse`` or ``allow``. Random initialization is refused either way;
 - manifest_dirs, ``MODELGUARD_MANIFEST_PATH``: extra manifest folders;
-- offline, ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``: never download.
+- offline, ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``: never download;
+- public_key, ``MODELGUARD_PUBLIC_KEY``: a folder holding ``model.sig`` is loaded only if
+  that OpenSSF model signature verifies with this key and every file it lists matches
+  (:mod:`modelguard.signing`, needs ``modelguard[signing]``); require_signature,
+  ``MODELGUARD_REQUIRE_SIGNATURE=1``: refuse a model without such a signature.
 """
 
 from __future__ import annotations
@@ -92,10 +96,27 @@ _lock = threading.RLock()
 _policy = Policy()
 # Folders the program declared (map_directory): realpath -> (model id, revision).
 directory_map: dict[str, tuple[str, str | None]] = {}
+# install(public_key=..., require_signature=...); None: read from the environment at each check.
+_signing_settings: tuple[str | None, bool | None] = (None, None)
 
 
 def current_policy() -> Policy:
     return _policy
+
+
+def signing_settings() -> tuple[str | None, bool | None]:
+    """``(public_key, require_signature)`` given to install(); None where the environment decides."""
+    return _signing_settings
+
+
+def set_signing_settings(public_key: str | os.PathLike[str] | None, require_signature: bool | None, *,
+                         keep: bool = True) -> None:
+    """Set the signature settings; with ``keep``, a None argument keeps the current value."""
+    global _signing_settings
+    with _lock:
+        old = _signing_settings if keep else (None, None)
+        _signing_settings = (os.fspath(public_key) if public_key is not None else old[0],
+                             require_signature if require_signature is not None else old[1])
 
 
 def set_policy(policy: Policy) -> None:

@@ -23,11 +23,13 @@ from .errors import ManifestNotFoundError, ModelGuardError, OfflineError, Verifi
 from .hashing import stat_key
 from .hub import fetch, repair_files
 from .manifest import Manifest
-from .policy import ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map
+from .policy import (ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map,
+                     signing_settings)
 from .remedy import fetch_command
 from .report import VerifyReport, format_report
 from .resolve import LOCAL_MANIFEST_NAME, Resolution, resolve
 from .safety import SafetyFinding, require_safe, scan_file, scan_manifest_files
+from .signing import configured_public_key, enforce_before_load, signature_required
 
 # Directories verified during the current load call: a loader that calls another
 # guarded loader (sentence-transformers -> transformers) hashes the files once.
@@ -90,8 +92,11 @@ def check_before_load(
         policy = policy._replace(offline=True)
     on_failure = policy.effective_on_failure()
     resolved = resolve_model(name_or_path, revision, cache_dir=cache_dir)
+    signed = _check_signature(resolved, name_or_path, loader, on_failure)
     manifest = resolved.manifest
     if manifest is None:
+        if signed:
+            return resolved  # the signature listed every file, and they verified
         if resolved.directory is None and not registry.looks_like_model_id(os.fspath(name_or_path)):
             return resolved  # neither a folder nor a model id: the loader reports its own "not found"
         done = _verified.get()
@@ -131,6 +136,33 @@ def check_before_load(
     if done is not None:
         _verified.set(done | {key})
     return resolved
+
+
+def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_failure: str) -> bool:
+    """With a signing key or the signature requirement configured, check ``model.sig`` (once
+    per load). True when a signature verified with every file it lists."""
+    key_setting, require_setting = signing_settings()
+    public_key = configured_public_key(key_setting)
+    require = signature_required(require_setting)
+    if public_key is None and not require:
+        return False
+    directory = resolved.directory
+    if directory is not None and not Path(directory).is_dir():
+        directory = None  # a Hub id not downloaded yet
+    if directory is None and not require:
+        return False
+    done = _verified.get()
+    key = (os.path.realpath(directory) if directory is not None else os.fspath(name_or_path), "signature")
+    if done is not None and any(kind == "signature" and (key[0] == path or key[0].startswith(path + os.sep))
+                                for path, kind in done):
+        return True  # this folder, or the signed folder holding it, verified in this load
+    statement = enforce_before_load(directory, public_key=public_key, require=require, loader=loader,
+                                    target=resolved.model_id or os.fspath(name_or_path), on_failure=on_failure)
+    if statement is None:
+        return False
+    if done is not None:
+        _verified.set(_verified.get() | {key})
+    return True
 
 
 # Findings that mean code would run on load: refused whatever the failure policy.

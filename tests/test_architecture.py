@@ -27,7 +27,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
                  "modelguard.hub.client", "modelguard.hub.place", "modelguard.hub.download", "modelguard.hub.scan",
                  "modelguard.hub.metadata", "modelguard.build", "modelguard.auditing", "modelguard.audit_report",
                  "modelguard.probing",
-                 "modelguard.comparison", "modelguard.runners", "modelguard.determinism"),
+                 "modelguard.comparison", "modelguard.runners", "modelguard.determinism",
+                 "modelguard.signature_bundle", "modelguard.signature_writing", "modelguard.signing"),
     "loader hooks": ("modelguard.hooks.transformers", "modelguard.hooks.sentence_transformers",
                      "modelguard.hooks.flagembedding", "modelguard.hooks.torch_load", "modelguard.hooks.remote_code",
                      "modelguard.auto"),
@@ -35,7 +36,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
                                        "modelguard._commands", "modelguard._commands._common",
                                        "modelguard._commands.verify", "modelguard._commands.build",
                                        "modelguard._commands.fetch", "modelguard._commands.scan",
-                                       "modelguard._commands.audit", "modelguard._commands.probe"),
+                                       "modelguard._commands.audit", "modelguard._commands.probe",
+                                       "modelguard._commands.sign", "modelguard._commands._signed"),
 }
 LAYER_OF = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 

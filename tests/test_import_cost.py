@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "FlagEmbedding", "huggingface_hub", "sentence_transformers")
+HEAVY = ("torch", "transformers", "FlagEmbedding", "huggingface_hub", "sentence_transformers",
+         "model_signing", "sigstore", "OpenSSL", "cryptography")
 
 PROBE = """
 import json, sys
@@ -40,6 +41,9 @@ def test_the_probe_sees_a_heavy_import():
         "import modelguard.cli",
         "import modelguard; modelguard.load_manifest, modelguard.build_manifest, modelguard.ModelGuardError",
         "from modelguard.cli import build_parser; build_parser()",
+        "import modelguard.auto",
+        # signatures: the library is imported only when a signature is checked (cache miss) or written
+        "import modelguard.signing, modelguard._commands._signed, modelguard._commands.sign",
     ],
 )
 def test_import_is_cheap(code):

@@ -10,6 +10,7 @@ from ..report import format_report
 from ..resolve import resolve_verify_target
 from ..safety import format_findings, scan_manifest_files
 from ._common import Progress
+from ._signed import run_verify, wants_signature
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Check every file a model needs: present, complete, the right bytes. "
                     "Exit 0 verified, 1 failed, 2 bad invocation or manifest.",
     )
-    p.add_argument("target", metavar="TARGET", help="a manifest file, or a model id with a known manifest (BAAI/bge-m3)")
+    p.add_argument("target", metavar="TARGET",
+                   help="a manifest file, a model id with a known manifest (BAAI/bge-m3), "
+                        "or a signature (model.sig, with --public-key or --certificate-chain)")
     p.add_argument("directory", metavar="DIR", nargs="?",
                    help="model directory (default: the model's snapshot in the Hugging Face cache)")
     p.add_argument("--revision", help="with a model id: the revision whose manifest applies")
@@ -33,11 +36,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="re-hash every file; do not use or update the verified-digest cache")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--public-key", metavar="KEY.pem",
+                   help="TARGET is an OpenSSF model signature: check it with this PEM public key "
+                        "(default for a .sig: $MODELGUARD_PUBLIC_KEY), then every file it lists")
+    p.add_argument("--certificate-chain", metavar="CA.pem", action="append",
+                   help="TARGET is a model signature made with a certificate: check it against this chain "
+                        "(repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if wants_signature(args):
+        return run_verify(args)
     resolution = resolve_verify_target(args.target, args.directory, revision=args.revision, cache_dir=args.cache_dir,
                                        how_to_pass=f"pass the directory: modelguard verify {args.target} DIR")
     manifest, directory = resolution.manifest, resolution.directory
