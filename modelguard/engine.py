@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .errors import UsageError
 from .fs import access_detail, containing_roots, file_type_name, human_size, opened_path, walk_files, within
+from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .remedy import fetch_command
@@ -71,7 +72,7 @@ class _Checker:
                remedy: str | None = None, cached: bool = False) -> FileResult:
         comp = self.manifest.components[entry.component]
         if expected is None:
-            expected = {"size": entry.size, **entry.digests}
+            expected = {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests)
         if status == FAILED and remedy is None:
             remedy = self.remedy(entry, diagnosis)
         return FileResult(
@@ -154,7 +155,7 @@ class _Checker:
 
     def _cached_or_read(self, entry: FileEntry, path: Path, resolved: Path, st: os.stat_result,
                         use_cache: bool) -> FileResult | tuple[Path, Path]:
-        if use_cache and st.st_size == entry.size:
+        if use_cache and entry.size in (None, st.st_size):
             hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
             if hit is not None:
                 cached = self._compare(entry, st.st_size, hit, None, cached=True)
@@ -186,7 +187,7 @@ class _Checker:
             if not stat.S_ISREG(st.st_mode):
                 kind = file_type_name(st.st_mode)
                 return self.result(entry, "not_a_file", f"is a {kind}, not a regular file", actual={"type": kind})
-            if st.st_size != entry.size:
+            if entry.size is not None and st.st_size != entry.size:
                 return self._wrong_size(entry, fd, st.st_size)
             try:
                 digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st)
@@ -232,6 +233,15 @@ class _Checker:
             actual["lfs_oid_sha256"] = pointer["oid_sha256"]
             actual["lfs_size"] = pointer["size"]
             expected_sha = entry.digests.get("sha256")
+            if self.manifest.origin != "manifest":
+                # A cache download, not a git clone: the fix is to download the file again.
+                same = pointer["size"] == entry.size and pointer["oid_sha256"] == expected_sha
+                return self.result(
+                    entry, "lfs_pointer",
+                    f"is a Git LFS pointer stub ({size} bytes), not the file"
+                    + ("" if same else f" (to a different file: oid {pointer['oid_sha256']}, size {pointer['size']})"),
+                    actual=actual,
+                )
             if pointer["size"] == entry.size and (expected_sha is None or pointer["oid_sha256"] == expected_sha):
                 detail = ("this is the pointer to the right file: run `git lfs pull`" if expected_sha
                           else "its size matches the manifest: run `git lfs pull`")
@@ -286,18 +296,35 @@ class _Checker:
             return self.result(entry, "ok", f"ok ({human_size(size)}, {names}{', cached' if cached else ''})",
                                status=OK, actual=actual, cached=cached)
         detail = "; ".join(f"{a}: expected {entry.digests[a]}, got {v}" for a, v in mismatched.items())
+        if fd is not None and entry.size is None:
+            # No size to compare first (expectations from content addresses): tell the stub,
+            # the empty file and the error page apart by their bytes.
+            if size == 0:
+                return self.result(entry, "empty", f"is empty (0 bytes); {detail}", actual=actual)
+            pointer = parse_lfs_pointer(os.pread(fd, SNIFF_BYTES, 0))
+            if pointer is not None:
+                actual["lfs_oid_sha256"] = pointer["oid_sha256"]
+                actual["lfs_size"] = pointer["size"]
+                same = pointer["oid_sha256"] == entry.digests.get("sha256")
+                return self.result(
+                    entry, "lfs_pointer",
+                    f"is a Git LFS pointer stub ({size} bytes), not the file"
+                    + ("" if same else f" (it points to oid {pointer['oid_sha256']}, size {pointer['size']})"),
+                    actual=actual,
+                )
+        sized = "right size but " if entry.size is not None else ""
         if fd is not None and size > 0:
             zero_from = zero_region(fd, size)
             if zero_from == 0:
                 actual["content"] = "all zero bytes"
                 return self.result(entry, "zero_filled",
-                                   f"right size but every byte is zero (a preallocated or wiped file); {detail}",
+                                   f"{sized}every byte is zero (a preallocated or wiped file); {detail}",
                                    actual=actual)
             if zero_from is not None and size - zero_from >= min(4096, size // 2):
                 actual["zero_from"] = zero_from
                 return self.result(
                     entry, "zero_filled",
-                    f"right size but bytes {zero_from}..{size} are zero: a preallocated download that did not "
+                    f"{sized}bytes {zero_from}..{size} are zero: a preallocated download that did not "
                     f"finish ({100.0 * zero_from / size:.1f}% written); {detail}",
                     actual=actual,
                 )
@@ -310,7 +337,7 @@ class _Checker:
                                    f"(starts: {first_line(head)!r}); {detail}", actual=actual)
         return self.result(
             entry, "digest_mismatch",
-            f"right size, wrong content: {detail}", actual=actual,
+            f"{'right size, ' if entry.size is not None else ''}wrong content: {detail}", actual=actual,
         )
 
 
@@ -321,6 +348,8 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
     def remedy(entry: FileEntry, diagnosis: str) -> str | None:
         if diagnosis in ("changed_while_reading",):
             return None
+        if manifest.origin != "manifest":
+            return download_again(manifest, directory)
         if "/" not in manifest.model:
             return f"restore {entry.path} from the source the manifest was built from"
         return fetch_command(manifest.model, manifest.revision,
@@ -388,7 +417,7 @@ def verify_directory(
     results: dict[str, FileResult] = {}
 
     def to_read() -> Iterable[tuple[FileEntry, Path, Path]]:
-        for e in sorted(entries, key=lambda e: -e.size):
+        for e in sorted(entries, key=lambda e: -(e.size or 0)):
             located = checker.locate(e)
             if isinstance(located, FileResult):
                 results[e.path] = located
@@ -404,5 +433,5 @@ def verify_directory(
     return VerifyReport(
         model=manifest.model, revision=manifest.revision, directory=str(root),
         manifest_source=manifest.source, files=ordered, extra_files=extra,
-        strict_extra=strict_extra, elapsed_s=time.perf_counter() - start,
+        strict_extra=strict_extra, elapsed_s=time.perf_counter() - start, expectations=manifest.origin,
     )

@@ -52,12 +52,14 @@ __all__ = [
     "UnknownModelWarning", "UnsupportedLibraryWarning", "allow_random_init", "check_before_load", "current_policy",
     "directory_map_file", "in_loader_scope", "install", "is_installed", "map_directory", "mark_verified",
     "patched_libraries", "random_init_allowed", "refuse_random_init", "resolve_model", "scan_once", "uninstall",
-    "verified_scope",
+    "verified_scope", "verified_keys", "add_verified", "unknown_model", "repair", "verification_error",
 ]
 # Loaded with the first model: name -> module.
 _ON_FIRST_USE = {
     "check_before_load": "preload", "resolve_model": "preload", "verified_scope": "preload",
     "in_loader_scope": "preload", "mark_verified": "preload", "scan_once": "preload",
+    "verified_keys": "preload", "add_verified": "preload", "unknown_model": "preload", "repair": "preload",
+    "verification_error": "preload",
     "ResolvedModel": "resolve", "Resolution": "resolve", "directory_map_file": "registry",
     "LOCAL_MANIFEST_NAME": "registry", "DIRECTORY_MAP_NAME": "registry",
 }
@@ -71,6 +73,7 @@ def install(
     unknown: str | None = None,
     public_key: str | os.PathLike[str] | None = None,
     require_signature: bool | None = None,
+    all_files: bool | None = None,
 ) -> None:
     """Guard every supported loader, now and when its library is imported later.
 
@@ -80,13 +83,17 @@ def install(
     ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``;
     ``public_key`` (a PEM file) overrides ``$MODELGUARD_PUBLIC_KEY`` and
     ``require_signature`` ``$MODELGUARD_REQUIRE_SIGNATURE`` (see :mod:`modelguard.signing`).
+    ``all_files``
+    (``$MODELGUARD_ALL_FILES``) checks every file of a cache listing, not only what loaders read.
     """
     _settings.set_signing_settings(public_key, require_signature)
-    new = _settings.make_policy(policy, manifest_dirs=manifest_dirs, offline=offline, unknown=unknown)
+    new = _settings.make_policy(policy, manifest_dirs=manifest_dirs, offline=offline, unknown=unknown,
+                                all_files=all_files)
     if not is_installed():
         _settings.set_policy(new)
         install_finder()
-    elif policy is not None or manifest_dirs is not None or offline is not None or unknown is not None:
+    elif (policy is not None or manifest_dirs is not None or offline is not None or unknown is not None
+          or all_files is not None):
         _settings.set_policy(_settings.merge_policy(current_policy(), new))
 
 

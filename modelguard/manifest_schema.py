@@ -64,10 +64,11 @@ class Component:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One required file: relative POSIX path, size, at least one digest."""
+    """One required file: relative POSIX path, size (None: not known, as for expectations taken
+    from a cache's blob names; a manifest always has it), at least one digest."""
 
     path: str
-    size: int
+    size: int | None
     component: str
     digests: Mapping[str, str] = field(default_factory=dict)
     tensors: Mapping[str, TensorSpec] | None = None
@@ -91,7 +92,13 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated manifest. ``source`` is the file it came from, if any."""
+    """A validated manifest. ``source`` is the file it came from, if any.
+
+    ``origin`` says what the expectations are: ``manifest`` (a manifest file), or, built by
+    :mod:`modelguard.hflisting` from a Hugging Face cache, ``hub-listing`` (the Hub's listing
+    saved at download) or ``blob-addresses`` (the cache's blob names; files missing from the
+    snapshot cannot be known, see :attr:`lists_every_file`).
+    """
 
     model: str
     revision: str | None
@@ -99,6 +106,11 @@ class Manifest:
     files: tuple[FileEntry, ...]
     source: str | None = None
     description: str | None = None
+    origin: str = "manifest"
+
+    @property
+    def lists_every_file(self) -> bool:
+        return self.origin != "blob-addresses"
 
     def file(self, path: str) -> FileEntry | None:
         for entry in self.files:

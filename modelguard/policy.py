@@ -15,7 +15,14 @@ Configuration, by argument or environment (arguments win):
 - public_key, ``MODELGUARD_PUBLIC_KEY``: a folder holding ``model.sig`` is loaded only if
   that OpenSSF model signature verifies with this key and every file it lists matches
   (:mod:`modelguard.signing`, needs ``modelguard[signing]``); require_signature,
-  ``MODELGUARD_REQUIRE_SIGNATURE=1``: refuse a model without such a signature.
+  ``MODELGUARD_REQUIRE_SIGNATURE=1``: refuse a model without such a signature;
+- all_files, ``MODELGUARD_ALL_FILES``: for a model that no manifest describes but the
+  Hugging Face cache does (:mod:`modelguard.hflisting`), check every listed file, not only
+  the files loaders read.
+
+A model in the Hugging Face cache with no manifest is checked against the Hub's listing
+saved at download (else its blobs' content addresses); the unknown-model policy applies
+only where no such source exists.
 """
 
 from __future__ import annotations
@@ -49,11 +56,12 @@ class UnsupportedLibraryWarning(GuardWarning):
 # --------------------------------------------------------------------------- configuration
 
 
-class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline", defaults=(None, None, (), None))):
+class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_files",
+                        defaults=(None, None, (), None, None))):
     """The guard's settings (immutable). ``None`` fields are read from the environment at each check.
 
     ``on_failure``: refuse | repair | warn; ``unknown``: warn | refuse | allow;
-    ``manifest_dirs``: tuple of folders; ``offline``: bool.
+    ``manifest_dirs``: tuple of folders; ``offline``: bool; ``all_files``: bool.
     """
 
     __slots__ = ()
@@ -68,6 +76,11 @@ class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline", de
         if self.offline is not None:
             return self.offline
         return is_offline()
+
+    def effective_all_files(self) -> bool:
+        if self.all_files is not None:
+            return self.all_files
+        return os.environ.get("MODELGUARD_ALL_FILES", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
@@ -126,7 +139,7 @@ def set_policy(policy: Policy) -> None:
 
 
 def make_policy(policy: str | Policy | None, *, manifest_dirs=None, offline: bool | None = None,
-                unknown: str | None = None) -> Policy:
+                unknown: str | None = None, all_files: bool | None = None) -> Policy:
     """A :class:`Policy` from :func:`modelguard.install`'s arguments (checked)."""
     if isinstance(policy, Policy):
         return policy
@@ -135,6 +148,7 @@ def make_policy(policy: str | Policy | None, *, manifest_dirs=None, offline: boo
         unknown=check_choice("unknown-model policy", unknown, UNKNOWN_POLICIES),
         manifest_dirs=tuple(str(d) for d in manifest_dirs or ()),
         offline=offline,
+        all_files=all_files,
     )
 
 
@@ -145,6 +159,7 @@ def merge_policy(old: Policy, new: Policy) -> Policy:
         unknown=new.unknown or old.unknown,
         manifest_dirs=new.manifest_dirs or old.manifest_dirs,
         offline=new.offline if new.offline is not None else old.offline,
+        all_files=new.all_files if new.all_files is not None else old.all_files,
     )
 
 

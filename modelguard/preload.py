@@ -17,10 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from . import hfcache, registry
-from .engine import verify_directory
+from . import engine, hfcache, registry
 from .errors import ManifestNotFoundError, ModelGuardError, OfflineError, VerificationError
 from .hashing import stat_key
+from .hflisting import checked_components
 from .hub import fetch, repair_files
 from .manifest import Manifest
 from .policy import (ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map,
@@ -63,8 +63,9 @@ def resolve_model(
            revision, None if cache_dir is None else os.fspath(cache_dir))
     if memo is not None and key in memo:
         return memo[key]
-    resolved = resolve(name_or_path, revision, cache_dir=cache_dir, manifest_dirs=current_policy().manifest_dirs,
-                       directory_map=dict(directory_map))
+    policy = current_policy()
+    resolved = resolve(name_or_path, revision, cache_dir=cache_dir, manifest_dirs=policy.manifest_dirs,
+                       directory_map=dict(directory_map), all_files=policy.effective_all_files())
     if memo is not None:
         memo[key] = resolved
     return resolved
@@ -102,10 +103,13 @@ def check_before_load(
         done = _verified.get()
         key = (os.path.realpath(resolved.directory) if resolved.directory else os.fspath(name_or_path), "?")
         if done is None or key not in done:
-            _unknown_model(name_or_path, resolved, policy.effective_unknown(), loader)
+            unknown_model(name_or_path, resolved, policy.effective_unknown(), loader)
             if done is not None:
                 _verified.set(done | {key})
         return resolved
+    if resolved.how == "hf-listing":
+        # The loaders' component names mean nothing to a cache listing: check the files loaders read.
+        components = checked_components(manifest, policy.effective_all_files())
     wanted = None
     if components is not None:
         wanted = sorted(set(components) & set(manifest.components))
@@ -123,11 +127,11 @@ def check_before_load(
         return resolved
     report = fetched if fetched is not None else _verify(manifest, directory, wanted)
     if not report.ok:
-        if on_failure == "repair" and not policy.effective_offline():
-            _repair(manifest, directory, wanted, report)
+        if on_failure == "repair" and not policy.effective_offline() and manifest.origin == "manifest":
+            repair(manifest, directory, wanted, report)
             report = _verify(manifest, directory, wanted)
         if not report.ok:
-            error = _verification_error(resolved, report, loader, on_failure, policy.effective_offline())
+            error = verification_error(resolved, report, loader, on_failure, policy.effective_offline())
             if on_failure == "warn":
                 warnings.warn(str(error), GuardWarning, stacklevel=3)
             else:
@@ -237,6 +241,19 @@ def verified_scope() -> Iterator[None]:
         _verified.reset(token)
 
 
+def verified_keys() -> frozenset[tuple[str, str]] | None:
+    """What the current guarded load has verified: ``(realpath, components)`` pairs (``*`` all,
+    ``?`` reported unverified, or a hook's own kind); None outside a guarded load."""
+    return _verified.get()
+
+
+def add_verified(keys: Iterable[tuple[str, str]]) -> None:
+    """Record ``keys`` (see :func:`verified_keys`) as checked in the current guarded load."""
+    done = _verified.get()
+    if done is not None:
+        _verified.set(done | set(keys))
+
+
 def mark_verified(directory: str | os.PathLike[str]) -> None:
     """Tell nested guarded loaders that every file of ``directory`` was checked in this load
     (a hook that verified a model itself, such as FlagEmbedding's): its files are not hashed
@@ -248,10 +265,10 @@ def mark_verified(directory: str | os.PathLike[str]) -> None:
 
 
 def _verify(manifest: Manifest, directory: Path, components: list[str] | None) -> VerifyReport:
-    return verify_directory(manifest, directory, components=components)
+    return engine.verify_directory(manifest, directory, components=components)  # by module: tests spy on it
 
 
-def _unknown_model(name_or_path: Any, resolved: Resolution, unknown: str, loader: str) -> None:
+def unknown_model(name_or_path: Any, resolved: Resolution, unknown: str, loader: str) -> None:
     if unknown == "allow":
         return
     target = resolved.model_id or os.fspath(name_or_path)
@@ -262,7 +279,9 @@ def _unknown_model(name_or_path: Any, resolved: Resolution, unknown: str, loader
         if resolved.directory is not None and resolved.how == "unknown" and Path(os.fspath(where)).is_dir()
         else f"write a manifest with `modelguard build DIR --model {model}` into one of: "
              + ", ".join(str(d) for d in registry.search_path(list(current_policy().manifest_dirs)))
-    ) + f"; or set {ENV_UNKNOWN}=allow to load unverified models without this message"
+    ) + ("; or download it with huggingface_hub's snapshot_download (or `hf download`), which saves the Hub's "
+         "listing that the guard then checks the files against"
+         f"; or set {ENV_UNKNOWN}=allow to load unverified models without this message")
     message = (f"modelguard: no manifest applies to {target} (loaded by {loader}), "
                "so its files are not verified; random initialization is still refused")
     pinned = _manifest_for_another_revision(resolved)
@@ -311,11 +330,11 @@ def _download(resolved: Resolution, components: list[str] | None, policy: Policy
     return fetch(manifest, resolved.revision, components=components, cache_dir=cache_dir)
 
 
-def _repair(manifest: Manifest, directory: Path, components: list[str] | None, report: Any) -> None:
+def repair(manifest: Manifest, directory: Path, components: list[str] | None, report: Any) -> None:
     repair_files(manifest, directory, components=components)
 
 
-def _verification_error(
+def verification_error(
     resolved: Resolution, report: Any, loader: str, on_failure: str, offline: bool
 ) -> VerificationError:
     manifest = resolved.manifest
@@ -323,7 +342,7 @@ def _verification_error(
     verb = {"refuse": "refused to load", "repair": "could not repair", "warn": "loading despite failed checks:"}
     lines = [
         f"modelguard {verb[on_failure]} {manifest.model} ({loader}) from {report.directory}: "
-        f"files do not match the manifest",
+        f"files do not match {report.expectations_phrase}",
         f"  {resolved.describe()}",
         *("  " + line for line in format_report(report, quiet=True).splitlines()),
     ]
@@ -331,10 +350,12 @@ def _verification_error(
     remedy = "; ".join(remedies) if remedies else None
     if on_failure == "repair" and offline:
         lines.append("  (repair skipped: downloads are off, HF_HUB_OFFLINE)")
+    elif on_failure == "repair" and manifest.origin != "manifest":
+        lines.append("  (repair skipped: it needs a manifest; download the files again with the command below)")
     if resolved.how == "identified":
         hint = (f"if this directory is a different model (e.g. a fine-tune of {manifest.model}), save its own manifest: "
                 f"`modelguard build {report.directory} --model ORG/NAME -o {Path(report.directory) / LOCAL_MANIFEST_NAME}`")
         remedy = f"{remedy}; {hint}" if remedy else hint
-    elif on_failure == "refuse" and remedy:
+    elif on_failure == "refuse" and remedy and manifest.origin == "manifest":
         remedy += f"; or set {ENV_POLICY}=repair to re-download broken files while loading"
     return VerificationError("\n".join(lines), report=report, path=report.directory, remedy=remedy)

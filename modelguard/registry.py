@@ -107,7 +107,9 @@ def require_manifest(
             expected=f"a manifest file {model}.yaml in one of: " + ", ".join(str(d) for d in search_path(extra_dirs)),
             actual=f"known models: {known}",
             remedy=f"write one with `modelguard build DIR --model {model} -o manifests/{model}.yaml` "
-                   f"and add its folder to ${ENV_PATH}, or pass the manifest file itself",
+                   f"and add its folder to ${ENV_PATH}, or pass the manifest file itself; or download the model "
+                   "with huggingface_hub's snapshot_download (or `hf download`): its snapshot is then checked "
+                   "against the Hub's listing saved with it",
         )
     return manifest
 

@@ -67,6 +67,27 @@ class VerifyReport:
     extra_files: tuple[str, ...] = ()
     strict_extra: bool = False
     elapsed_s: float = 0.0
+    expectations: str = "manifest"
+
+    @property
+    def completeness_checked(self) -> bool:
+        """False when the expectations could not say which files should exist (blob addresses)."""
+        return self.expectations != "blob-addresses"
+
+    @property
+    def expectations_phrase(self) -> str:
+        if self.expectations == "hub-listing":
+            rev = f" of commit {self.revision[:12]}" if self.revision else ""
+            return f"the Hub's listing{rev} saved at download"
+        if self.expectations == "blob-addresses":
+            return "their blobs' content addresses (completeness not checked)"
+        return "the manifest"
+
+    @property
+    def unlisted_phrase(self) -> str:
+        if self.expectations == "blob-addresses":
+            return "with no content address (plain files, not links to blobs)"
+        return f"not in {self.expectations_phrase}"
 
     @property
     def failures(self) -> tuple[FileResult, ...]:
@@ -94,7 +115,7 @@ class VerifyReport:
         n_ok = sum(r.status == OK for r in self.files)
         n_skipped = sum(r.status == SKIPPED for r in self.files)
         if self.ok:
-            text = f"verified: {n_ok} file(s) of {self.model} match the manifest"
+            text = f"verified: {n_ok} file(s) of {self.model} match {self.expectations_phrase}"
             if n_skipped:
                 text += f"; optional component(s) not present: {', '.join(self.missing_optional_components)}"
             return text
@@ -105,7 +126,7 @@ class VerifyReport:
                 f" (component(s): {', '.join(self.failed_components)})"
             )
         if self.strict_extra and self.extra_files:
-            parts.append(f"{len(self.extra_files)} file(s) not in the manifest")
+            parts.append(f"{len(self.extra_files)} file(s) {self.unlisted_phrase}")
         return f"FAILED: {self.model}: " + "; ".join(parts)
 
     def raise_for_errors(self) -> None:
@@ -116,7 +137,7 @@ class VerifyReport:
         for r in self.failures:
             lines.append(f"  {r.path} [{r.component}]: {r.message}")
         for path in self.extra_files if self.strict_extra else ():
-            lines.append(f"  {path}: not listed in the manifest")
+            lines.append(f"  {path}: {self.unlisted_phrase.replace('not in', 'not listed in')}")
         remedies = list(dict.fromkeys(r.remedy for r in self.failures if r.remedy))
         raise VerificationError(
             "\n".join(lines),
@@ -146,6 +167,8 @@ class VerifyReport:
             "extra_files": list(self.extra_files),
             "strict_extra": self.strict_extra,
             "elapsed_s": round(self.elapsed_s, 4),
+            "expectations": {"origin": self.expectations, "source": self.manifest_source,
+                             "completeness_checked": self.completeness_checked},
         }
 
 
@@ -156,6 +179,8 @@ def format_report(report: VerifyReport, *, quiet: bool = False) -> str:
     if not quiet:
         rev = f" @ {report.revision[:12]}" if report.revision else ""
         lines.append(f"{report.model}{rev}  in {report.directory}")
+        if report.expectations != "manifest":
+            lines.append(f"  expectations: {report.manifest_source}")
         width = max((len(r.path) for r in report.files), default=10)
         cwidth = max((len(r.component) for r in report.files), default=6)
         for r in report.files:
@@ -173,7 +198,7 @@ def format_report(report: VerifyReport, *, quiet: bool = False) -> str:
         if report.extra_files:
             label = "FAIL" if report.strict_extra else "note"
             unchecked = "" if report.strict_extra else " (not checked)"
-            lines.append(f"  {label}  {len(report.extra_files)} file(s) not in the manifest{unchecked}: "
+            lines.append(f"  {label}  {len(report.extra_files)} file(s) {report.unlisted_phrase}{unchecked}: "
                          + ", ".join(report.extra_files[:20])
                          + (" ..." if len(report.extra_files) > 20 else ""))
     elif not report.ok:

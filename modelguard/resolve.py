@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
-from . import hfcache, registry
-from .errors import UsageError
+from . import hfcache, hflisting, registry
+from .errors import ManifestNotFoundError, UsageError
 from .manifest import Manifest, load_manifest
 from .remedy import fetch_command
 
@@ -37,6 +37,7 @@ HOW = {
     "manifest-file": "manifest file named by the caller",
     "search-path": "manifest search path",
     "directory": "model directory",
+    "hf-listing": "what the Hugging Face cache recorded",
     "unknown": "no manifest",
 }
 
@@ -63,6 +64,8 @@ class Resolution(NamedTuple):
         return how + (f" ({self.manifest.source})" if self.manifest is not None and self.manifest.source else "")
 
     def describe(self) -> str:
+        if self.how == "hf-listing" and self.manifest is not None:
+            return f"expectations: {self.manifest.source}"
         return f"manifest: {self.source}"
 
 
@@ -95,30 +98,62 @@ def resolve_verify_target(
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     how_to_pass: str = "pass the model directory",
+    all_files: bool = False,
+    cli: bool = False,
 ) -> Resolution:
     """What ``verify TARGET [DIR]`` checks: the named manifest (a Manifest, a manifest file, or
     a model id with a known manifest), and ``directory`` or, without one, the model's snapshot
-    in the Hugging Face cache (a clear UsageError when it is not there)."""
+    in the Hugging Face cache (a clear UsageError when it is not there). With no manifest, a
+    cache snapshot or ``local_dir`` download (``target`` or ``directory``) is checked against
+    what the cache recorded (:mod:`modelguard.hflisting`; ``all_files``: every listed file is
+    required). ``cli``: the command line's wording for a folder with no source."""
     if isinstance(target, Manifest):
         manifest, how = target, "given"
     elif looks_like_manifest_file(target):
         manifest, how = load_manifest(target), "manifest-file"
     else:
         text = os.fspath(target)
-        if os.path.isdir(text) and not _is_known_model(text, revision):
-            raise UsageError(
-                f"{text} is a directory; TARGET is a manifest file or a model id",
-                expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + text,
-                actual=text,
-                remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {text}, "
-                       f"or write one: modelguard build {text} --model ORG/NAME -o MANIFEST.yaml",
-            )
-        manifest, how = registry.require_manifest(text, revision), "search-path"
+        if os.path.isdir(text) and (not cli or not _is_known_model(text, revision)):
+            found = hflisting.cache_expectations(text, all_files=all_files)
+            if found is None:
+                raise _no_source(text, cli)
+            return Resolution(found.model, found.revision, Path(directory if directory is not None else text), found,
+                              "hf-listing")
+        manifest = registry.find_manifest(text, revision)
+        how = "search-path"
+        if manifest is None:
+            found = (hflisting.cache_expectations(directory, all_files=all_files, model=text)
+                     if directory is not None else None)
+            if found is not None:
+                return Resolution(text, found.revision, Path(directory), found, "hf-listing")
+            cached = hflisting.model_expectations(text, revision, cache_dir, all_files=all_files)
+            if cached is not None and directory is None:
+                return Resolution(text, cached[0].revision, cached[1], cached[0], "hf-listing")
+            manifest = registry.require_manifest(text, revision)  # raises, saying how to get a source
     if directory is not None:
         return Resolution(manifest.model, manifest.revision or revision, Path(directory), manifest, how)
     snap = hfcache.require_snapshot(manifest.model, manifest.revision or revision, cache_dir,
                                     how_to_pass=how_to_pass)
     return Resolution(manifest.model, manifest.revision or revision, snap, manifest, how)
+
+
+def _no_source(text: str, cli: bool) -> Exception:
+    if cli:
+        return UsageError(
+            f"{text} is a directory with no source of expectations: no manifest names it, and it is not a "
+            "Hugging Face cache snapshot or download folder with a saved listing",
+            expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + text,
+            actual=text,
+            remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {text}, "
+                   f"or write one: modelguard build {text} --model ORG/NAME -o MANIFEST.yaml; "
+                   "or download the model with snapshot_download (or `hf download`) so the Hub's listing is saved",
+        )
+    return ManifestNotFoundError(
+        f"{text} is a folder with no source of expectations: not a Hugging Face cache snapshot "
+        "or download folder with a saved listing",
+        path=text, expected="a manifest file, a model id, or a folder downloaded by huggingface_hub",
+        remedy=hflisting.describe_missing_source("ORG/NAME") + f", then pass the manifest: verify(MANIFEST, {text!r})",
+    )
 
 
 def _is_known_model(target: str, revision: str | None) -> bool:
@@ -181,6 +216,7 @@ def resolve(
     cache_dir: str | os.PathLike[str] | None = None,
     manifest_dirs: tuple[str, ...] | list[str] = (),
     directory_map: Mapping[str, tuple[str, str | None]] | None = None,
+    all_files: bool = False,
 ) -> Resolution:
     """Which manifest applies to the model a loader is given, and where its files are.
 
@@ -196,8 +232,12 @@ def resolve(
         if parsed is not None:
             model, commit = parsed
             root = hfcache.snapshot_root(path)
-            return Resolution(model, commit, root, registry.find_manifest(model, commit, extra_dirs=extra),
-                              "hf-cache-snapshot")
+            manifest = registry.find_manifest(model, commit, extra_dirs=extra)
+            if manifest is None:
+                listed = hflisting.cache_expectations(root, all_files=all_files)
+                if listed is not None:
+                    return Resolution(model, commit, root, listed, "hf-listing")
+            return Resolution(model, commit, root, manifest, "hf-cache-snapshot")
         local = path / LOCAL_MANIFEST_NAME
         if local.is_file():
             manifest = load_manifest(local)
@@ -210,6 +250,9 @@ def resolve(
         manifest = identify(path, extra)
         if manifest is not None:
             return Resolution(manifest.model, manifest.revision, path, manifest, "identified")
+        listed = hflisting.cache_expectations(path, all_files=all_files)  # a local_dir download with its listing
+        if listed is not None:
+            return Resolution(None, listed.revision, path, listed, "hf-listing")
         return Resolution(None, None, path, None, "unknown")
     if path.exists() or not registry.looks_like_model_id(text):
         return Resolution(None, revision, path if path.exists() else None, None, "unknown")
@@ -217,7 +260,11 @@ def resolve(
     commit = hfcache.resolve_ref(text, revision, cache_dir) if revision else None
     manifest = registry.find_manifest(text, commit or revision, extra_dirs=extra)
     if manifest is None:
-        return Resolution(text, revision, hfcache.snapshot_path(text, revision, cache_dir), None, "unknown")
+        snap = hfcache.snapshot_path(text, revision, cache_dir)
+        listed = hflisting.cache_expectations(snap, all_files=all_files, model=text) if snap is not None else None
+        if listed is not None:
+            return Resolution(text, listed.revision, snap, listed, "hf-listing")
+        return Resolution(text, revision, snap, None, "unknown")
     # No revision asked: the manifest's pinned one (loaders are then given that revision).
     wanted = commit or revision or manifest.revision
     return Resolution(text, wanted, hfcache.snapshot_path(text, wanted, cache_dir), manifest, "hub-id")

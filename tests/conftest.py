@@ -19,7 +19,8 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 # The libraries whose versions decide what the suite proves; printed in the session header.
 VERSIONED = ("torch", "transformers", "sentence-transformers", "FlagEmbedding", "huggingface_hub",
-             "safetensors", "tokenizers", "peft", "picklescan", "numpy", "pytest", "hypothesis")
+             "safetensors", "tokenizers", "peft", "diffusers", "onnxruntime", "onnx", "picklescan", "numpy",
+             "pytest", "hypothesis")
 
 
 def _installed_version(distribution: str) -> str:

@@ -22,7 +22,7 @@ REVISION = "89abcdef0123456789abcdef0123456789abcdef"
 
 REPORT_KEYS = ["modelguard", "ok", "model", "revision", "directory", "manifest", "summary",
                "failed_components", "missing_optional_components", "files", "extra_files",
-               "strict_extra", "elapsed_s"]
+               "strict_extra", "elapsed_s", "expectations"]
 SUMMARY_KEYS = ["files", "ok", "failed", "skipped", "extra"]
 FILE_KEYS = ["path", "component", "required", "status", "diagnosis", "message", "expected", "actual",
              "remedy", "cached"]
@@ -83,6 +83,7 @@ def test_json_report_shape_and_stable_keys(tiny):
     assert doc["modelguard"] == __version__
     assert doc["ok"] is False and doc["model"] == "org/tiny" and doc["revision"] == REVISION
     assert doc["directory"] == str(root) and doc["manifest"] == str(manifest)
+    assert doc["expectations"] == {"origin": "manifest", "source": str(manifest), "completeness_checked": True}
     assert doc["summary"] == {"files": 4, "ok": 3, "failed": 1, "skipped": 0, "extra": 1}
     assert doc["failed_components"] == ["tokenizer"]
     assert doc["extra_files"] == ["notes.txt"] and doc["strict_extra"] is False
@@ -183,7 +184,7 @@ def test_model_id_finds_its_manifest_and_its_hf_cache_snapshot(tiny, isolated_en
         ("bad manifest", ["verify", "{tmp}/bad.yaml", "{root}"], "manifest {tmp}/bad.yaml: top level: missing key 'modelguard'"),
         ("missing manifest", ["verify", "{tmp}/absent.yaml", "{root}"], "manifest {tmp}/absent.yaml does not exist"),
         ("unknown model id", ["verify", "nobody/nothing", "{root}"], "no manifest known for nobody/nothing"),
-        ("directory as target", ["verify", "{root}"], "{root} is a directory; TARGET is a manifest file or a model id"),
+        ("directory as target", ["verify", "{root}"], "{root} is a directory with no source of expectations: no manifest names it"),
         ("not a model id", ["verify", "a/b/c", "{root}"], "'a/b/c' is not a model id"),
         ("build without --model", ["build", "{root}"], "build needs --model"),
         ("build without dir", ["build", "--model", "org/x"], "build needs a model directory"),
@@ -193,8 +194,9 @@ def test_model_id_finds_its_manifest_and_its_hf_cache_snapshot(tiny, isolated_en
          "cannot write {manifest}/x.yaml: {manifest} is not a directory"),
         ("verify without target", ["verify"], "the following arguments are required: TARGET"),
         ("unknown option", ["verify", "--frobnicate", "x"],
-         "unknown option '--frobnicate'; modelguard verify takes: --all-digests, --cache-dir, --components, --help, "
-         "--json, --no-cache, --quiet, --revision, --scan, --strict"),
+         "unknown option '--frobnicate'; modelguard verify takes: --all-digests, --all-files, --cache-dir, "
+         "--certificate-chain, --components, --help, --json, --no-cache, --public-key, --quiet, --revision, --scan, "
+         "--strict"),
         ("mistyped option", ["verify", "{manifest}", "{root}", "--strcit"], "unknown option '--strcit'; did you mean '--strict'?"),
         ("mistyped option with a value", ["build", "{root}", "--modle=org/x"], "unknown option '--modle'; did you mean '--model'?"),
         ("mistyped option of scan", ["scan", "--cache-dri", "{tmp}"], "unknown option '--cache-dri'; did you mean '--cache-dir'?"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -213,29 +212,28 @@ def test_without_a_key_or_requirement_the_signature_is_not_read(models, monkeypa
 # --------------------------------------------------------------------------- cost
 
 
-def test_warm_signature_check_costs_under_2_percent_of_a_load(templates, monkeypatch):
+def test_warm_signature_check_does_no_cryptography_and_no_hashing(templates, monkeypatch):
     """The signature check is cached like digests: once warm, the guard's whole pre-load check of a
-    signed model (signature, every file) costs less than 2 % of the unguarded load."""
+    signed model (signature, every file) neither verifies the bundle again nor reads a file's bytes.
+    (What that costs in time is measured by tools/bench.py, not asserted here.)"""
     time.sleep(signing.RACY_WINDOW_NS / 1e9 + 0.1)  # files and signature older than the racy window
     path = str(templates["st"])
-    guard.uninstall()
-    unguarded = []
-    for _ in range(7):
-        start = time.perf_counter()
-        st.SentenceTransformer(path, device="cpu")
-        unguarded.append(time.perf_counter() - start)
     modelguard.install(unknown="refuse")
     st.SentenceTransformer(path, device="cpu")  # cold: checks the signature and hashes the files
-    checks = []
-    for _ in range(15):
-        start = time.perf_counter()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the warm check verified the bundle again")
+
+    monkeypatch.setattr(signing, "_verify_bundle", forbidden)
+    import modelguard.hashing as hashing
+
+    def no_hashing(algorithm, size):
+        raise AssertionError(f"the warm check started a {algorithm} hash")
+
+    monkeypatch.setattr(hashing, "new_hasher", no_hashing)
+    for _ in range(3):
         with guard.verified_scope():
             guard.check_before_load(path, loader="sentence-transformers SentenceTransformer")
-        checks.append(time.perf_counter() - start)
-    load, check = statistics.median(unguarded), statistics.median(checks)
-    print(f"warm guarded pre-load check {check * 1e3:.2f} ms, unguarded load {load * 1e3:.1f} ms "
-          f"({100 * check / load:.2f} %)")
-    assert check < 0.02 * load, f"warm check {check * 1e3:.2f} ms vs unguarded load {load * 1e3:.1f} ms"
 
 
 def test_a_change_after_a_warm_load_is_seen(models, constructions):

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 HEAVY = ("torch", "transformers", "FlagEmbedding", "huggingface_hub", "sentence_transformers",
-         "model_signing", "sigstore", "OpenSSL", "cryptography")
+         "model_signing", "sigstore", "OpenSSL", "cryptography",
+         "diffusers", "peft", "onnxruntime", "onnx", "safetensors")
 
 PROBE = """
 import json, sys
@@ -38,6 +39,7 @@ def test_the_probe_sees_a_heavy_import():
     "code",
     [
         "import modelguard",
+        "import modelguard.auto",
         "import modelguard.cli",
         "import modelguard; modelguard.load_manifest, modelguard.build_manifest, modelguard.ModelGuardError",
         "from modelguard.cli import build_parser; build_parser()",
@@ -74,3 +76,18 @@ def test_the_progress_bar_library_is_imported_only_to_draw():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [False, True]
+
+
+def test_auto_patches_the_loaders_when_the_program_imports_them():
+    # modelguard imports none of them itself; importing them afterwards patches their loaders.
+    code = (
+        "import modelguard.auto\n"
+        "import safetensors.torch, onnxruntime, peft, diffusers\n"
+        "from diffusers import DiffusionPipeline, UNet2DModel\n"
+        "from modelguard.hooks import is_wrapped\n"
+        "wrapped = [is_wrapped(f) for f in (safetensors.torch.load_file, safetensors.safe_open,\n"
+        "           onnxruntime.InferenceSession.__init__, peft.PeftModel.load_adapter,\n"
+        "           DiffusionPipeline.from_pretrained, UNet2DModel.from_pretrained)]\n"
+        "assert all(wrapped), wrapped\n"
+    )
+    assert set(imported_heavy(code)) >= {"diffusers", "peft", "onnxruntime", "safetensors"}

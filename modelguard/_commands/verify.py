@@ -21,8 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Exit 0 verified, 1 failed, 2 bad invocation or manifest.",
     )
     p.add_argument("target", metavar="TARGET",
-                   help="a manifest file, a model id with a known manifest (BAAI/bge-m3), "
-                        "or a signature (model.sig, with --public-key or --certificate-chain)")
+                   help="a manifest file, a model id (BAAI/bge-m3), a Hugging Face cache snapshot / download "
+                        "folder, or a signature (model.sig, with --public-key or --certificate-chain); with no "
+                        "manifest, a cached model is checked against the Hub's listing saved at download (else "
+                        "its blobs' content addresses)")
     p.add_argument("directory", metavar="DIR", nargs="?",
                    help="model directory (default: the model's snapshot in the Hugging Face cache)")
     p.add_argument("--revision", help="with a model id: the revision whose manifest applies")
@@ -31,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="files present but not in the manifest are a failure")
     p.add_argument("--all-digests", action="store_true",
                    help="check every digest listed (default: the strongest one)")
+    p.add_argument("--all-files", action="store_true",
+                   help="with no manifest: every file of the Hub's listing is required (default: docs and "
+                        "formats the Python loaders do not read are checked only when present)")
     p.add_argument("--scan", action="store_true",
                    help="also scan pickle-based weights for code and check safetensors headers (unsafe: exit 1)")
     p.add_argument("--no-cache", action="store_true",
@@ -50,11 +55,12 @@ def run(args: argparse.Namespace) -> int:
     if wants_signature(args):
         return run_verify(args)
     resolution = resolve_verify_target(args.target, args.directory, revision=args.revision, cache_dir=args.cache_dir,
-                                       how_to_pass=f"pass the directory: modelguard verify {args.target} DIR")
+                                       how_to_pass=f"pass the directory: modelguard verify {args.target} DIR",
+                                       all_files=args.all_files, cli=True)
     manifest, directory = resolution.manifest, resolution.directory
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
     entries = manifest.files if components is None else manifest.files_of(*components)
-    progress = Progress(sum(e.size for e in entries), f"verifying {manifest.model}")
+    progress = Progress(sum(e.size or 0 for e in entries), f"verifying {manifest.model}")
     try:
         report = verify_directory(
             manifest, directory, components=components, strict_extra=args.strict,

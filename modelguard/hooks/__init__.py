@@ -34,6 +34,15 @@ HOOKS: dict[str, str] = {
     "sentence_transformers": "modelguard.hooks.sentence_transformers",
     "FlagEmbedding": "modelguard.hooks.flagembedding",
     "torch": "modelguard.hooks.torch_load",
+    # Direct reads of weight files (each file is verified against the manifest covering it).
+    "safetensors": "modelguard.hooks.safetensors",
+    "safetensors.torch": "modelguard.hooks.safetensors",
+    "safetensors.numpy": "modelguard.hooks.safetensors",
+    "onnxruntime": "modelguard.hooks.onnxruntime",
+    # diffusers imports its submodules lazily: patch each when it is first imported.
+    "diffusers.models.modeling_utils": "modelguard.hooks.diffusers",
+    "diffusers.pipelines.pipeline_utils": "modelguard.hooks.diffusers",
+    "peft.peft_model": "modelguard.hooks.peft",
 }
 
 MARKER = "__modelguard_wrapped__"

@@ -1,3 +1,4 @@
+# over 450 lines: FlagEmbedding's two layouts (1.2, 1.3/1.4) and the head checks before and after construction.
 """FlagEmbedding BGE-M3: verify before the model is built; never let a head be random.
 
 FlagEmbedding builds bge-m3's sparse and colbert heads as fresh ``torch.nn.Linear``
@@ -41,6 +42,7 @@ from ..registry import looks_like_model_id
 from ..remedy import fetch_command
 from ..sniff import parse_lfs_pointer, sniff_error_page
 from . import Patches, version_tuple
+from .files import inspecting
 
 DISTRIBUTION = "FlagEmbedding"
 SUPPORTED = "FlagEmbedding 1.2.x, 1.3.x and 1.4.x"
@@ -357,6 +359,10 @@ def _fetch_remedy(plan: _Plan, file: str) -> str:
     model = plan.resolved.model_id
     if plan.resolved.how == "hf-cache-snapshot" and model:
         return fetch_command(model, plan.resolved.revision)
+    if plan.resolved.how == "hf-listing" and manifest is not None and manifest.lists_every_file:
+        return (f"the Hub's listing of {manifest.model} at commit {manifest.revision} (saved at download) has no "
+                f"{file}: that commit does not publish it; load a repository or revision that does, or copy {file} "
+                f"from the model's source into {plan.directory}")
     return (f"copy {file} from the model's source into {plan.directory} "
             f"(for BAAI/bge-m3 itself: `{fetch_command('BAAI/bge-m3', local_dir=plan.directory)}`)")
 
@@ -369,6 +375,8 @@ def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[
         lines.append(f"  {c.file} [{c.component}]: diagnosis {c.diagnosis}; actual: {c.actual}")
     if not plan.resolved.manifest:
         lines.append("  (no manifest applies to this model; head files are checked anyway)")
+    elif plan.resolved.how == "hf-listing":
+        lines.append(f"  ({plan.resolved.describe()})")
     lines.append(f"  without the guard, {_CONSEQUENCE}")
     remedy = "; ".join(dict.fromkeys(_fetch_remedy(plan, c.file) for c in bad))
     missing = [c.component for c in bad if c.diagnosis == "missing"]
@@ -394,7 +402,8 @@ def _error_from_report(exc: Any, failed_heads: list[str], loader: str, colbert_d
     for r in results:
         if r.diagnosis in ("missing", "lfs_pointer"):
             continue
-        check = _inspect_head(directory, r.component, r.path, shapes.get(r.component), None)
+        with inspecting():  # describing a file that failed: not a load for the file-level guard
+            check = _inspect_head(directory, r.component, r.path, shapes.get(r.component), None)
         if check.diagnosis in ("wrong_shape", "wrong_keys", "unloadable", "wrong_dtype"):
             message += f"\n  {r.path} opened: {check.message}"
     remedy = exc.remedy or first.remedy or ""

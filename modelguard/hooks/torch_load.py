@@ -6,8 +6,14 @@ model, every ``torch.load`` of a file path first scans the file
 is not scanned again; a pickle importing dangerous callables is refused
 with :class:`~modelguard.errors.UnsafeFileError` before torch sees it) and then runs with
 ``weights_only=True``, torch's allowlisting unpickler, even where the caller passed
-``weights_only=False`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set. ``torch.load``
-calls outside guarded loaders are left as they are.
+``weights_only=False`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set.
+
+Every ``torch.load`` of a file path, inside a guarded loader or called directly, first
+verifies the file against the expectation covering it (:mod:`modelguard.hooks.files`:
+a manifest in its folder or a parent, a Hugging Face cache snapshot, a mapped folder);
+a file no expectation covers follows the unknown-model policy. A file the enclosing
+guarded load already verified is not checked again. Outside guarded loaders,
+``weights_only`` is left as the caller set it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 from typing import Any
 
 from .. import guard
+from .files import check_files
 from . import Patches, version_tuple
 
 DISTRIBUTION = "torch"
@@ -41,7 +48,10 @@ def _wrap_load(original: Any) -> Any:
     @functools.wraps(original)
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
         if not guard.in_loader_scope():
+            with guard.verified_scope():
+                check_files((f,), loader="torch.load")
             return original(f, *args, **kwargs)
+        check_files((f,), loader="torch.load")
         if isinstance(f, (str, os.PathLike)):
             guard.scan_once(f).raise_if_unsafe()  # a file the pre-load check scanned is not scanned again
         kwargs["weights_only"] = True

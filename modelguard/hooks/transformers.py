@@ -96,7 +96,7 @@ def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], w
         name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
         local_files_only=bool(kwargs.get("local_files_only")),
     )
-    if asked is None and resolved.how == "hub-id" and resolved.revision:
+    if asked is None and resolved.how in ("hub-id", "hf-listing") and resolved.revision and not os.path.isdir(name):
         kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
     return label
 
@@ -112,7 +112,9 @@ def _wrap_from_pretrained(original: Any) -> Any:
             want_info = bool(kwargs.pop("output_loading_info", False))
             model, info = func(cls, *args, output_loading_info=True, **kwargs)
             new_keys = set(info.get("missing_keys") or ())
-            new_keys.update(item[0] for item in info.get("mismatched_keys") or ())
+            # (key, checkpoint shape, model shape) tuples in most releases, bare keys in 4.57
+            new_keys.update(item if isinstance(item, str) else item[0]
+                            for item in info.get("mismatched_keys") or ())
             if new_keys:
                 new_keys = _model_names(model, new_keys)
                 guard.refuse_random_init(new_keys, model=os.fspath(name) if name else cls.__name__, loader=label)

@@ -1,0 +1,123 @@
+"""The peft hook on tiny real LoRA adapters made here."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+
+from helpers.requires import need
+
+import modelguard
+from modelguard import guard
+from modelguard.errors import RandomInitError, VerificationError
+
+from _tiny_loaders import DAMAGE, TinyNet, drop_tensors, save_tiny_lora
+
+torch = need("torch")
+peft = need("peft")
+
+X = torch.linspace(-1, 1, 8).reshape(2, 4)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    guard.uninstall()
+    return save_tiny_lora(tmp_path_factory.mktemp("lora") / "adapter")
+
+
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(unknown="refuse"), pytest.mark.usefixtures("installed_guard")]
+
+
+@pytest.fixture
+def adapter(pristine, tmp_path):
+    d = tmp_path / "adapter"
+    shutil.copytree(pristine, d)
+    modelguard.save_manifest(modelguard.build_manifest(d, "acme/tiny-lora"), d / "modelguard.yaml")
+    return d
+
+
+def test_adapter_loads_with_outputs_identical_to_an_unguarded_load(adapter):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guarded = peft.PeftModel.from_pretrained(TinyNet.build(), adapter)
+        with torch.no_grad():
+            guarded_out = guarded(X)
+    guard.uninstall()
+    plain = peft.PeftModel.from_pretrained(TinyNet.build(), adapter)
+    with torch.no_grad():
+        plain_out = plain(X)
+    assert torch.equal(guarded_out, plain_out)
+    with torch.no_grad():
+        assert not torch.equal(guarded_out, TinyNet.build()(X))  # the adapter changes the output
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("how", ["from_pretrained", "load_adapter"])
+def test_damaged_adapter_weights_are_refused_before_peft_reads_them(how, damage, adapter):
+    spoil, diagnosis = DAMAGE[damage]
+    model = peft.PeftModel.from_pretrained(TinyNet.build(), adapter) if how == "load_adapter" else None
+    spoil(adapter / "adapter_model.safetensors")
+    with pytest.raises(VerificationError) as info:
+        if model is None:
+            peft.PeftModel.from_pretrained(TinyNet.build(), adapter)
+        else:
+            model.load_adapter(adapter, adapter_name="second")
+    text = str(info.value)
+    assert f"modelguard refused to load acme/tiny-lora (peft PeftModel.{how}) from {adapter}" in text
+    assert "FAIL adapter_model.safetensors [model]: " in text and diagnosis in text
+    if model is not None:
+        assert "second" not in model.peft_config  # nothing was added
+
+
+def test_a_broken_adapter_config_is_refused(adapter):
+    config = adapter / "adapter_config.json"
+    config.write_text(config.read_text().replace('"r": 2', '"r": 3'))
+    with pytest.raises(VerificationError, match=r"FAIL adapter_config.json \[other\]: right size, wrong content"):
+        peft.PeftModel.from_pretrained(TinyNet.build(), adapter)
+
+
+def test_an_adapter_no_manifest_covers_follows_the_unknown_model_policy(pristine):
+    with pytest.raises(modelguard.ManifestNotFoundError,
+                       match=r"no manifest applies to .*adapter \(loaded by peft PeftModel.from_pretrained\)"):
+        peft.PeftModel.from_pretrained(TinyNet.build(), pristine)
+
+
+@pytest.fixture
+def partial_adapter(pristine, tmp_path):
+    d = tmp_path / "partial"
+    shutil.copytree(pristine, d)
+    guard.uninstall()
+    dropped = drop_tensors(d / "adapter_model.safetensors", ".lin2.")
+    modelguard.install(unknown="refuse")
+    modelguard.save_manifest(modelguard.build_manifest(d, "acme/partial-lora"), d / "modelguard.yaml")
+    assert dropped == ["base_model.model.lin2.lora_A.weight", "base_model.model.lin2.lora_B.weight"]
+    return d
+
+
+def test_an_adapter_missing_a_targeted_module_is_refused(partial_adapter):
+    with pytest.raises(RandomInitError) as info:
+        peft.PeftModel.from_pretrained(TinyNet.build(), partial_adapter)
+    assert info.value.keys == ("base_model.model.lin2.lora_A.default.weight",
+                               "base_model.model.lin2.lora_B.default.weight")
+    text = str(info.value)
+    assert f"modelguard refused to load {partial_adapter} (adapter 'default') (peft PeftModel.load_adapter)" in text
+    assert "2 weight(s) were not in the checkpoint and would be randomly initialized" in text
+
+
+def test_load_adapter_of_a_partial_adapter_is_refused(adapter, partial_adapter):
+    model = peft.PeftModel.from_pretrained(TinyNet.build(), adapter)
+    with pytest.raises(RandomInitError, match=r"base_model.model.lin2.lora_A.extra.weight, "
+                                              r"base_model.model.lin2.lora_B.extra.weight"):
+        model.load_adapter(partial_adapter, adapter_name="extra")
+
+
+def test_allow_random_init_by_name_lets_a_partial_adapter_load(partial_adapter):
+    with modelguard.allow_random_init(keys="*.lin2.lora_*"):
+        model = peft.PeftModel.from_pretrained(TinyNet.build(), partial_adapter)
+    assert isinstance(model, peft.PeftModel)
+    with modelguard.allow_random_init(keys="*.lin1.lora_*"):
+        with pytest.raises(RandomInitError, match="lin2"):
+            peft.PeftModel.from_pretrained(TinyNet.build(), partial_adapter)
