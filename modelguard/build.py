@@ -11,6 +11,7 @@ import fnmatch
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Callable, Iterable
 
 from .errors import UsageError
@@ -185,7 +186,7 @@ def build_manifest(
                 f"{root / p} links outside the model directory (to {target}); verify would refuse it",
                 path=root / p, expected="files inside the model directory",
                 actual=f"a link to {target}",
-                remedy=f"replace the link with the file it points to, or leave it out with --exclude '{p}'",
+                remedy=f"replace the link with the file it points to, or leave it out with --exclude {quote(str(p))}",
             )
     rule_set = resolve_rules(rules, model, paths)
     algorithms = tuple(algorithms)

@@ -63,7 +63,25 @@ def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, e
     target.error(f"unknown option '{word}'; {hint}")
 
 
+def tolerate_any_output_encoding() -> None:
+    """Print what the terminal cannot encode as backslash escapes instead of failing.
+
+    A path with characters the output encoding lacks (``PYTHONIOENCODING=ascii``, a C
+    locale) or with bytes that are not UTF-8 (kept by Python as lone surrogates) would
+    otherwise end a run in a UnicodeEncodeError after the work was done.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is None:
+            continue
+        try:
+            reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tolerate_any_output_encoding()
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:

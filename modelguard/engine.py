@@ -13,10 +13,12 @@ import os
 import stat
 import time
 from pathlib import Path
+from shlex import quote
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import UsageError
-from .fs import access_detail, containing_roots, file_type_name, human_size, opened_path, walk_files, within
+from .fs import (access_detail, containing_roots, file_type_name, human_size, opened_path, walk_files, within,
+                 zero_region)
 from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
@@ -24,24 +26,6 @@ from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
 from .statcache import open_cache
-
-
-def zero_region(fd: int, size: int) -> int | None:
-    """Offset where a trailing all-zero region starts, or None if the last byte is not zero."""
-    block = 1 << 20
-    end = size
-    start_of_zeros = size
-    while end > 0:
-        start = max(0, end - block)
-        data = os.pread(fd, end - start, start)
-        stripped = data.rstrip(b"\x00")
-        if stripped:
-            start_of_zeros = start + len(stripped)
-            break
-        start_of_zeros = start
-        end = start
-    return None if start_of_zeros == size else start_of_zeros
-
 
 
 # --------------------------------------------------------------------------- engine
@@ -57,13 +41,14 @@ class _Checker:
         cache: Any,
         remedy: Callable[[FileEntry, str], str | None],
         progress: Callable[[int], None] | None,
+        rehash: bool | None = None,
     ) -> None:
         self.manifest = manifest
         self.directory = directory
         self.roots = containing_roots(directory)
         self._root_text = os.fspath(self.roots[0]).rstrip(os.sep)
         self.all_digests = all_digests
-        self.cache = open_cache(cache)
+        self.cache = open_cache(cache, rehash=rehash)
         self.remedy = remedy
         self.progress = progress
 
@@ -249,14 +234,14 @@ class _Checker:
                     entry, "lfs_pointer",
                     f"is a Git LFS pointer stub ({size} bytes), not the file; {detail}",
                     actual=actual,
-                    remedy=f"cd {self.directory} && git lfs pull --include \"{entry.path}\"",
+                    remedy=f"cd {quote(str(self.directory))} && git lfs pull --include {quote(entry.path)}",
                 )
             return self.result(
                 entry, "lfs_pointer",
                 f"is a Git LFS pointer stub ({size} bytes) to a DIFFERENT file "
                 f"(oid {pointer['oid_sha256']}, size {pointer['size']}); the clone is at another revision",
                 actual=actual,
-                remedy=(f"check out revision {self.manifest.revision} and run `git lfs pull`"
+                remedy=(f"check out revision {quote(self.manifest.revision)} and run `git lfs pull`"
                         if self.manifest.revision else "check out the manifest's revision and run `git lfs pull`"),
             )
         page = sniff_error_page(head)
@@ -374,6 +359,7 @@ def verify_directory(
     strict_extra: bool = False,
     all_digests: bool = False,
     cache: Any = True,
+    rehash: bool | None = None,
     progress: Callable[[int], None] | None = None,
     max_workers: int | None = None,
 ) -> VerifyReport:
@@ -385,6 +371,8 @@ def verify_directory(
     files that verified in the user's durable cache (:mod:`modelguard.statcache`) so an
     unchanged file later costs a stat; False re-hashes every file; a directory uses a cache
     there; or any object with ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
+    ``rehash=True`` (default: ``MODELGUARD_REHASH``) hashes every file in full whatever the
+    cache holds, and stores what verifies.
     Files are hashed in parallel threads (``max_workers``), largest first.
     """
     start = time.perf_counter()
@@ -407,7 +395,7 @@ def verify_directory(
             )
         entries = tuple(e for e in entries if e.component in wanted)
     checker = _Checker(
-        manifest, root, all_digests=all_digests, cache=open_cache(cache),
+        manifest, root, all_digests=all_digests, cache=cache, rehash=rehash,
         remedy=default_remedy(manifest, root), progress=progress,
     )
     # Every check that needs no read (missing, wrong type, cache hit) runs in this thread:

@@ -93,3 +93,57 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False)
                 continue
             out.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
     return sorted(out)
+
+
+def zero_region(fd: int, size: int) -> int | None:
+    """Offset where a trailing all-zero region starts, or None if the last byte is not zero.
+
+    At memory speed, not byte by byte: a trailing hole (sparse or preallocated file) is found
+    with ``SEEK_HOLE``/``SEEK_DATA`` and never read; the bytes before it are read backwards
+    in large blocks, each compared with a block of zeros (a memcmp), and only the one block
+    where the zeros end is searched for the last non-zero byte.
+    """
+    end = trailing_hole(fd, size)
+    end = size if end is None else end
+    block = 8 << 20
+    zeros = bytes(min(block, size))
+    while end > 0:
+        start = max(0, end - block)
+        data = os.pread(fd, end - start, start)
+        if len(data) != end - start:  # shrank while it was read: no diagnosis
+            return None
+        if data == (zeros if len(data) == len(zeros) else bytes(len(data))):
+            end = start
+            continue
+        step = 64 << 10  # the last non-zero byte: 64 KB pieces from the end, then one rstrip
+        piece_end = len(data)
+        while piece_end > 0:
+            piece_start = max(0, piece_end - step)
+            piece = data[piece_start:piece_end]
+            if piece.count(0) != len(piece):
+                end = start + piece_start + len(piece.rstrip(b"\x00"))
+                break
+            piece_end = piece_start
+        break
+    return None if end == size else end
+
+
+def trailing_hole(fd: int, size: int) -> int | None:
+    """Where the file's last hole (read as zeros, never written) starts when it runs to the
+    end; None when the end is data, or the file system cannot tell."""
+    seek_hole, seek_data = getattr(os, "SEEK_HOLE", None), getattr(os, "SEEK_DATA", None)
+    if seek_hole is None or seek_data is None:
+        return None
+    try:
+        hole = os.lseek(fd, 0, seek_hole)
+        for _ in range(10_000):
+            if hole >= size:
+                return None
+            try:
+                data = os.lseek(fd, hole, seek_data)
+            except OSError:  # ENXIO: no data after this hole
+                return hole
+            hole = os.lseek(fd, data, seek_hole)
+    except OSError:
+        return None
+    return None

@@ -14,7 +14,9 @@ right after the library's own import finishes. The hooks call this module's publ
 Settings (:mod:`modelguard.policy`): the failure policy (``MODELGUARD_POLICY``), the
 unknown-model policy (``MODELGUARD_UNKNOWN``), extra manifest folders
 (``MODELGUARD_MANIFEST_PATH``), offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``), model
-signatures (``MODELGUARD_PUBLIC_KEY``, ``MODELGUARD_REQUIRE_SIGNATURE``, :mod:`modelguard.signing`).
+signatures (``MODELGUARD_PUBLIC_KEY``, ``MODELGUARD_REQUIRE_SIGNATURE``, :mod:`modelguard.signing`),
+full re-hashing before each load whatever the verified-digest cache holds (``MODELGUARD_REHASH``,
+:mod:`modelguard.statcache`).
 
 Importing this module is cheap (it runs at the top of programs): the pre-load check and
 what it needs (the manifest schema, the verify engine, the resolver) load with the first
@@ -74,6 +76,7 @@ def install(
     public_key: str | os.PathLike[str] | None = None,
     require_signature: bool | None = None,
     all_files: bool | None = None,
+    rehash: bool | None = None,
 ) -> None:
     """Guard every supported loader, now and when its library is imported later.
 
@@ -85,15 +88,17 @@ def install(
     ``require_signature`` ``$MODELGUARD_REQUIRE_SIGNATURE`` (see :mod:`modelguard.signing`).
     ``all_files``
     (``$MODELGUARD_ALL_FILES``) checks every file of a cache listing, not only what loaders read.
+    ``rehash=True`` (or ``MODELGUARD_REHASH=1``) hashes every file in full before each
+    load instead of trusting the verified-digest cache.
     """
     _settings.set_signing_settings(public_key, require_signature)
     new = _settings.make_policy(policy, manifest_dirs=manifest_dirs, offline=offline, unknown=unknown,
-                                all_files=all_files)
+                                all_files=all_files, rehash=rehash)
     if not is_installed():
         _settings.set_policy(new)
         install_finder()
     elif (policy is not None or manifest_dirs is not None or offline is not None or unknown is not None
-          or all_files is not None):
+          or all_files is not None or rehash is not None):
         _settings.set_policy(_settings.merge_policy(current_policy(), new))
 
 

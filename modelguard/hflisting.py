@@ -27,6 +27,7 @@ import json
 import os
 import re
 from pathlib import Path
+from shlex import quote
 
 from .errors import UnsafePathError
 from .hfcache import hf_cache_dir, parse_snapshot_path, snapshot_path, snapshot_root
@@ -268,16 +269,16 @@ def checked_components(manifest: Manifest, all_files: bool) -> list[str] | None:
 
 def remedy(manifest: Manifest, directory: Path) -> str:
     """The command that downloads a cache-described model's files again."""
-    rev = f" --revision {manifest.revision}" if manifest.revision else ""
+    rev = f" --revision {quote(manifest.revision)}" if manifest.revision else ""
     snap = snapshot_root(directory)
     if snap is not None:
         cache = snap.parent.parent.parent
-        where = "" if os.path.abspath(cache) == os.path.abspath(hf_cache_dir()) else f" --cache-dir {cache}"
-        return f"download it again: hf download {manifest.model}{rev}{where} --force-download"
-    return f"download it again: hf download ORG/NAME{rev} --local-dir {directory} --force-download"
+        where = "" if os.path.abspath(cache) == os.path.abspath(hf_cache_dir()) else f" --cache-dir {quote(str(cache))}"
+        return f"download it again: hf download {quote(manifest.model)}{rev}{where} --force-download"
+    return f"download it again: hf download ORG/NAME{rev} --local-dir {quote(str(directory))} --force-download"
 
 
 def describe_missing_source(target: str) -> str:
     """How to get a source of expectations for a model that has none."""
-    return (f"write a manifest (`modelguard build DIR --model {target}`), or download the model with "
+    return (f"write a manifest (`modelguard build DIR --model {quote(target)}`), or download the model with "
             "huggingface_hub's snapshot_download (or `hf download`) so the Hub's listing is saved with it")

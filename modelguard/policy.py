@@ -18,7 +18,9 @@ Configuration, by argument or environment (arguments win):
   ``MODELGUARD_REQUIRE_SIGNATURE=1``: refuse a model without such a signature;
 - all_files, ``MODELGUARD_ALL_FILES``: for a model that no manifest describes but the
   Hugging Face cache does (:mod:`modelguard.hflisting`), check every listed file, not only
-  the files loaders read.
+  the files loaders read;
+- rehash, ``MODELGUARD_REHASH``: hash every file in full before each load, whatever the
+  verified-digest cache holds (for high-assurance loads; see :mod:`modelguard.statcache`).
 
 A model in the Hugging Face cache with no manifest is checked against the Hub's listing
 saved at download (else its blobs' content addresses); the unknown-model policy applies
@@ -33,6 +35,7 @@ from collections import namedtuple
 
 from .env import is_offline
 from .errors import UsageError
+from .statcache import rehash_by_env
 
 POLICIES = ("refuse", "repair", "warn")
 UNKNOWN_POLICIES = ("warn", "refuse", "allow")
@@ -56,12 +59,12 @@ class UnsupportedLibraryWarning(GuardWarning):
 # --------------------------------------------------------------------------- configuration
 
 
-class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_files",
-                        defaults=(None, None, (), None, None))):
+class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_files rehash",
+                        defaults=(None, None, (), None, None, None))):
     """The guard's settings (immutable). ``None`` fields are read from the environment at each check.
 
     ``on_failure``: refuse | repair | warn; ``unknown``: warn | refuse | allow;
-    ``manifest_dirs``: tuple of folders; ``offline``: bool; ``all_files``: bool.
+    ``manifest_dirs``: tuple of folders; ``offline``: bool; ``all_files``: bool; ``rehash``: bool.
     """
 
     __slots__ = ()
@@ -81,6 +84,11 @@ class Policy(namedtuple("Policy", "on_failure unknown manifest_dirs offline all_
         if self.all_files is not None:
             return self.all_files
         return os.environ.get("MODELGUARD_ALL_FILES", "").strip().lower() in ("1", "true", "yes", "on")
+
+    def effective_rehash(self) -> bool:
+        if self.rehash is not None:
+            return self.rehash
+        return rehash_by_env()
 
 
 def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
@@ -139,7 +147,7 @@ def set_policy(policy: Policy) -> None:
 
 
 def make_policy(policy: str | Policy | None, *, manifest_dirs=None, offline: bool | None = None,
-                unknown: str | None = None, all_files: bool | None = None) -> Policy:
+                unknown: str | None = None, all_files: bool | None = None, rehash: bool | None = None) -> Policy:
     """A :class:`Policy` from :func:`modelguard.install`'s arguments (checked)."""
     if isinstance(policy, Policy):
         return policy
@@ -149,6 +157,7 @@ def make_policy(policy: str | Policy | None, *, manifest_dirs=None, offline: boo
         manifest_dirs=tuple(str(d) for d in manifest_dirs or ()),
         offline=offline,
         all_files=all_files,
+        rehash=None if rehash is None else bool(rehash),
     )
 
 
@@ -160,6 +169,7 @@ def merge_policy(old: Policy, new: Policy) -> Policy:
         manifest_dirs=new.manifest_dirs or old.manifest_dirs,
         offline=new.offline if new.offline is not None else old.offline,
         all_files=new.all_files if new.all_files is not None else old.all_files,
+        rehash=new.rehash if new.rehash is not None else old.rehash,
     )
 
 

@@ -15,6 +15,7 @@ import contextvars
 import os
 import warnings
 from pathlib import Path
+from shlex import quote
 from typing import Any, Iterable, Iterator
 
 from . import engine, hfcache, registry
@@ -265,17 +266,19 @@ def mark_verified(directory: str | os.PathLike[str]) -> None:
 
 
 def _verify(manifest: Manifest, directory: Path, components: list[str] | None) -> VerifyReport:
-    return engine.verify_directory(manifest, directory, components=components)  # by module: tests spy on it
+    return engine.verify_directory(manifest, directory, components=components,  # by module: tests spy on it
+                                   rehash=current_policy().effective_rehash())
 
 
 def unknown_model(name_or_path: Any, resolved: Resolution, unknown: str, loader: str) -> None:
     if unknown == "allow":
         return
     target = resolved.model_id or os.fspath(name_or_path)
-    model = resolved.model_id or "ORG/NAME"
+    model = quote(resolved.model_id) if resolved.model_id else "ORG/NAME"
     where = resolved.directory or name_or_path
     remedy = (
-        f"write a manifest: `modelguard build {where} --model {model} -o {Path(os.fspath(where)) / LOCAL_MANIFEST_NAME}`"
+        f"write a manifest: `modelguard build {quote(os.fspath(where))} --model {model} "
+        f"-o {quote(str(Path(os.fspath(where)) / LOCAL_MANIFEST_NAME))}`"
         if resolved.directory is not None and resolved.how == "unknown" and Path(os.fspath(where)).is_dir()
         else f"write a manifest with `modelguard build DIR --model {model}` into one of: "
              + ", ".join(str(d) for d in registry.search_path(list(current_policy().manifest_dirs)))
@@ -354,7 +357,8 @@ def verification_error(
         lines.append("  (repair skipped: it needs a manifest; download the files again with the command below)")
     if resolved.how == "identified":
         hint = (f"if this directory is a different model (e.g. a fine-tune of {manifest.model}), save its own manifest: "
-                f"`modelguard build {report.directory} --model ORG/NAME -o {Path(report.directory) / LOCAL_MANIFEST_NAME}`")
+                f"`modelguard build {quote(str(report.directory))} --model ORG/NAME "
+                f"-o {quote(str(Path(report.directory) / LOCAL_MANIFEST_NAME))}`")
         remedy = f"{remedy}; {hint}" if remedy else hint
     elif on_failure == "refuse" and remedy and manifest.origin == "manifest":
         remedy += f"; or set {ENV_POLICY}=repair to re-download broken files while loading"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from shlex import quote
 from typing import Iterator
 
 from .errors import ManifestError, ManifestNotFoundError, UsageError
@@ -106,7 +107,7 @@ def require_manifest(
             f"no manifest known for {model}" + (f" at revision {revision}" if revision else ""),
             expected=f"a manifest file {model}.yaml in one of: " + ", ".join(str(d) for d in search_path(extra_dirs)),
             actual=f"known models: {known}",
-            remedy=f"write one with `modelguard build DIR --model {model} -o manifests/{model}.yaml` "
+            remedy=f"write one with `modelguard build DIR --model {quote(model)} -o {quote(f'manifests/{model}.yaml')}` "
                    f"and add its folder to ${ENV_PATH}, or pass the manifest file itself; or download the model "
                    "with huggingface_hub's snapshot_download (or `hf download`): its snapshot is then checked "
                    "against the Hub's listing saved with it",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from shlex import quote
 from typing import Any, Mapping, NamedTuple
 
 from . import hfcache, hflisting, registry
@@ -142,10 +143,10 @@ def _no_source(text: str, cli: bool) -> Exception:
         return UsageError(
             f"{text} is a directory with no source of expectations: no manifest names it, and it is not a "
             "Hugging Face cache snapshot or download folder with a saved listing",
-            expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + text,
+            expected="modelguard verify TARGET [DIR], e.g. modelguard verify BAAI/bge-m3 " + quote(text),
             actual=text,
-            remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {text}, "
-                   f"or write one: modelguard build {text} --model ORG/NAME -o MANIFEST.yaml; "
+            remedy=f"name the manifest first: modelguard verify MANIFEST.yaml {quote(text)}, "
+                   f"or write one: modelguard build {quote(text)} --model ORG/NAME -o MANIFEST.yaml; "
                    "or download the model with snapshot_download (or `hf download`) so the Hub's listing is saved",
         )
     return ManifestNotFoundError(

@@ -1,7 +1,8 @@
 """Is a model file safe to load? Pickle scanning, safetensors header checks, file types.
 
-Nothing here loads a model file: pickles are disassembled (never unpickled) by
-picklescan, safetensors headers are parsed as JSON with their offsets checked
+Nothing here loads a model file: every pickle stream a loader could read is parsed
+by CPython's unpickler with each global replaced by an inert stand-in, and judged
+against an allowlist (default deny; see "the pickle gate" below); safetensors headers are parsed as JSON with their offsets checked
 against the file size. Every check opens the file without following it out of
 the model directory (callers pass paths that verify already contained) and
 refuses FIFOs and devices before opening them, so a scan never hangs.
@@ -17,12 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .dependencies import import_library
 from .errors import UnsafeFileError
 from .fs import containing_roots, file_type_name, opened_path, within
-from .sniff import SAFETENSORS_MAX_HEADER, ZIP_MAGIC, sniff_format
+from .pickle_containers import judge_readings
+from .pickle_gate import ALLOWED_GLOBALS, MAX_PICKLE_MEMBER_BYTES, SEVEN_ZIP_MAGIC, Judgement
+from .sniff import SAFETENSORS_MAX_HEADER, sniff_format
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib",
+                   # containers a loader can unpickle from: numpy (allow_pickle), zip and tar members
+                   ".npy", ".npz", ".zip", ".7z", ".tar")
+# joblib.dump("x.pkl.z") compresses by suffix: a pickle suffix followed by one of these
+COMPRESSED_SUFFIXES = (".z", ".gz", ".bz2", ".xz", ".lzma", ".lz4")
 SAFETENSORS_SUFFIX = ".safetensors"
 
 # Bytes per element of each safetensors dtype; sub-byte types count in bits below.
@@ -41,8 +47,9 @@ OK = "ok"
 class SafetyFinding:
     """The safety verdict on one file.
 
-    ``diagnosis`` is a stable code: ``ok``, ``dangerous_pickle``, ``suspicious_pickle``
-    (loads only without ``weights_only``; reported, not refused), ``bad_safetensors``,
+    ``diagnosis`` is a stable code: ``ok``, ``dangerous_pickle`` (a global outside the
+    allowlist, or a pickle-bearing file that cannot be checked), ``suspicious_pickle``
+    (no longer produced: kept so stored reports still read), ``bad_safetensors``,
     ``lfs_pointer``, ``mislabeled`` (content of another format than the name says),
     ``not_a_file``, ``unreadable``.
     """
@@ -96,6 +103,9 @@ def file_kind(path: str | os.PathLike[str], head: bytes = b"") -> str:
         return "safetensors"
     if name.endswith(PICKLE_SUFFIXES):
         return "pickle"
+    for suffix in COMPRESSED_SUFFIXES:
+        if name.endswith(suffix) and name[: -len(suffix)].endswith(PICKLE_SUFFIXES):
+            return "pickle"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     return "other"
@@ -154,111 +164,53 @@ def scan_file(path: str | os.PathLike[str], *, name: str | None = None,
                                      f"named .safetensors but holds a {fmt} (a pickle-based checkpoint); not loaded",
                                      details={"format": fmt})
             return check_safetensors_fd(fd, st.st_size, shown)
-        if kind == "pickle" or fmt in ("pickle", "zip"):
-            if kind != "pickle" and fmt == "zip" and not _zip_has_pickle(fd):
-                return SafetyFinding(shown, "other", OK, "ok (zip archive without pickles)")
-            return scan_pickle_fd(fd, shown)
+        if kind == "pickle" or fmt in ("pickle", "zip", "npy", "7z"):
+            finding = judge_pickle_fd(fd, st.st_size, shown)
+            if kind != "pickle" and finding.safe:
+                return SafetyFinding(shown, "other", OK, f"ok ({fmt} without unsafe pickles)")
+            return finding
         return SafetyFinding(shown, kind, OK, "ok (not a pickle or safetensors file)")
     finally:
         os.close(fd)
 
 
-# A checkpoint's data.pkl holds tensor metadata only: a few MB even for the largest models.
-MAX_PICKLE_MEMBER_BYTES = 256 * 1024 * 1024
-
-
-def _oversized_zip_pickle(fd: int) -> tuple[str, int] | None:
-    """``(member, size)`` of a pickle member of a zip file larger than the scan limit, if any."""
-    import zipfile
-
-    if os.pread(fd, 4, 0) != ZIP_MAGIC:
-        return None
-    try:
-        with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
-            for info in zf.infolist():
-                if info.filename.endswith((".pkl", ".pickle")) and info.file_size > MAX_PICKLE_MEMBER_BYTES:
-                    return info.filename, info.file_size
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return None
-    return None
-
-
-def _zip_has_pickle(fd: int) -> bool:
-    import zipfile
-
-    try:
-        with os.fdopen(os.dup(fd), "rb") as fh, zipfile.ZipFile(fh) as zf:
-            return any(n.endswith((".pkl", ".pickle")) for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return False
-
-
-# --------------------------------------------------------------------------- pickles
-
-
 def scan_pickle_fd(fd: int, shown: str) -> SafetyFinding:
-    """Disassemble the pickle(s) in ``fd`` (plain, legacy torch, or zip torch checkpoint) with
-    picklescan and judge the globals they import."""
-    import logging
+    """Judge the pickle-bearing file at ``fd`` (see :func:`judge_pickle_fd`)."""
+    return judge_pickle_fd(fd, os.fstat(fd).st_size, shown)
 
-    scanner = import_library("picklescan.scanner", needed_by="scanning pickle-based weights")
-    logging.getLogger("picklescan").setLevel(logging.CRITICAL)  # we report findings ourselves
-    ext = os.path.splitext(shown)[1].lower() or None
-    oversized = _oversized_zip_pickle(fd)
-    if oversized is not None:
-        member, size = oversized
+
+def judge_pickle_fd(fd: int, size: int, shown: str) -> SafetyFinding:
+    """Judge every reading a loader could take of the file at ``fd`` against
+    :data:`ALLOWED_GLOBALS` (default deny)."""
+    head = os.pread(fd, 64, 0)
+    if head.startswith(SEVEN_ZIP_MAGIC):
         return SafetyFinding(shown, "pickle", "dangerous_pickle",
-                             f"archive member {member} would unpack to {size} bytes of pickle (over "
-                             f"{MAX_PICKLE_MEMBER_BYTES}); not scanned, refused (a decompression bomb, or not a checkpoint)",
-                             details={"member": member, "size": size})
-    try:
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            fh.seek(0)
-            result = scanner.scan_bytes(fh, shown, ext)
-    except Exception as exc:  # noqa: BLE001 - picklescan raises many kinds on hostile input
-        return SafetyFinding(shown, "pickle", "dangerous_pickle",
-                             f"cannot be scanned ({type(exc).__name__}: {exc}); refused, as an unscannable pickle may hide code",
-                             details={"scan_error": str(exc)[:200]})
-    dangerous = sorted({f"{g.module}.{g.name}" for g in result.globals if g.safety.value == "dangerous"})
-    suspicious = sorted({f"{g.module}.{g.name}" for g in result.globals if g.safety.value == "suspicious"})
-    suspicious = [g for g in suspicious if g not in _WEIGHTS_ONLY_OK]
-    if dangerous:
+                             "is a 7z archive: its members cannot be checked, and no model loader reads 7z; "
+                             "refused (unpack it and pin the files themselves)")
+    return _verdict(judge_readings(fd, size, head, Judgement(MAX_PICKLE_MEMBER_BYTES)), shown)
+
+
+def _verdict(judgement: Judgement, shown: str) -> SafetyFinding:
+    denied = judgement.denied
+    names = sorted({f"{m}.{n}" for m, n, _ in denied})
+    if denied:
+        places = sorted({w for _, _, w in denied if w})
+        where = f" (in {', '.join(places[:5])})" if places else ""
         return SafetyFinding(
             shown, "pickle", "dangerous_pickle",
-            "pickle imports dangerous callable(s) " + ", ".join(dangerous)
-            + ": loading it with torch.load(weights_only=False) or pickle would run code",
-            dangerous_globals=tuple(dangerous), suspicious_globals=tuple(suspicious),
+            "pickle imports " + ", ".join(names) + where + ": not among the globals safe weight loading needs "
+            "(default deny); loading it with pickle, joblib, numpy (allow_pickle) or "
+            "torch.load(weights_only=False) would run code",
+            dangerous_globals=tuple(names),
+            details={"denied": [{"global": f"{m}.{n}", "where": w} for m, n, w in denied[:50]]},
         )
-    if result.scan_err:
-        # Imports were seen, then the stream broke: none is on the denylist, so this is what
-        # a non-pickle binary that happens to start like one looks like. Report, do not refuse.
-        return SafetyFinding(
-            shown, "pickle", "suspicious_pickle",
-            "not a well-formed pickle (the stream breaks after importing "
-            + (", ".join(suspicious) or "nothing dangerous") + "); review before loading it with pickle",
-            suspicious_globals=tuple(suspicious),
-        )
-    if suspicious:
-        return SafetyFinding(
-            shown, "pickle", "suspicious_pickle",
-            "pickle imports " + ", ".join(suspicious)
-            + ": not plain tensors (torch.load(weights_only=True) refuses them); review before trusting it",
-            suspicious_globals=tuple(suspicious),
-        )
-    if not result.globals:
+    if judgement.problems:
+        return SafetyFinding(shown, "pickle", "dangerous_pickle", judgement.problems[0],
+                             details={"problems": judgement.problems[:10]})
+    if not judgement.pickles:
         return SafetyFinding(shown, "pickle", OK, "ok (no pickle imports: plain data, or not a pickle at all)")
-    return SafetyFinding(shown, "pickle", OK, "ok (pickle holds only tensors and plain containers)")
-
-
-# Globals torch's weights_only unpickler accepts that picklescan leaves unclassified.
-_WEIGHTS_ONLY_OK = frozenset({
-    "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
-    "torch._utils._rebuild_tensor", "torch._tensor._rebuild_from_type_v2",
-    "torch.Size", "collections.OrderedDict", "builtins.set", "__builtin__.set",
-    "torch.serialization._get_layout", "torch.strided", "torch._utils._rebuild_qtensor",
-    "torch.float32", "torch.float16", "torch.bfloat16", "torch.int64", "torch.int32", "torch.uint8",
-    "torch.bool", "torch.float64", "torch.int8", "torch.int16",
-})
+    return SafetyFinding(shown, "pickle", OK, "ok (pickle holds only tensors and plain containers)",
+                         details={"globals": sorted(f"{m}.{n}" for m, n in judgement.seen)})
 
 
 # --------------------------------------------------------------------------- safetensors

@@ -26,6 +26,7 @@ written, never by ``import modelguard``. Install it with ``pip install 'modelgua
 from __future__ import annotations
 
 import os
+from shlex import quote
 import time
 import warnings
 from dataclasses import replace
@@ -336,7 +337,7 @@ def _refine(result: Any, directory: str) -> Any:
         return replace(result, diagnosis="lfs_pointer",
                        message=f"is a Git LFS pointer stub ({result.actual.get('size')} bytes), not the file; {detail}",
                        actual={**result.actual, "lfs_oid_sha256": pointer["oid_sha256"], "lfs_size": pointer["size"]},
-                       remedy=f"cd {directory} && git lfs pull --include \"{result.path}\"")
+                       remedy=f"cd {quote(str(directory))} && git lfs pull --include {quote(str(result.path))}")
     message = result.message.replace("right size, wrong content: ", "wrong content: ", 1)
     return replace(result, message=message + " (the signature records no sizes: a truncated or "
                                              "partly written file also shows this way)",
@@ -451,7 +452,7 @@ def enforce_before_load(
                 path=directory if directory is not None else target,
                 expected=f"a {SIGNATURE_NAME} signed by the trusted key", actual="no signature",
                 remedy=(f"get the model with its signature from the publisher, or sign a folder you trust: "
-                        f"modelguard sign {directory or 'DIR'} --private-key KEY.pem; "
+                        f"modelguard sign {quote(str(directory)) if directory else 'DIR'} --private-key KEY.pem; "
                         f"unset {ENV_REQUIRE_SIGNATURE} to load unsigned models"),
             )
         return None

@@ -47,13 +47,17 @@ def sniff_error_page(head: bytes) -> str | None:
 
 
 def sniff_format(head: bytes) -> str:
-    """What the first bytes of a file look like: zip, pickle, lfs_pointer, html, empty, safetensors, unknown."""
+    """What the first bytes of a file look like: zip, npy, 7z, pickle, lfs_pointer, html, empty, safetensors, unknown."""
     if not head:
         return "empty"
     if head.startswith(LFS_PREFIX):
         return "lfs_pointer"
     if head.startswith(ZIP_MAGIC):
         return "zip"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return "7z"
     if head[:1] == b"\x80" and head[1:2] in (b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     stripped = head.lstrip().lower()

@@ -2,12 +2,29 @@
 
 After a file verifies, its digests are remembered under its absolute path and
 (device, inode, size, mtime_ns, ctime_ns). A later verify of the same unchanged file
-costs a stat and one small read instead of hashing gigabytes. Rewriting a file in place
-changes its ctime, replacing it changes its inode, and neither can be set back (short of
-changing the system clock), so restoring size and mtime (``os.utime``) does not fool the key.
+costs a stat and one small read instead of hashing gigabytes. Rewriting a file through
+``write()`` changes its ctime, replacing it changes its inode, and neither can be set back
+(short of changing the system clock), so restoring size and mtime (``os.utime``) does not
+fool the key.
 
-Anything unreadable, corrupt, from another format version or for another stat key is a
-miss: never an error, never a pass. A file whose timestamps are younger than
+What the key cannot see: bytes changed through a writable shared memory map whose pages
+were already dirty (the kernel updates the times only on the first write fault), and
+silent corruption by the disk (bit rot). Entries therefore expire: after
+:data:`DEFAULT_MAX_AGE_S` (a week; ``$MODELGUARD_CACHE_MAX_AGE``) the file is hashed in
+full again. ``rehash=True`` (``verify --rehash``, ``install(rehash=True)``,
+``MODELGUARD_REHASH=1``) ignores every entry, and still stores fresh ones.
+
+Trust: the cache believes entries that only this user could have written. Every folder
+it creates is made 0700 whatever the umask; the root, ``digests`` and ``v1`` folders are
+opened one by one (no symlink followed below the root) and each must be owned by this
+user and not writable by group or others, else the cache is not used. Entries are opened
+relative to that opened folder, without following links and without blocking, and only a
+regular file owned by this user is read: a link, FIFO, device or folder is a miss. A
+process running as the same user can still forge entries; nothing in a per-user cache
+can stop that.
+
+Anything unreadable, corrupt, expired, from another format version or for another stat
+key is a miss: never an error, never a pass. A file whose timestamps are younger than
 :data:`RACY_WINDOW_NS` is not stored: file systems keep timestamps at a coarse tick
 (a few ms on Linux, 2 s on FAT), and a write later in the same tick would leave the key
 unchanged (git's "racily clean" problem).
@@ -28,32 +45,103 @@ Cache dir: ``$MODELGUARD_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelguard``, else
 from __future__ import annotations
 
 import os
+import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import UsageError
 from .hashing import stat_key
+from .private_dirs import O_NOFOLLOW, open_private_chain, owned_by_us
 
 FORMAT_VERSION = 1
 RACY_WINDOW_NS = 2_000_000_000
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600
+ENV_CACHE_DIR = "MODELGUARD_CACHE_DIR"
+ENV_NO_CACHE = "MODELGUARD_NO_CACHE"
+ENV_MAX_AGE = "MODELGUARD_CACHE_MAX_AGE"
+ENV_REHASH = "MODELGUARD_REHASH"
 _DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40}
 _HEX = frozenset("0123456789abcdef")
 _MAX_ENTRY_BYTES = 64 * 1024
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_O_ENTRY = (os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+            | getattr(os, "O_CLOEXEC", 0))
 
 
-def default_cache_dir() -> Path:
-    """``$MODELGUARD_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelguard``, else ``~/.cache/modelguard``."""
-    explicit = os.environ.get("MODELGUARD_CACHE_DIR")
+def _expand(name: str, value: str) -> Path:
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # '~nosuchuser/...', or '~' with no home directory
+        raise UsageError(
+            f"${name}={value!r} names a home directory that does not exist",
+            expected="a folder path, e.g. ~/.cache/modelguard or /var/cache/modelguard",
+            actual=value,
+            remedy=f"export {name}=/path/to/folder  (or unset it for the default)",
+        ) from None
+
+
+def default_cache_dir() -> Path | None:
+    """``$MODELGUARD_CACHE_DIR``, else ``$XDG_CACHE_HOME/modelguard``, else ``~/.cache/modelguard``.
+
+    None when there is no home directory to put it in (no cache is used, with a warning);
+    a variable naming a home that does not exist (``~nosuchuser/x``) is a UsageError.
+    """
+    explicit = os.environ.get(ENV_CACHE_DIR)
     if explicit:
-        return Path(explicit).expanduser()
+        return _expand(ENV_CACHE_DIR, explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "modelguard"
+    if xdg:
+        return _expand("XDG_CACHE_HOME", xdg) / "modelguard"
+    try:
+        return Path.home() / ".cache" / "modelguard"
+    except (RuntimeError, KeyError):
+        import warnings
+
+        warnings.warn(
+            f"modelguard: no home directory for this user, so the verified-digest cache is off "
+            f"(every file is hashed in full); set {ENV_CACHE_DIR} to a folder to turn it on",
+            RuntimeWarning, stacklevel=3,
+        )
+        return None
 
 
 def cache_disabled_by_env() -> bool:
-    return os.environ.get("MODELGUARD_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
+    return _env_flag(ENV_NO_CACHE)
+
+
+def rehash_by_env() -> bool:
+    """Whether ``$MODELGUARD_REHASH`` asks for every file to be hashed in full."""
+    return _env_flag(ENV_REHASH)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def parse_max_age(text: str, *, source: str = ENV_MAX_AGE) -> float:
+    """Seconds from ``"604800"``, ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"`` or ``"2w"``."""
+    raw = text.strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(
+            f"{source}={text!r} is not a cache lifetime",
+            expected="a number of seconds, or a number followed by s, m, h, d or w (e.g. 7d)",
+            actual=text, remedy=f"export {ENV_MAX_AGE}=7d  (or unset it for the default, a week)",
+        )
+    return value
+
+
+def max_age_from_env() -> float:
+    raw = os.environ.get(ENV_MAX_AGE)
+    if raw is None or not raw.strip():
+        return float(DEFAULT_MAX_AGE_S)
+    return parse_max_age(raw, source="$" + ENV_MAX_AGE)
 
 
 class NoCache:
@@ -73,22 +161,41 @@ class StatCache:
 
     ``directory`` is the cache root (default :func:`default_cache_dir`); entries live in
     ``directory/digests/v1``. ``racy_window_ns``: files modified more recently than this
-    are not stored. A store directory owned by another user, or writable by group or
-    others, is not used (anyone who can write it could make a changed file pass).
+    are not stored. ``max_age_s``: entries older than this are a miss (default
+    ``$MODELGUARD_CACHE_MAX_AGE`` or a week), so the file is hashed in full again.
+    ``rehash``: every lookup is a miss; files that verify are still stored.
+    A store folder owned by another user, or writable by group or others, is not used
+    (anyone who can write it could make a changed file pass).
     """
 
     enabled = True
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *,
-                 racy_window_ns: int = RACY_WINDOW_NS) -> None:
+                 racy_window_ns: int = RACY_WINDOW_NS, max_age_s: float | None = None,
+                 rehash: bool = False) -> None:
         root = Path(directory) if directory is not None else default_cache_dir()
         self.root = root
-        self.entries = root / "digests" / f"v{FORMAT_VERSION}"
+        self.entries = None if root is None else root / "digests" / f"v{FORMAT_VERSION}"
         self.racy_window_ns = racy_window_ns
-        self._usable: bool | None = None
+        self.max_age_s = max_age_from_env() if max_age_s is None else float(max_age_s)
+        self.rehash = rehash
+        self._fd: int | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"StatCache({str(self.root)!r})"
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the store folder (reopened, and checked again, on the next use)."""
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ helpers
 
@@ -99,44 +206,75 @@ class StatCache:
         # verify() passes paths it has already resolved.
         return os.path.abspath(os.fspath(path))
 
-    def _entry_file(self, real: str) -> str:
+    @staticmethod
+    def _entry_name(real: str) -> str:
         import hashlib
 
-        name = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()
-        return os.path.join(self.entries, name + ".json")
+        return hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest() + ".json"
 
-    def _check_dir(self, create: bool) -> bool:
-        """Whether the entries folder is ours alone (created with mode 0700 when ``create``)."""
-        if self._usable:
-            return True
+    def _entry_file(self, real: str) -> str:
+        return os.path.join(self.entries, self._entry_name(real))
+
+    def _store_fd(self, create: bool) -> int | None:
+        """An open descriptor of the entries folder when it, ``digests`` and the root are
+        all this user's alone; None otherwise (the cache is then not used)."""
+        if self._fd is not None:
+            return self._fd
+        if self.root is None:
+            return None
+        with self._lock:
+            if self._fd is None:
+                self._fd = open_private_chain(self.root, ("digests", f"v{FORMAT_VERSION}"), create)
+            return self._fd
+
+    def _read_entry(self, dir_fd: int, name: str) -> Any:
+        """The parsed entry ``name``, or None: only a regular file of this user's is read,
+        opened without following a link and without blocking (a FIFO is not waited on)."""
         try:
-            if create:
-                os.makedirs(self.entries, mode=0o700, exist_ok=True)
-            st = os.stat(self.entries)
+            fd = os.open(name, _O_ENTRY, dir_fd=dir_fd)
         except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or not owned_by_us(st) or st.st_mode & 0o022:
+                return None
+            if st.st_size > _MAX_ENTRY_BYTES:
+                return None
+            raw = os.read(fd, _MAX_ENTRY_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > _MAX_ENTRY_BYTES:
+            return None
+        import json
+
+        entry = json.loads(raw)
+        if not isinstance(entry, dict) or entry.get("format") != FORMAT_VERSION:
+            return None
+        return entry
+
+    def _fresh(self, entry: Mapping[str, Any]) -> bool:
+        stored = entry.get("stored_at_ns")
+        if not isinstance(stored, int) or isinstance(stored, bool):
             return False
-        getuid = getattr(os, "getuid", None)
-        owned = getuid is None or st.st_uid == getuid()
-        self._usable = owned and not (st.st_mode & 0o022)
-        return self._usable
+        age_ns = time.time_ns() - stored
+        # an entry from the future (a clock set back) is not trusted either
+        return -60 * 10**9 <= age_ns <= self.max_age_s * 1e9
 
     # ------------------------------------------------------------------ API
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
         """The cached digests for ``algorithms`` when ``st`` is the stat they were stored
-        under, else None (a miss). Never raises for a bad or missing store."""
+        under and the entry has not expired, else None (a miss). Never raises for a bad
+        or missing store."""
+        if self.rehash:
+            return None
         try:
-            if not self._check_dir(create=False):
+            dir_fd = self._store_fd(create=False)
+            if dir_fd is None:
                 return None
             real = self._key_path(path)
-            with open(self._entry_file(real), "rb") as f:
-                raw = f.read(_MAX_ENTRY_BYTES + 1)
-            if len(raw) > _MAX_ENTRY_BYTES:
-                return None
-            import json
-
-            entry = json.loads(raw)
-            if not isinstance(entry, dict) or entry.get("format") != FORMAT_VERSION:
+            entry = self._read_entry(dir_fd, self._entry_name(real))
+            if entry is None or not self._fresh(entry):
                 return None
             if entry.get("path") != real or entry.get("key") != list(stat_key(st)):
                 return None
@@ -158,6 +296,7 @@ class StatCache:
         stat before reading was ``st``. Skipped, silently, when the file is too recently
         modified, has changed since ``st``, or the store cannot be written."""
         tmp = None
+        dir_fd = None
         try:
             if not digests or not all(_valid_digest(a, v) for a, v in digests.items()):
                 return
@@ -168,42 +307,49 @@ class StatCache:
             now = os.stat(real)
             if stat_key(now) != stat_key(st):
                 return
-            if not self._check_dir(create=True):
+            dir_fd = self._store_fd(create=True)
+            if dir_fd is None:
                 return
-            target = self._entry_file(real)
+            name = self._entry_name(real)
             merged = dict(digests)
-            previous = self._read_same_key(target, real, st)
+            previous = self._read_same_key(dir_fd, name, real, st)
             if previous:
                 merged = {**previous, **merged}
             import json
-            import tempfile
+            import secrets
 
             document = {
                 "format": FORMAT_VERSION, "path": real, "key": list(stat_key(st)),
                 "digests": dict(sorted(merged.items())), "stored_at_ns": time.time_ns(),
             }
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.entries)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(document, f)
-            os.replace(tmp, target)
+            data = json.dumps(document).encode("utf-8")
+            tmp = f".tmp-{secrets.token_hex(8)}.json"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                         0o600, dir_fd=dir_fd)
+            try:
+                os.fchmod(fd, 0o600)  # readable by this user whatever the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             tmp = None
         except Exception:
             return
         finally:
-            if tmp is not None:
+            if tmp is not None and dir_fd is not None:
                 try:
-                    os.unlink(tmp)
+                    os.unlink(tmp, dir_fd=dir_fd)
                 except OSError:
                     pass
 
-    def _read_same_key(self, target: str, real: str, st: os.stat_result) -> dict[str, str] | None:
-        """Digests already stored for this very key (to keep md5 when sha256 is added)."""
+    def _read_same_key(self, dir_fd: int, name: str, real: str, st: os.stat_result) -> dict[str, str] | None:
+        """Digests already stored for this very key and not expired (to keep md5 when
+        sha256 is added)."""
         try:
-            import json
-
-            with open(target, "rb") as f:
-                entry = json.loads(f.read(_MAX_ENTRY_BYTES))
-            if (entry.get("format") == FORMAT_VERSION and entry.get("path") == real
+            entry = self._read_entry(dir_fd, name)
+            if (entry is not None and self._fresh(entry) and entry.get("path") == real
                     and entry.get("key") == list(stat_key(st))):
                 return {a: v for a, v in entry["digests"].items() if _valid_digest(a, v)}
         except Exception:
@@ -213,14 +359,17 @@ class StatCache:
     def clear(self) -> int:
         """Remove every entry of this format version; returns how many were removed."""
         removed = 0
+        dir_fd = self._store_fd(create=False)
+        if dir_fd is None:
+            return 0
         try:
-            names = os.listdir(self.entries)
+            names = os.listdir(dir_fd)
         except OSError:
             return 0
         for name in names:
             if name.endswith(".json"):
                 try:
-                    os.unlink(os.path.join(self.entries, name))
+                    os.unlink(name, dir_fd=dir_fd)
                     removed += 1
                 except OSError:
                     pass
@@ -232,21 +381,27 @@ def _valid_digest(algorithm: Any, value: Any) -> bool:
     return length is not None and isinstance(value, str) and len(value) == length and _HEX.issuperset(value)
 
 
-def open_cache(cache: Any) -> Any:
+def open_cache(cache: Any, *, rehash: bool | None = None) -> Any:
     """What ``verify(cache=...)`` accepts, as an object with ``lookup``/``store``.
 
     ``True`` (the default): the user's :class:`StatCache`, unless ``MODELGUARD_NO_CACHE`` is
     set; ``False``/``None``: a :class:`NoCache`; a path: a :class:`StatCache` rooted there;
-    anything else with ``lookup`` and ``store`` (a NoCache too): used as is.
+    anything else with ``lookup`` and ``store`` (a NoCache too): used as is. ``rehash=True``
+    (``None``: whether ``MODELGUARD_REHASH`` is set): no lookup ever hits, so every file is
+    hashed in full; what verifies is still stored.
     """
+    if rehash is None:
+        rehash = rehash_by_env()
     if cache is True:
-        return NoCache() if cache_disabled_by_env() else StatCache()
+        return NoCache() if cache_disabled_by_env() else StatCache(rehash=rehash)
     if cache is False or cache is None:
         return NoCache()
     if isinstance(cache, (str, os.PathLike)):
-        return StatCache(cache)
+        return StatCache(cache, rehash=rehash)
     if callable(getattr(cache, "lookup", None)) and callable(getattr(cache, "store", None)):
-        return cache
+        if isinstance(cache, NoCache):
+            return cache
+        return _StoreOnly(cache) if rehash and not getattr(cache, "rehash", False) else cache
     raise UsageError(
         f"cache must be True, False, a directory or an object with lookup() and store(), not {type(cache).__name__}",
         expected="True | False | path | cache object", actual=repr(cache)[:100],
@@ -254,7 +409,22 @@ def open_cache(cache: Any) -> Any:
     )
 
 
-def resolve_cache(cache: Any) -> Any:
+def resolve_cache(cache: Any, *, rehash: bool | None = None) -> Any:
     """Like :func:`open_cache`, but None where caching is off (the older form of the answer)."""
-    opened = open_cache(cache)
+    opened = open_cache(cache, rehash=rehash)
     return None if isinstance(opened, NoCache) else opened
+
+
+class _StoreOnly:
+    """A cache whose lookups all miss (full re-hash) while stores go through."""
+
+    rehash = True
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
+        return None
+
+    def store(self, path: Any, st: os.stat_result, digests: Mapping[str, str]) -> None:
+        self.cache.store(path, st, digests)

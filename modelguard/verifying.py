@@ -26,6 +26,7 @@ def verify(
     strict_extra: bool = False,
     all_digests: bool = False,
     cache: Any = True,
+    rehash: bool | None = None,
     progress: Callable[[int], None] | None = None,
     max_workers: int | None = None,
 ) -> VerifyReport:
@@ -36,10 +37,12 @@ def verify(
     ``directory``, the model's snapshot in the Hugging Face cache is checked. The other
     arguments are those of :func:`modelguard.engine.verify_directory`: ``components``,
     ``strict_extra``, ``all_digests``, ``cache`` (True: the durable digest cache; False:
-    re-hash; a folder; or an object with ``lookup``/``store``), ``progress``, ``max_workers``.
+    re-hash; a folder; or an object with ``lookup``/``store``), ``rehash`` (True: hash every file
+    in full whatever the cache holds, and store what verifies; default ``MODELGUARD_REHASH``),
+    ``progress``, ``max_workers``.
     """
     resolution = resolve_verify_target(manifest, directory)
     return verify_directory(
         resolution.manifest, resolution.directory, components=components, strict_extra=strict_extra, all_digests=all_digests,
-        cache=cache, progress=progress, max_workers=max_workers,
+        cache=cache, rehash=rehash, progress=progress, max_workers=max_workers,
     )

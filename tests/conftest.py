@@ -19,7 +19,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 # The libraries whose versions decide what the suite proves; printed in the session header.
 VERSIONED = ("torch", "transformers", "sentence-transformers", "FlagEmbedding", "huggingface_hub",
-             "safetensors", "tokenizers", "peft", "diffusers", "onnxruntime", "onnx", "picklescan", "numpy",
+             "safetensors", "tokenizers", "peft", "diffusers", "onnxruntime", "onnx", "numpy",
              "pytest", "hypothesis")
 
 

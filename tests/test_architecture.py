@@ -17,10 +17,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "modelguard"
 # Lowest first. A module may import modules of its own layer or a lower one.
 LAYERS: dict[str, tuple[str, ...]] = {
     "base": ("modelguard.errors", "modelguard.version", "modelguard.env", "modelguard.fs", "modelguard.sniff",
-             "modelguard.hfcache", "modelguard.dependencies", "modelguard.remedy"),
+             "modelguard.hfcache", "modelguard.dependencies", "modelguard.remedy", "modelguard.private_dirs"),
     "manifests and hashing": ("modelguard.manifest_schema", "modelguard.manifest", "modelguard.registry",
                               "modelguard.hashing", "modelguard.statcache", "modelguard.hflisting"),
-    "verify engine": ("modelguard.report", "modelguard.engine", "modelguard.safety"),
+    "verify engine": ("modelguard.report", "modelguard.engine", "modelguard.pickle_gate", "modelguard.pickle_containers",
+                      "modelguard.safety"),
     "resolution": ("modelguard.resolve",),
     "features": ("modelguard.verifying", "modelguard.policy", "modelguard.randominit", "modelguard.importhooks",
                  "modelguard.preload", "modelguard.guard", "modelguard.hooks", "modelguard.hub",

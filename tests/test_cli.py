@@ -195,8 +195,8 @@ def test_model_id_finds_its_manifest_and_its_hf_cache_snapshot(tiny, isolated_en
         ("verify without target", ["verify"], "the following arguments are required: TARGET"),
         ("unknown option", ["verify", "--frobnicate", "x"],
          "unknown option '--frobnicate'; modelguard verify takes: --all-digests, --all-files, --cache-dir, "
-         "--certificate-chain, --components, --help, --json, --no-cache, --public-key, --quiet, --revision, --scan, "
-         "--strict"),
+         "--certificate-chain, --components, --help, --json, --no-cache, --public-key, --quiet, --rehash, --revision, "
+         "--scan, --strict"),
         ("mistyped option", ["verify", "{manifest}", "{root}", "--strcit"], "unknown option '--strcit'; did you mean '--strict'?"),
         ("mistyped option with a value", ["build", "{root}", "--modle=org/x"], "unknown option '--modle'; did you mean '--model'?"),
         ("mistyped option of scan", ["scan", "--cache-dri", "{tmp}"], "unknown option '--cache-dri'; did you mean '--cache-dir'?"),
@@ -292,3 +292,75 @@ def test_revision_option_picks_the_cache_snapshot_of_a_branch(tiny, tmp_path):
     # without --revision, main is looked for, and the cache has no refs/main
     proc = run_cli("verify", "org/tiny")
     assert proc.returncode == 2 and "org/tiny is not in the Hugging Face cache" in proc.stderr
+
+
+# --------------------------------------------------------------------------- any output encoding
+
+NON_ASCII_DIR = "modèle-日本"
+NON_ASCII_FILE = "poids-ß.bin"
+
+
+@pytest.fixture
+def non_ascii_model(tmp_path):
+    folder = tmp_path / NON_ASCII_DIR
+    folder.mkdir()
+    (folder / NON_ASCII_FILE).write_bytes(os.urandom(2000))
+    (folder / "config.json").write_text('{"a": 1}\n')
+    manifest = tmp_path / "m.yaml"
+    save_manifest(build_manifest(folder, "org/tiny"), manifest)
+    return folder, manifest
+
+
+ASCII = {"PYTHONIOENCODING": "ascii"}
+
+
+def test_non_ascii_paths_print_on_an_ascii_only_output(non_ascii_model):
+    folder, manifest = non_ascii_model
+    proc = run_cli("verify", str(manifest), str(folder), env=ASCII)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "mod\\xe8le-\\u65e5\\u672c" in proc.stdout  # the folder, escaped
+    assert "poids-\\xdf.bin" in proc.stdout
+    (folder / NON_ASCII_FILE).write_bytes(os.urandom(2000))
+    proc = run_cli("verify", str(manifest), str(folder), env=ASCII)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "FAIL" in proc.stdout and "poids-\\xdf.bin" in proc.stdout
+    assert "fix:" in proc.stdout and "--local-dir" in proc.stdout
+
+
+def test_error_about_a_non_ascii_path_on_an_ascii_only_output(tmp_path, non_ascii_model):
+    _, manifest = non_ascii_model
+    proc = run_cli("verify", str(manifest), str(tmp_path / "absent-é"), env=ASCII)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "absent-\\xe9 does not exist" in proc.stderr
+
+
+def test_undecodable_file_name_prints_escaped(tmp_path):
+    """A name that is not UTF-8 at all (kept by Python as lone surrogates) fails any encoding."""
+    folder = tmp_path / "bytes"
+    folder.mkdir()
+    (folder / "ok.bin").write_bytes(b"x" * 10)
+    manifest = tmp_path / "m.yaml"
+    save_manifest(build_manifest(folder, "org/tiny"), manifest)
+    with open(os.path.join(os.fsencode(folder), b"extra-\xff.bin"), "wb") as f:
+        f.write(b"y")
+    proc = run_cli("verify", str(manifest), str(folder), "--strict")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "extra-\\udcff.bin" in proc.stdout
+
+
+def test_build_to_an_ascii_only_stdout_writes_a_utf8_manifest(tmp_path, non_ascii_model):
+    import subprocess
+
+    folder, _ = non_ascii_model
+    proc = subprocess.run([sys.executable, "-m", "modelguard", "build", str(folder), "--model", "org/tiny"],
+                          capture_output=True, env=dict(os.environ, **ASCII))
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode("utf-8")
+    assert f"path: {NON_ASCII_FILE}" in text
+    saved = tmp_path / "from-stdout.yaml"
+    saved.write_bytes(proc.stdout)
+    check = run_cli("verify", str(saved), str(folder), env=ASCII)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -81,10 +81,11 @@ def test_non_pickle_binaries_named_bin_are_not_refused(tmp_path):
     (tmp_path / "random.bin").write_bytes(bytes(range(256)) * 16)
     f = scan_file(tmp_path / "random.bin")
     assert f.diagnosis == "ok" and "no pickle imports" in f.message
-    # starts like a protocol-0 GLOBAL, then breaks: reported, not refused
+    # starts like a protocol-0 GLOBAL, then breaks: pickle.load imports foo.bar before it
+    # breaks, and foo.bar is not on the allowlist (default deny)
     (tmp_path / "odd.bin").write_bytes(b"cfoo\nbar\n\xff\xfe" + bytes(64))
     f = scan_file(tmp_path / "odd.bin")
-    assert f.safe and f.diagnosis == "suspicious_pickle" and "foo.bar" in f.message
+    assert not f.safe and f.diagnosis == "dangerous_pickle" and f.dangerous_globals == ("foo.bar",)
 
 
 def test_hand_written_protocol_0_pickle_is_refused(tmp_path):
@@ -99,14 +100,15 @@ def test_malicious_pickle_under_an_innocent_name_is_found_by_content(tmp_path, m
     assert f.diagnosis == "dangerous_pickle" and "posix.system" in f.dangerous_globals
 
 
-def test_whole_module_pickle_is_reported_but_not_refused(tmp_path):
+def test_whole_module_pickle_is_refused(tmp_path):
+    """A pickled nn.Module imports classes weights_only loading refuses: default deny."""
     import torch
 
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
     f = scan_file(tmp_path / "module.pt")
-    assert f.safe and f.diagnosis == "suspicious_pickle"
-    assert "torch.nn.modules.linear.Linear" in f.suspicious_globals
-    assert "weights_only=True" in f.message
+    assert not f.safe and f.diagnosis == "dangerous_pickle"
+    assert "torch.nn.modules.linear.Linear" in f.dangerous_globals
+    assert "(in module/data.pkl): not among the globals safe weight loading needs (default deny)" in f.message
 
 
 def test_lfs_stub_named_bin(tmp_path):
@@ -339,8 +341,9 @@ def test_a_guarded_load_scans_each_pickle_once(tmp_path, guarded, monkeypatch):
     """The pre-load check scans pytorch_model.bin; torch.load inside the same load reuses that scan."""
     import torch
     import transformers
-    from picklescan import scanner
     from safetensors.torch import load_file
+
+    from modelguard import safety
 
     from helpers.tiny_bert import save_tiny_bert
 
@@ -350,13 +353,13 @@ def test_a_guarded_load_scans_each_pickle_once(tmp_path, guarded, monkeypatch):
     torch.save(state, model / "pytorch_model.bin")
     _pinned(model)
     scanned = []
-    real_scan = scanner.scan_bytes
+    real_judge = safety.judge_pickle_fd
 
-    def counting_scan(data, name, *args, **kwargs):
-        scanned.append(os.path.basename(name))
-        return real_scan(data, name, *args, **kwargs)
+    def counting_judge(fd, size, shown):
+        scanned.append(os.path.basename(shown))
+        return real_judge(fd, size, shown)
 
-    monkeypatch.setattr(scanner, "scan_bytes", counting_scan)
+    monkeypatch.setattr(safety, "judge_pickle_fd", counting_judge)
     transformers.BertModel.from_pretrained(model)
     assert scanned.count("pytorch_model.bin") == 1, scanned
     torch.load(model / "pytorch_model.bin", weights_only=True)  # outside a guarded load: not scanned
@@ -372,8 +375,8 @@ def test_torch_load_inside_a_guarded_loader_scans_and_forces_weights_only(tmp_pa
     with guarded.verified_scope():
         with pytest.raises(UnsafeFileError, match="posix.system"):
             torch.load(evil, weights_only=False)
-        with pytest.raises(Exception, match="Weights only load failed"):
-            torch.load(tmp_path / "module.pt", weights_only=False)  # forced to weights_only=True
+        with pytest.raises(UnsafeFileError, match="torch.nn.modules.linear.Linear"):
+            torch.load(tmp_path / "module.pt", weights_only=False)  # refused before torch reads it
         state = torch.load(write_torch_state_dict(tmp_path / "head.pt"), weights_only=False)
         assert set(state) == {"weight", "bias"}
     guarded.uninstall()
@@ -393,7 +396,7 @@ def test_audit_reports_unsafe_files_with_and_without_manifest(tmp_path, marker):
                                                                      ["posix.system"])]
     text = run_cli("audit", str(model), "--manifest", str(_build(model, tmp_path / "m.yaml")))
     assert text.returncode == 1
-    assert "FAIL  colbert_linear.pt: pickle imports dangerous callable(s) posix.system" in text.stdout
+    assert "FAIL  colbert_linear.pt: pickle imports posix.system: not among the globals safe weight loading" in text.stdout
     (model / "colbert_linear.pt").unlink()
     clean = run_cli("audit", str(model), "--json")
     doc = json.loads(clean.stdout)

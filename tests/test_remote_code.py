@@ -66,7 +66,8 @@ def make_remote_code_model(root: Path, marker: Path) -> Path:
                      "AutoModel": "modeling_tiny.TinyRemoteModel"},
     }))
     torch.manual_seed(0)
-    save_file({"proj.weight": torch.randn(4, 4), "proj.bias": torch.randn(4)}, str(root / "model.safetensors"))
+    save_file({"proj.weight": torch.randn(4, 4), "proj.bias": torch.randn(4)}, str(root / "model.safetensors"),
+              metadata={"format": "pt"})  # as save_pretrained writes it; transformers 4.46 needs it
     return root
 
 

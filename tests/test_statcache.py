@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -443,3 +444,375 @@ def test_bad_cache_argument_from_verify(model):
     manifest, directory, _ = model
     with pytest.raises(UsageError, match="not list"):
         verify(manifest, directory, cache=[])
+
+
+# --------------------------------------------------------------------------- trust: what the cache believes
+
+
+def _set_entry_age(cache: StatCache, path: Path, age_s: float) -> None:
+    target = entry_file(cache, path)
+    doc = json.loads(target.read_text())
+    doc["stored_at_ns"] = time.time_ns() - int(age_s * 1e9)
+    target.write_text(json.dumps(doc))
+
+
+def _walk_modes(top: Path):
+    for folder, dirs, files in os.walk(top):
+        yield Path(folder), os.lstat(folder)
+        for name in files:
+            yield Path(folder) / name, os.lstat(Path(folder) / name)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o777])
+def test_cache_folders_are_private_whatever_the_umask(tmp_path, model, umask, reads):
+    manifest, directory, files = model
+    top = tmp_path / "a"
+    cache = StatCache(top / "b" / "mgcache", racy_window_ns=0)  # a, b and mgcache do not exist yet
+    old = os.umask(umask)
+    try:
+        assert verify(manifest, directory, cache=cache).ok
+    finally:
+        os.umask(old)
+    seen = dict(_walk_modes(top))
+    assert top / "b" / "mgcache" / "digests" / "v1" in seen
+    for path, st in seen.items():
+        if stat.S_ISDIR(st.st_mode):
+            assert stat.S_IMODE(st.st_mode) == 0o700, (path, oct(st.st_mode))
+        else:
+            assert stat.S_IMODE(st.st_mode) == 0o600, (path, oct(st.st_mode))
+    assert len([p for p in seen if p.suffix == ".json"]) == 3
+    reads.reset()
+    assert all(r.cached for r in verify(manifest, directory, cache=StatCache(cache.root)).files)
+    assert reads.total() == 0
+
+
+@pytest.mark.parametrize("component", ["root", "digests", "v1"])
+def test_any_store_folder_writable_by_others_is_not_trusted(tmp_path, model, component):
+    manifest, directory, _ = model
+    cache = no_race_cache(tmp_path)
+    verify(manifest, directory, cache=cache)
+    folder = {"root": cache.root, "digests": cache.root / "digests", "v1": cache.entries}[component]
+    os.chmod(folder, 0o757)
+    report = verify(manifest, directory, cache=StatCache(cache.root, racy_window_ns=0))
+    assert report.ok and not any(r.cached for r in report.files)
+    os.chmod(folder, 0o700)
+    assert all(r.cached for r in verify(manifest, directory, cache=StatCache(cache.root)).files)
+
+
+def test_store_folder_reached_through_a_link_below_the_root_is_not_trusted(tmp_path, model):
+    manifest, directory, _ = model
+    cache = no_race_cache(tmp_path)
+    verify(manifest, directory, cache=cache)
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(cache.root / "digests", elsewhere)
+    (cache.root / "digests").symlink_to(elsewhere)
+    report = verify(manifest, directory, cache=StatCache(cache.root, racy_window_ns=0))
+    assert report.ok and not any(r.cached for r in report.files)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "device"])
+def test_odd_entry_is_a_miss_and_never_hangs(tmp_path, model, isolated_env, kind):
+    """A FIFO planted as an entry would block a plain open() forever; a link would lead the
+    read anywhere; a device is not an entry either. Each is a miss, in a CLI run with a timeout."""
+    manifest, directory, files = model
+    manifest_path = tmp_path / "tiny.yaml"
+    manifest_path.write_text(_manifest_text(files))
+    cache = StatCache(isolated_env / "mgcache", racy_window_ns=0)
+    verify(manifest, directory, cache=cache)
+    target = entry_file(cache, directory / "model.bin")
+    valid = target.read_bytes()
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target, 0o600)
+    elif kind == "symlink":
+        decoy = tmp_path / "decoy.json"
+        decoy.write_bytes(valid)
+        os.chmod(decoy, 0o600)
+        target.symlink_to(decoy)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(target, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero: an endless read
+    started = time.monotonic()
+    proc = run_cli("verify", str(manifest_path), str(directory), "--json", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 60
+    flags = {f["path"]: f["cached"] for f in json.loads(proc.stdout)["files"]}
+    assert flags == {"model.bin": False, "head.pt": True, "config.json": True}
+    assert cache.lookup(directory / "model.bin", os.stat(directory / "model.bin"), ["sha256"]) is None
+
+
+def _manifest_text(files: dict[str, bytes]) -> str:
+    lines = ["modelguard: 1", "model: local/tiny", "components:", "  weights: {required: true}", "files:"]
+    for name, data in files.items():
+        lines += [f"- path: {name}", f"  size: {len(data)}", "  component: weights",
+                  f"  sha256: {hashlib.sha256(data).hexdigest()}", f"  md5: {hashlib.md5(data).hexdigest()}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_expired_entry_is_rehashed_then_stored_again(tmp_path, model, reads):
+    manifest, directory, files = model
+    cache = no_race_cache(tmp_path)
+    assert cache.max_age_s == 7 * 24 * 3600  # the default: a week
+    verify(manifest, directory, cache=cache)
+    _set_entry_age(cache, directory / "model.bin", 7 * 24 * 3600 + 60)
+    _set_entry_age(cache, directory / "head.pt", 6 * 24 * 3600)
+    reads.reset()
+    report = verify(manifest, directory, cache=cache)
+    assert report.ok
+    assert not report.result("model.bin").cached and report.result("head.pt").cached
+    assert reads.total() == len(files["model.bin"])
+    stored = json.loads(entry_file(cache, directory / "model.bin").read_text())["stored_at_ns"]
+    assert time.time_ns() - stored < 60 * 10**9  # stored afresh
+    reads.reset()
+    assert all(r.cached for r in verify(manifest, directory, cache=cache).files)
+    assert reads.total() == 0
+
+
+def test_entry_from_the_future_is_a_miss(tmp_path, model):
+    manifest, directory, _ = model
+    cache = no_race_cache(tmp_path)
+    verify(manifest, directory, cache=cache)
+    _set_entry_age(cache, directory / "model.bin", -3600)  # a clock that was set back
+    assert not verify(manifest, directory, cache=cache).result("model.bin").cached
+
+
+@pytest.mark.parametrize("text, seconds", [("604800", 604800), ("90s", 90), ("30m", 1800), ("12h", 43200),
+                                           ("7d", 604800), ("2w", 1209600), (" 1.5h ", 5400), ("0", 0)])
+def test_max_age_from_environment(monkeypatch, tmp_path, text, seconds):
+    monkeypatch.setenv("MODELGUARD_CACHE_MAX_AGE", text)
+    assert StatCache(tmp_path).max_age_s == seconds
+
+
+def test_max_age_zero_makes_every_entry_expired(tmp_path, model, monkeypatch):
+    manifest, directory, _ = model
+    verify(manifest, directory, cache=no_race_cache(tmp_path))
+    monkeypatch.setenv("MODELGUARD_CACHE_MAX_AGE", "0")
+    report = verify(manifest, directory, cache=tmp_path / "mgcache")
+    assert report.ok and not any(r.cached for r in report.files)
+
+
+@pytest.mark.parametrize("text", ["soon", "-5", "7y", "nan", "inf", "d"])
+def test_bad_max_age_is_a_clear_error(monkeypatch, tmp_path, model, text):
+    manifest, directory, _ = model
+    monkeypatch.setenv("MODELGUARD_CACHE_MAX_AGE", text)
+    with pytest.raises(UsageError, match=r"\$MODELGUARD_CACHE_MAX_AGE=.* is not a cache lifetime") as info:
+        verify(manifest, directory)
+    assert info.value.remedy == "export MODELGUARD_CACHE_MAX_AGE=7d  (or unset it for the default, a week)"
+    assert verify(manifest, directory, cache=False).ok  # no cache, nothing to configure
+
+
+def test_bad_max_age_in_the_cli_exits_2_without_traceback(tmp_path, model, isolated_env):
+    manifest, directory, files = model
+    manifest_path = tmp_path / "tiny.yaml"
+    manifest_path.write_text(_manifest_text(files))
+    proc = run_cli("verify", str(manifest_path), str(directory), env={"MODELGUARD_CACHE_MAX_AGE": "a while"})
+    assert proc.returncode == 2
+    assert "$MODELGUARD_CACHE_MAX_AGE='a while' is not a cache lifetime" in proc.stderr
+    assert "export MODELGUARD_CACHE_MAX_AGE=7d" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cache_dir_naming_an_unknown_home_is_a_clear_error(tmp_path, model, isolated_env):
+    manifest, directory, files = model
+    manifest_path = tmp_path / "tiny.yaml"
+    manifest_path.write_text(_manifest_text(files))
+    env = {"MODELGUARD_CACHE_DIR": "~nosuchuser/x"}
+    proc = run_cli("verify", str(manifest_path), str(directory), env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "$MODELGUARD_CACHE_DIR='~nosuchuser/x' names a home directory that does not exist" in proc.stderr
+    assert "export MODELGUARD_CACHE_DIR=/path/to/folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("verify", str(manifest_path), str(directory), "--no-cache", env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+
+
+def test_no_home_directory_turns_the_cache_off_with_a_warning(monkeypatch, tmp_path, model):
+    manifest, directory, _ = model
+    for name in ("MODELGUARD_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    with pytest.warns(RuntimeWarning, match="no home directory for this user, so the verified-digest cache is off"):
+        report = verify(manifest, directory)
+    assert report.ok and not any(r.cached for r in report.files)
+
+
+def test_rehash_reads_every_file_and_refreshes_the_store(tmp_path, model, reads):
+    manifest, directory, files = model
+    cache = no_race_cache(tmp_path)
+    verify(manifest, directory, cache=cache)
+    _set_entry_age(cache, directory / "model.bin", 3 * 24 * 3600)
+    reads.reset()
+    report = verify(manifest, directory, cache=cache, rehash=True)
+    assert report.ok and not any(r.cached for r in report.files)
+    assert reads.total() == sum(len(d) for d in files.values())
+    stored = json.loads(entry_file(cache, directory / "model.bin").read_text())["stored_at_ns"]
+    assert time.time_ns() - stored < 60 * 10**9
+
+
+def test_rehash_from_the_environment(tmp_path, model, monkeypatch, reads):
+    manifest, directory, files = model
+    cache = no_race_cache(tmp_path)
+    verify(manifest, directory, cache=cache)
+    monkeypatch.setenv("MODELGUARD_REHASH", "1")
+    reads.reset()
+    assert not any(r.cached for r in verify(manifest, directory, cache=cache).files)
+    assert reads.total() == sum(len(d) for d in files.values())
+    monkeypatch.setenv("MODELGUARD_REHASH", "0")
+    assert all(r.cached for r in verify(manifest, directory, cache=cache).files)
+
+
+def test_guard_rehash_setting(tmp_path, isolated_env, monkeypatch, reads):
+    """install(rehash=True) and MODELGUARD_REHASH=1 make the guard hash every file before a load."""
+    import modelguard
+    from modelguard import guard
+
+    files = {"model.bin": os.urandom(50_000), "config.json": b"{}\n"}
+    directory = tmp_path / "local-model"
+    make_model(directory, files)
+    (directory / "modelguard.yaml").write_text(_manifest_text(files))
+    from modelguard.manifest import load_manifest
+
+    verify(load_manifest(directory / "modelguard.yaml"), directory,
+           cache=StatCache(isolated_env / "mgcache", racy_window_ns=0))
+    total = sum(len(d) for d in files.values())
+
+    def bytes_read_by_a_guarded_check():
+        reads.reset()
+        with guard.verified_scope():
+            guard.check_before_load(directory)
+        return reads.total()
+
+    modelguard.install()
+    try:
+        assert bytes_read_by_a_guarded_check() == 0
+        modelguard.install(rehash=True)
+        assert guard.current_policy().rehash is True
+        assert bytes_read_by_a_guarded_check() == total
+        modelguard.uninstall()
+        modelguard.install()
+        monkeypatch.setenv("MODELGUARD_REHASH", "1")
+        assert bytes_read_by_a_guarded_check() == total
+        modelguard.install(rehash=False)
+        assert bytes_read_by_a_guarded_check() == 0
+    finally:
+        modelguard.uninstall()
+
+
+def test_memory_map_write_is_caught_with_rehash_and_after_expiry(tmp_path, model, isolated_env):
+    """Bytes changed through a writable shared map whose page is already dirty leave the
+    stat key as it was: the cache cannot see it. --rehash and expiry catch it."""
+    import mmap
+
+    manifest, directory, files = model
+    manifest_path = tmp_path / "tiny.yaml"
+    manifest_path.write_text(_manifest_text(files))
+    path = directory / "model.bin"
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mapped:
+        mapped[0] = mapped[0]  # first write fault: the kernel stamps mtime/ctime now
+        cache = StatCache(isolated_env / "mgcache", racy_window_ns=0)
+        assert verify(manifest, directory, cache=cache).ok  # stored under the current key
+        before = os.stat(path)
+        mapped[0] = (mapped[0] + 1) % 256  # the page is dirty already: no new time stamp
+        mapped.flush()  # msync
+    after = os.stat(path)
+    assert path.read_bytes() != files["model.bin"]
+    blind = (after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ctime_ns,
+                                                                    before.st_ino)
+    plain = run_cli("verify", str(manifest_path), str(directory))
+    if blind:  # what the cache cannot see (ext4, tmpfs): the changed file passes from the cache
+        assert plain.returncode == 0 and "model.bin" in plain.stdout and "cached" in plain.stdout
+    else:  # this file system stamped the write: the key changed and the file is read
+        assert plain.returncode == 1
+    rehashed = run_cli("verify", str(manifest_path), str(directory), "--rehash")
+    assert rehashed.returncode == 1, rehashed.stdout
+    assert "model.bin" in rehashed.stdout and "right size, wrong content: sha256: expected" in rehashed.stdout
+    # the failure is not stored, and the entry kept is the old one: after it expires, caught too
+    if blind:
+        _set_entry_age(cache, path, 8 * 24 * 3600)
+    expired = run_cli("verify", str(manifest_path), str(directory))
+    assert expired.returncode == 1, expired.stdout
+    assert "right size, wrong content: sha256: expected" in expired.stdout
+
+
+# --------------------------------------------------------------------------- trust: another user
+
+
+FORGER = r"""
+set -e
+cd "$1"
+# the victim's cache sits in a folder this user may write (no sticky bit): move it away and
+# put forged entries where it was, made private and owned by this user
+mv mgcache mgcache.victim
+mkdir -p mgcache/digests/v1
+printf '%s' "$3" > "mgcache/digests/v1/$2"
+chmod 700 mgcache mgcache/digests mgcache/digests/v1
+chmod 600 "mgcache/digests/v1/$2"
+echo forged
+"""
+
+
+def _second_user() -> tuple[int, int]:
+    import pwd
+
+    name = "mgforger"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        proc = subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot create a second user: {proc.stderr.strip()}")
+        entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="creating a second user to attack the cache needs root")
+@pytest.mark.parametrize("attack", ["swap_folder", "squat_before_first_use", "link_root_to_forged"])
+def test_another_user_cannot_make_a_corrupt_file_pass(model, attack):
+    import shutil
+    import tempfile
+
+    manifest, directory, files = model
+    uid, gid = _second_user()
+    shared = Path(tempfile.mkdtemp(prefix="mg-shared-"))
+    try:
+        os.chmod(shared, 0o777)  # writable by everyone, no sticky bit
+        root = shared / "mgcache"
+        path = directory / "model.bin"
+        with open(path, "r+b") as f:
+            f.write(b"\x00" * 64)  # the corrupt file
+        corrupt = os.stat(path)
+        real = os.path.abspath(path)
+        forged = json.dumps({
+            "format": FORMAT_VERSION, "path": real, "key": [corrupt.st_dev, corrupt.st_ino, corrupt.st_size,
+                                                            corrupt.st_mtime_ns, corrupt.st_ctime_ns],
+            "digests": {"sha256": hashlib.sha256(files["model.bin"]).hexdigest()}, "stored_at_ns": time.time_ns(),
+        })
+        name = StatCache._entry_name(real)
+        if attack == "squat_before_first_use":
+            script = FORGER.replace("mv mgcache mgcache.victim\n", "")
+        elif attack == "link_root_to_forged":
+            script = FORGER.replace("mkdir -p mgcache/", "mkdir -p forged/").replace(
+                "> \"mgcache/digests", "> \"forged/digests").replace(
+                "chmod 700 mgcache mgcache/digests mgcache/digests/v1",
+                "chmod 700 forged forged/digests forged/digests/v1; ln -s forged mgcache").replace(
+                "chmod 600 \"mgcache/", "chmod 600 \"forged/")
+        else:
+            script = FORGER
+        if attack != "squat_before_first_use":
+            # the victim's own cache exists first, and is sound
+            assert verify(manifest, directory, cache=StatCache(root, racy_window_ns=0)).result("head.pt").status == "ok"
+        proc = subprocess.run(["sh", "-c", script, "forger", str(shared), name, forged],
+                              user=uid, group=gid, extra_groups=[], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() == "forged", proc.stderr
+        forged_entry = (shared / ("forged" if attack == "link_root_to_forged" else "mgcache")
+                        / "digests" / "v1" / name)
+        assert os.stat(forged_entry).st_uid == uid
+        for _ in range(5):
+            report = verify(manifest, directory, cache=StatCache(root, racy_window_ns=0))
+            r = report.result("model.bin")
+            assert not report.ok and r.diagnosis == "digest_mismatch" and not r.cached, r.message
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

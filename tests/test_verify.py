@@ -139,7 +139,7 @@ def test_lfs_pointer_to_the_right_file(manifest, model):
     assert "is a Git LFS pointer stub" in r.message
     assert "this is the pointer to the right file: run `git lfs pull`" in r.message
     assert r.actual["lfs_oid_sha256"] == sha256(data) and r.actual["lfs_size"] == len(data)
-    assert r.remedy == f'cd {model} && git lfs pull --include "model.safetensors"'
+    assert r.remedy == f"cd {model} && git lfs pull --include model.safetensors"
 
 
 def test_lfs_pointer_to_another_file(manifest, model):
@@ -199,6 +199,93 @@ def test_zero_filled_with_the_right_size(manifest, model):
     assert "right size but every byte is zero" in r.message
     assert f"sha256: expected {manifest.file('model.safetensors').digests['sha256']}, got {sha256(bytes(size))}" in r.message
     assert r.actual["content"] == "all zero bytes"
+
+
+# --------------------------------------------------------------------------- zero tail at memory speed
+
+_BLOCK = 8 << 20
+
+
+@pytest.mark.parametrize("last_nonzero", [0, 1, 65535, 65536, _BLOCK - 1, _BLOCK, _BLOCK + 1, 17 << 20])
+def test_zero_region_finds_the_exact_start_of_the_zeros(tmp_path, last_nonzero):
+    from modelguard.fs import zero_region as _zero_region
+
+    size = (17 << 20) + 5
+    data = bytearray(os.urandom(last_nonzero + 1)) + bytearray(size - last_nonzero - 1)
+    data[last_nonzero] = 0xFF
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        expected = len(bytes(data).rstrip(b"\x00"))
+        assert _zero_region(fd, size) == (None if expected == size else expected) == last_nonzero + 1
+    finally:
+        os.close(fd)
+
+
+def test_zero_region_of_an_all_zero_file_and_of_a_file_ending_in_data(tmp_path):
+    from modelguard.fs import zero_region as _zero_region
+
+    (tmp_path / "zeros").write_bytes(bytes(9 << 20))
+    (tmp_path / "data").write_bytes(bytes(9 << 20) + b"\x01")
+    for name, expected in (("zeros", 0), ("data", None)):
+        fd = os.open(tmp_path / name, os.O_RDONLY)
+        try:
+            assert _zero_region(fd, os.fstat(fd).st_size) == expected
+        finally:
+            os.close(fd)
+
+
+def test_sparse_zero_tail_is_found_without_reading_it(tmp_path, monkeypatch):
+    """A preallocated file's unwritten tail is a hole: SEEK_HOLE finds it, nothing is read."""
+    from modelguard.fs import zero_region as _zero_region
+
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as f:
+        f.write(os.urandom(1 << 20) + b"\xff")
+        f.truncate(4 << 30)  # 4 GiB, almost all hole
+    read = []
+    real_pread = os.pread
+
+    def counting_pread(fd, n, offset):
+        out = real_pread(fd, n, offset)
+        read.append(len(out))
+        return out
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _zero_region(fd, 4 << 30) == (1 << 20) + 1
+    finally:
+        os.close(fd)
+    assert sum(read) <= (1 << 20) + 1 + (8 << 20), sum(read)  # the data before the hole, no more
+
+
+def test_written_zero_tail_is_scanned_faster_than_it_is_hashed(tmp_path):
+    """Zeros written out (no hole) are read once, compared a block at a time: the scan costs
+    less than hashing the same bytes (the byte-wise strip it replaces cost twice the hash)."""
+    import time
+
+    from modelguard.fs import zero_region as _zero_region
+
+    path = tmp_path / "zeros.bin"
+    with open(path, "wb") as f:
+        f.write(os.urandom(1 << 20) + b"\xff")
+        for _ in range(24):
+            f.write(bytes(8 << 20))
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, size, 0)  # both timings from the page cache
+        started = time.perf_counter()
+        assert _zero_region(fd, size) == (1 << 20) + 1
+        scan = time.perf_counter() - started
+        started = time.perf_counter()
+        hashlib.sha256(os.pread(fd, size, 0)).hexdigest()
+        hashing = time.perf_counter() - started
+    finally:
+        os.close(fd)
+    assert scan < hashing, f"zero-tail scan {scan:.3f} s, sha256 {hashing:.3f} s"
 
 
 def test_preallocated_download_that_stopped(manifest, model):

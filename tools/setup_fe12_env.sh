@@ -35,8 +35,6 @@ PINS=(
   "pandas==2.2.2"
 )
 TOOLS=("pytest" "pytest-timeout")
-# modelguard.safety (the guard's pickle scan) imports picklescan.
-TOOLS+=("picklescan==1.0.5")
 # modelguard's own core dependencies, read from pyproject.toml (installed with the pins
 # above, so a conflict with them shows up here rather than at test time).
 mapfile -t CORE < <("$PYTHON" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from shlex import quote
 import os
 from pathlib import Path
 
@@ -25,14 +26,14 @@ def run_verify(args: argparse.Namespace) -> int:
         if value:
             raise UsageError(
                 f"{flag} does not apply to a signature: it lists the exact files of one folder",
-                expected=f"modelguard verify {args.target} DIR --public-key KEY.pem", actual=f"{flag} {value}",
+                expected=f"modelguard verify {quote(args.target)} DIR --public-key KEY.pem", actual=f"{flag} {value}",
                 remedy=f"leave out {flag}",
             )
     public_key = args.public_key or (None if args.certificate_chain else configured_public_key())
     if public_key is None and not args.certificate_chain:
         raise UsageError(
             f"{args.target} is a signature: checking it needs the signer's public key",
-            expected=f"modelguard verify {args.target} DIR --public-key KEY.pem (or --certificate-chain CA.pem)",
+            expected=f"modelguard verify {quote(args.target)} DIR --public-key KEY.pem (or --certificate-chain CA.pem)",
             actual="no key given", remedy="pass --public-key, or set MODELGUARD_PUBLIC_KEY=KEY.pem",
         )
     directory = Path(args.directory) if args.directory else Path(os.path.dirname(os.path.abspath(args.target)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("build needs a model directory", remedy="modelguard build DIR --model ORG/NAME [-o FILE]")
     if not args.model:
         raise UsageError("build needs --model", expected="--model ORG/NAME, e.g. --model BAAI/bge-m3",
-                         remedy=f"modelguard build {args.directory} --model ORG/NAME")
+                         remedy=f"modelguard build {shlex.quote(args.directory)} --model ORG/NAME")
     out = _output_path(args)
     if args.revision and not re.fullmatch(r"[0-9a-f]{40}", args.revision):
         sys.stderr.write(f"modelguard: warning: revision '{args.revision}' is not a commit hash; a branch or tag "
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_from_hub(args: argparse.Namespace) -> int:
     if args.directory:
         raise UsageError("pass either DIR or --from-hub MODEL, not both",
-                         remedy=f"modelguard build --from-hub {args.from_hub} --revision REV [-o FILE]")
+                         remedy=f"modelguard build --from-hub {shlex.quote(args.from_hub)} --revision REV [-o FILE]")
     if args.model and args.model != args.from_hub:
         raise UsageError("--model differs from --from-hub", expected=args.from_hub, actual=args.model,
                          remedy="drop --model; --from-hub names the model")
@@ -74,7 +75,7 @@ def _run_from_hub(args: argparse.Namespace) -> int:
 def _write(manifest, out: Path | None, what: str) -> int:
     """The manifest on stdout, or saved to ``out`` with a one-line note on stderr."""
     if out is None:
-        sys.stdout.write(dump_manifest(manifest))
+        write_manifest_to_stdout(dump_manifest(manifest))
     else:
         save_manifest(manifest, out)
         comps = ", ".join(f"{n}{'' if c.required else ' (optional)'}" for n, c in sorted(manifest.components.items()))
@@ -97,10 +98,27 @@ def _check_output_folder(out) -> None:
         return
     if out.is_dir():
         raise UsageError(f"{out} is a directory", path=out, expected="a manifest file name, e.g. model.yaml",
-                         remedy=f"pass -o {out / 'model.yaml'}")
+                         remedy=f"pass -o {shlex.quote(str(out / 'model.yaml'))}")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"cannot write {out}: {parent} is not a directory", path=out,
                                  remedy="pass -o with a path inside a folder")
             return
+
+
+def write_manifest_to_stdout(text: str) -> None:
+    """A manifest is UTF-8 whatever the terminal's encoding: when stdout cannot encode
+    it (``PYTHONIOENCODING=ascii``), its UTF-8 bytes go to the underlying buffer, so a
+    redirected manifest keeps its non-ASCII paths intact."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is not None:
+            sys.stdout.flush()
+            buffer.write(text.encode("utf-8", "surrogateescape"))
+            buffer.flush()
+            return
+    sys.stdout.write(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from shlex import quote
 
 from ..engine import verify_directory
 from ..output import emit_json
@@ -40,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also scan pickle-based weights for code and check safetensors headers (unsafe: exit 1)")
     p.add_argument("--no-cache", action="store_true",
                    help="re-hash every file; do not use or update the verified-digest cache")
+    p.add_argument("--rehash", action="store_true",
+                   help="hash every file in full even when the verified-digest cache holds it "
+                        "(catches in-place writes and bit rot the cache cannot see); still updates the cache")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--public-key", metavar="KEY.pem",
                    help="TARGET is an OpenSSF model signature: check it with this PEM public key "
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if wants_signature(args):
         return run_verify(args)
     resolution = resolve_verify_target(args.target, args.directory, revision=args.revision, cache_dir=args.cache_dir,
-                                       how_to_pass=f"pass the directory: modelguard verify {args.target} DIR",
+                                       how_to_pass=f"pass the directory: modelguard verify {quote(args.target)} DIR",
                                        all_files=args.all_files, cli=True)
     manifest, directory = resolution.manifest, resolution.directory
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         report = verify_directory(
             manifest, directory, components=components, strict_extra=args.strict,
             all_digests=args.all_digests, progress=progress, cache=not args.no_cache,
+            rehash=True if args.rehash else None,
         )
     finally:
         progress.close()

@@ -32,6 +32,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from .. import guard
@@ -362,7 +363,7 @@ def _fetch_remedy(plan: _Plan, file: str) -> str:
     if plan.resolved.how == "hf-listing" and manifest is not None and manifest.lists_every_file:
         return (f"the Hub's listing of {manifest.model} at commit {manifest.revision} (saved at download) has no "
                 f"{file}: that commit does not publish it; load a repository or revision that does, or copy {file} "
-                f"from the model's source into {plan.directory}")
+                f"from the model's source into {quote(str(plan.directory))}")
     return (f"copy {file} from the model's source into {plan.directory} "
             f"(for BAAI/bge-m3 itself: `{fetch_command('BAAI/bge-m3', local_dir=plan.directory)}`)")
 

@@ -58,8 +58,8 @@ def _wrap_get_cached_module_file(original: Any) -> Any:
             if guard.current_policy().effective_unknown() == "allow":
                 return original(pretrained_model_name_or_path, module_file, *args, **kwargs)
             raise _refusal(name, module_file, "no manifest is known for this model, so its code cannot be checked",
-                           remedy=f"review the model's code, then pin it: modelguard build {name} --model ORG/NAME "
-                                  f"-o {os.path.join(name, 'modelguard.yaml')} (or MODELGUARD_UNKNOWN=allow to run "
+                           remedy=f"review the model's code, then pin it: modelguard build {_quote(name)} "
+                                  f"--model ORG/NAME -o {_quote(os.path.join(name, 'modelguard.yaml'))} (or MODELGUARD_UNKNOWN=allow to run "
                                   "unverified code)")
         if resolved.manifest.file(module_file) is None:
             raise _refusal(name, module_file, f"{module_file} is not listed in the manifest ({resolved.manifest.source})",
@@ -97,3 +97,9 @@ def _verify_module_copy(name: str, module_file: str, relative: str, manifest: An
 def _refusal(name: str, module_file: str, why: str, **kwargs: Any) -> Exception:
     return UnsafeFileError(f"refusing to run remote code {module_file} of {name}: {why}",
                            path=os.path.join(name, module_file) if os.path.isdir(name) else module_file, **kwargs)
+
+
+def _quote(text: str) -> str:
+    from shlex import quote
+
+    return quote(text)

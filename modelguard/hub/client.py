@@ -7,6 +7,7 @@ import os
 import re
 import uuid
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from .. import hfcache
@@ -100,7 +101,7 @@ def model_info(model: str, revision: str) -> tuple[str, Any]:
     if is_offline():
         raise OfflineError(
             f"HF_HUB_OFFLINE is set; reading {model}'s metadata from the Hub needs the network",
-            remedy=f"unset HF_HUB_OFFLINE, or build from a local copy: modelguard build DIR --model {model}",
+            remedy=f"unset HF_HUB_OFFLINE, or build from a local copy: modelguard build DIR --model {quote(model)}",
         )
     api = HfApi(endpoint=endpoint)
     try:

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 import re
+from shlex import quote
 from typing import Any, Iterable
 
 from .. import hfcache, registry
@@ -137,8 +138,8 @@ def _fetchable_manifest(model: str | Manifest, revision: str | None) -> Manifest
         raise UsageError(
             f"the manifest of {manifest.model} pins revision {manifest.revision}, not {revision}",
             path=manifest.source, expected=manifest.revision, actual=revision,
-            remedy=f"drop --revision, or use a manifest built for {revision}: "
-                   f"modelguard build --from-hub {manifest.model} --revision {revision} -o FILE",
+            remedy=f"drop --revision, or use a manifest built for {quote(revision)}: "
+                   f"modelguard build --from-hub {quote(manifest.model)} --revision {quote(revision)} -o FILE",
         )
     if "/" not in manifest.model:
         raise UsageError(

@@ -8,6 +8,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any, Callable
 
 from .. import hfcache, registry
@@ -298,11 +299,11 @@ def format_scan(report: ScanReport) -> str:
         if not repo.ok and "/" in repo.repo_id and repo.repo_type == "model":
             bad = [rev.revision for rev in repo.revisions if rev.status == "corrupt"]
             for commit in bad:
+                saved = quote(repo.repo_id.replace('/', '--') + ".yaml")
                 lines.append(f"          fix: {fetch_command(repo.repo_id, commit)}"
                              if _has_manifest(repo.repo_id, commit) else
-                             f"          fix: modelguard build --from-hub {repo.repo_id} --revision {commit} "
-                             f"-o {repo.repo_id.replace('/', '--')}.yaml && modelguard fetch "
-                             f"{repo.repo_id.replace('/', '--')}.yaml")
+                             f"          fix: modelguard build --from-hub {quote(repo.repo_id)} --revision {quote(commit)} "
+                             f"-o {saved} && modelguard fetch {saved}")
     n_bad = sum(not r.ok for r in report.repos)
     lines.append(f"FAILED: corruption in {n_bad} of {len(report.repos)} repo(s)" if n_bad
                  else f"clean: {len(report.repos)} repo(s) checked")
