@@ -2,16 +2,15 @@
 before the model is built, and no part of it is silently randomly initialized.
 
 Importing this package is cheap: torch, transformers and FlagEmbedding are never
-imported here. Public names are loaded on first use.
+imported here. Public names are loaded on first use. Module names never equal function
+names, so ``modelguard.verify`` is always the function (the engine is ``modelguard.engine``).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
     # errors
@@ -26,30 +25,19 @@ _LAZY = {
     "save_manifest": "manifest",
     "find_manifest": "registry",
     "build_manifest": "build",
-    "fetch": "hub",
+    # verification (the engine, dataclasses and typing load on first use)
+    "verify": "verifying", "VerifyReport": "report", "FileResult": "report",
+    # the Hub
+    "fetch": "hub", "FetchResult": "hub",
     # signatures (OpenSSF model signing; needs modelguard[signing])
     "read_signature": "signing", "verify_signed": "signing", "sign_directory": "signing",
     # loader guard
     "install": "guard", "uninstall": "guard", "allow_random_init": "guard",
+    "GuardWarning": "guard", "UnknownModelWarning": "guard",
     # reproducibility
-    "seed_everything": "determinism", "deterministic": "determinism", "probe": "probing", "audit": "auditing",
+    "seed_everything": "determinism", "deterministic": "determinism",
+    "probe": "probing", "ProbeReport": "probing", "audit": "auditing", "AuditReport": "auditing",
 }
-
-# ``verify`` and its result types load on first use too (the verify engine, dataclasses and
-# typing cost more than the rest of ``import modelguard``). The import system binds a loaded
-# submodule to the package attribute of the same name: the package class below keeps that
-# from replacing the function ``modelguard.verify`` with the submodule ``modelguard.verify``.
-_LAZY.update({"verify": "verify", "VerifyReport": "verify", "FileResult": "verify"})
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "verify" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = ["__version__", *_LAZY]
 

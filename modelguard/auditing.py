@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import UsageError
+from .audit_report import (FAILED, HOW_TO_BE_DETERMINISTIC, NOTE, SEVERITIES, VARIES, AuditReport, Finding,
+                           format_audit)
+from .build import list_model_files
+from .comparison import is_number
+from .engine import verify_directory
+from .remedy import fetch_command
+from .resolve import locate
+from .safety import needs_scan, scan_paths
 
-VARIES = "varies"
-FAILED = "failed"
-NOTE = "note"
-SEVERITIES = (VARIES, FAILED, NOTE)
 
 # Sampling knobs of transformers' GenerationConfig: they shape sampling only when do_sample is true.
 SAMPLING_PARAMETERS = ("temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff",
@@ -36,41 +39,6 @@ SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "typical_p":
                      "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None}
 BGE_M3_HEADS = ("colbert_linear.pt", "sparse_linear.pt")
 PARAMETER_FREE_MODULES = (".Normalize",)
-
-HOW_TO_BE_DETERMINISTIC = (
-    "transformers: model.generate(..., do_sample=False) or model.generation_config = "
-    "GenerationConfig(do_sample=False) (greedy); num_beams=4 with do_sample=False is beam search, also repeatable",
-    "keep sampling but repeat it: with modelguard.deterministic(seed=0): model.generate(...)",
-    "vllm: SamplingParams(temperature=0) for greedy, or SamplingParams(seed=0, ...) to repeat a sampled answer",
-    "check that the weights are the right ones first: modelguard probe DIR shows outputs that change with the seed",
-)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing the audit found. ``source`` is ``file`` or ``file:key``."""
-
-    section: str
-    code: str
-    severity: str
-    message: str
-    source: str | None = None
-    value: Any = None
-    remedy: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"section": self.section, "code": self.code, "severity": self.severity, "message": self.message,
-                "source": self.source, "value": self.value, "remedy": self.remedy}
-
-
-@dataclass(frozen=True)
-class LocatedModel:
-    """A model directory and, when known, its model id and revision."""
-
-    directory: Path
-    model: str | None = None
-    revision: str | None = None
-    from_cache: bool = False
 
 
 @dataclass
@@ -111,104 +79,6 @@ class _BrokenConfig(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class AuditReport:
-    """Everything the audit found, by section, plus the integrity report when a manifest applied."""
-
-    target: str
-    directory: str
-    model: str | None
-    revision: str | None
-    findings: tuple[Finding, ...]
-    files_read: tuple[str, ...]
-    manifest_source: str | None = None
-    integrity: Any = None  # a VerifyReport, or None when no manifest applied
-    elapsed_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not any(f.severity in (VARIES, FAILED) for f in self.findings)
-
-    @property
-    def varies(self) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if f.severity == VARIES)
-
-    @property
-    def failed(self) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if f.severity == FAILED)
-
-    @property
-    def sampling_varies(self) -> bool:
-        """True when a sampling setting (not a broken file) makes outputs vary."""
-        return any(f.severity == VARIES and f.section == "sampling" for f in self.findings)
-
-    def section(self, name: str) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if f.section == name)
-
-    @property
-    def sections(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(f.section for f in self.findings))
-
-    def codes(self) -> set[str]:
-        return {f.code for f in self.findings}
-
-    def summary(self) -> str:
-        if self.ok:
-            checked = "integrity verified" if self.integrity is not None else "no manifest applied"
-            return f"ok: nothing in the configuration makes outputs vary ({checked})"
-        parts = []
-        if self.varies:
-            parts.append(f"{len(self.varies)} finding(s) make outputs vary ("
-                         + ", ".join(dict.fromkeys(f.code for f in self.varies)) + ")")
-        if self.failed:
-            parts.append(f"{len(self.failed)} failure(s) ("
-                         + ", ".join(dict.fromkeys(f.section for f in self.failed)) + ")")
-        return "NOT ok: " + "; ".join(parts)
-
-    def format(self) -> str:
-        """The human-readable report (what ``modelguard audit`` prints)."""
-        return format_audit(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        from . import __version__
-
-        return {
-            "modelguard": __version__,
-            "ok": self.ok,
-            "target": self.target,
-            "directory": self.directory,
-            "model": self.model,
-            "revision": self.revision,
-            "summary": self.summary(),
-            "files_read": list(self.files_read),
-            "sections": {s: [f.to_dict() for f in self.section(s)] for s in self.sections},
-            "manifest": self.manifest_source,
-            "integrity": None if self.integrity is None else self.integrity.to_dict(),
-            "how_to_make_deterministic": list(HOW_TO_BE_DETERMINISTIC) if self.sampling_varies else [],
-            "elapsed_s": round(self.elapsed_s, 4),
-        }
-
-
-def format_audit(report: AuditReport) -> str:
-    """Human-readable audit: one block per section, then how to make it deterministic."""
-    rev = f" @ {report.revision[:12]}" if report.revision else ""
-    lines = [f"audit {report.model + rev + '  in ' if report.model else ''}{report.directory}"]
-    if report.files_read:
-        lines.append(f"  read: {', '.join(report.files_read)}")
-    tags = {VARIES: "VARY", FAILED: "FAIL", NOTE: "note"}
-    for section in report.sections:
-        lines.append(f"{section}:")
-        for f in report.section(section):
-            src = f"{f.source}: " if f.source and not f.message.startswith(f.source) else ""
-            lines.append(f"  {tags.get(f.severity, f.severity)}  {src}{f.message}")
-            if f.remedy:
-                lines.append(f"        fix: {f.remedy}")
-    if report.sampling_varies:
-        lines.append("to get deterministic output:")
-        lines.extend(f"  - {h}" for h in HOW_TO_BE_DETERMINISTIC)
-    lines.append(report.summary())
-    return "\n".join(lines)
-
 
 # --------------------------------------------------------------------------- checks
 
@@ -247,10 +117,6 @@ def _generation_settings(ctx: AuditContext) -> tuple[dict[str, Any], str | None]
     return settings, ("config.json" if settings else None)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 @register_check("sampling")
 def check_sampling(ctx: AuditContext) -> Iterator[Finding]:
     settings, source = _generation_settings(ctx)
@@ -271,7 +137,7 @@ def check_sampling(ctx: AuditContext) -> Iterator[Finding]:
             remedy="model.generate(..., do_sample=False) or GenerationConfig(do_sample=False); or fix the seed: "
                    "with modelguard.deterministic(seed=0): model.generate(...)",
         )
-        if _is_number(temperature) and temperature <= 0:
+        if is_number(temperature) and temperature <= 0:
             yield Finding(
                 "sampling", "temperature_not_positive", FAILED,
                 f"temperature = {temperature} with do_sample = true: transformers needs a strictly positive "
@@ -280,7 +146,7 @@ def check_sampling(ctx: AuditContext) -> Iterator[Finding]:
                 remedy="for greedy output set do_sample=False instead of temperature 0",
             )
         for key, value in set_knobs.items():
-            if key == "temperature" and _is_number(value) and value <= 0:
+            if key == "temperature" and is_number(value) and value <= 0:
                 continue
             yield Finding(
                 "sampling", key, VARIES, f"{key} = {value}: a sampling setting, in effect because do_sample = true",
@@ -330,7 +196,7 @@ def check_bge_m3_heads(ctx: AuditContext) -> Iterator[Finding]:
         f"{', '.join(missing)} missing: FlagEmbedding then builds BOTH the sparse and the colbert head with random "
         "weights (logged only at INFO level), so sparse and colbert outputs change with the seed",
         source=", ".join(missing), value=missing,
-        remedy=(f"modelguard fetch {_quote(ctx.model)}" + (f" --revision {_quote(ctx.revision)}" if ctx.revision else "")
+        remedy=(fetch_command(ctx.model, ctx.revision)
                 if ctx.model else "copy the missing file(s) from the model's repository"),
     )
 
@@ -419,13 +285,9 @@ def check_unsafe_files(ctx: AuditContext) -> Iterator[Finding]:
     (the manifest's files, or every such file in the directory when no manifest applies)."""
     if not ctx.verify_files:
         return
-    from .safety import needs_scan, scan_paths
-
     if ctx.manifest is not None:
         paths = [e.path for e in ctx.manifest.files if needs_scan(e.path)]
     else:
-        from .build import list_model_files
-
         paths = [p for p in list_model_files(ctx.directory) if needs_scan(p)]
     scanned = scan_paths(ctx.directory, paths)
     unsafe = [f for f in scanned if not f.safe]
@@ -445,45 +307,6 @@ def check_unsafe_files(ctx: AuditContext) -> Iterator[Finding]:
 # --------------------------------------------------------------------------- entry points
 
 
-def locate_model(
-    target: str | os.PathLike[str], *, revision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> LocatedModel:
-    """A local directory (a cache snapshot path names its model and revision), or a
-    model id whose snapshot is in the Hugging Face cache. Never downloads."""
-    from . import hfcache
-
-    path = Path(target)
-    if path.is_dir():
-        parsed = hfcache.parse_snapshot_path(path)
-        if parsed is not None:
-            return LocatedModel(path, parsed[0], parsed[1], from_cache=True)
-        return LocatedModel(path)
-    if path.exists():
-        raise UsageError(f"{path} is not a directory", path=path, expected="a model directory or a model id",
-                         remedy="pass the folder that holds config.json, not a file in it")
-    text = str(target)
-    looks_like_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and "\\" not in text
-    if not looks_like_id:
-        raise UsageError(f"model directory {text} does not exist", path=text,
-                         expected="a model directory, or a model id such as BAAI/bge-m3",
-                         remedy="check the path")
-    from .registry import validate_model_id
-
-    validate_model_id(text)
-    snapshot = hfcache.snapshot_path(text, revision, cache_dir)
-    if snapshot is None:
-        rev = f" --revision {_quote(revision)}" if revision else ""
-        raise UsageError(
-            f"{text}{' @ ' + revision if revision else ''} is not in the Hugging Face cache "
-            f"({hfcache.hf_cache_dir(cache_dir)}) and is not a local directory",
-            expected="a model directory, or a model id whose snapshot is in the cache",
-            remedy=f"download it first: modelguard fetch {_quote(text)}{rev}, or pass the model directory",
-        )
-    commit = hfcache.parse_snapshot_path(snapshot)
-    return LocatedModel(snapshot, text, commit[1] if commit else revision, from_cache=True)
-
-
 def audit(
     target: str | os.PathLike[str],
     *,
@@ -498,23 +321,14 @@ def audit(
     check; otherwise one is looked up (modelguard.registry) when the model id is
     known — from the argument, or from a Hugging Face cache snapshot path.
     """
-    from .manifest import Manifest, load_manifest
-    from .registry import find_manifest
-
     start = time.perf_counter()
-    located = locate_model(target, revision=revision, cache_dir=cache_dir)
-    chosen = None
-    if verify_files:
-        if manifest is not None:
-            chosen = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        elif located.model is not None:
-            chosen = find_manifest(located.model, located.revision)
-    ctx = AuditContext(directory=located.directory, model=located.model, revision=located.revision,
+    located = locate(target, revision=revision, cache_dir=cache_dir, manifest=manifest if verify_files else None,
+                     find=verify_files)
+    chosen = located.manifest
+    ctx = AuditContext(directory=located.directory, model=located.model_id, revision=located.revision,
                        manifest=chosen, verify_files=verify_files)
     if chosen is not None:
-        from .verify import verify
-
-        ctx.integrity = verify(chosen, located.directory)
+        ctx.integrity = verify_directory(chosen, located.directory)
     findings: list[Finding] = []
     for section, check in CHECKS:
         try:
@@ -525,15 +339,12 @@ def audit(
                 source=exc.name, remedy=f"download {exc.name} again; it is not valid JSON",
             ))
     return AuditReport(
-        target=str(target), directory=str(located.directory), model=located.model, revision=located.revision,
+        target=str(target), directory=str(located.directory), model=located.model_id, revision=located.revision,
         findings=tuple(findings), files_read=tuple(dict.fromkeys(ctx.files_read)),
         manifest_source=None if chosen is None else chosen.source, integrity=ctx.integrity,
         elapsed_s=time.perf_counter() - start,
     )
 
 
-def _quote(text: str) -> str:
-    """``text`` quoted for a POSIX shell, for the commands printed in remedies."""
-    from shlex import quote
-
-    return quote(text)
+__all__ = ["FAILED", "HOW_TO_BE_DETERMINISTIC", "NOTE", "SEVERITIES", "VARIES", "AuditContext", "AuditReport", "CHECKS",
+           "Finding", "audit", "format_audit", "register_check"]

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Callable, Iterable
 
 from .errors import UsageError
-from .hashing import hash_file
+from .fs import containing_roots, walk_files, within
+from .hashing import hash_file, run_parallel, usable_cpus
 from .manifest import Component, FileEntry, Manifest, check_relative_path
-from .verify import IGNORED_NAMES, IGNORED_SUFFIXES
 
 BUILD_ALGORITHMS = ("md5", "sha256")
 
@@ -147,20 +147,7 @@ def resolve_rules(rules: str | RuleSet | None, model: str, paths: Iterable[str])
 
 def list_model_files(directory: str | os.PathLike[str]) -> list[str]:
     """Relative POSIX paths of the files in a model directory, tool folders skipped, sorted."""
-    root = Path(directory)
-    out = []
-    for current, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
-        rel_dir = os.path.relpath(current, root)
-        for name in sorted(files):
-            if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
-                continue
-            full = Path(current) / name
-            if not full.is_file():  # dangling links, FIFOs, devices
-                continue
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-            out.append(rel)
-    return sorted(out)
+    return walk_files(directory, regular_only=True)
 
 
 def build_manifest(
@@ -190,18 +177,16 @@ def build_manifest(
     if not paths:
         raise UsageError(f"no files to put in a manifest under {root}", path=root,
                          remedy="point build at the folder that holds config.json and the weights")
-    from .verify import _containing_roots, _within
-
-    roots = _containing_roots(root)
+    roots = containing_roots(root)
     for p in paths:
         check_relative_path(p, source=str(root))
         target = (root / p).resolve()
-        if not _within(target, roots):
+        if not within(target, roots):
             raise UsageError(
                 f"{root / p} links outside the model directory (to {target}); verify would refuse it",
                 path=root / p, expected="files inside the model directory",
                 actual=f"a link to {target}",
-                remedy=f"replace the link with the file it points to, or leave it out with --exclude {_quote(p)}",
+                remedy=f"replace the link with the file it points to, or leave it out with --exclude {quote(str(p))}",
             )
     rule_set = resolve_rules(rules, model, paths)
     algorithms = tuple(algorithms)
@@ -212,15 +197,7 @@ def build_manifest(
         return FileEntry(path=path, size=full.stat().st_size, component=rule_set.component_for(path),
                          digests=digests)
 
-    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 2, 8)) as pool:
-        entries = list(pool.map(one, paths))
+    entries = run_parallel(paths, one, workers=min(len(paths), usable_cpus(), 8))
     used = {e.component for e in entries}
     components = {name: comp for name, comp in rule_set.components.items() if name in used}
     return Manifest(model=model, revision=revision, components=components, files=tuple(entries))
-
-
-def _quote(text: str) -> str:
-    """``text`` quoted for a POSIX shell, for the commands printed in remedies."""
-    from shlex import quote
-
-    return quote(str(text))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-from . import __version__
-from .errors import ModelGuardError
+from .errors import ModelGuardError, UsageError
+from .output import emit_json, report_error
+from .version import __version__
+
+__all__ = ["COMMANDS", "build_parser", "emit_json", "entry_point", "main", "report_error"]
 
 # Each command lives in modelguard/_commands/<name>.py with add_parser(subparsers) and run(args) -> int.
 COMMANDS = ("verify", "build", "fetch", "scan", "audit", "probe", "sign")
@@ -38,17 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"modelguard._commands.{name}")
         module.add_parser(sub)
     return parser
-
-
-def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def report_error(exc: ModelGuardError, as_json: bool) -> int:
-    if as_json:
-        emit_json({"ok": False, "error": exc.to_dict()})
-    sys.stderr.write(f"modelguard: error: {exc}\n")
-    return exc.exit_code
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
@@ -110,8 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except OSError as exc:
         # A path the user gave cannot be read or written: say which and why, no traceback.
-        from .errors import UsageError
-
         where = exc.filename if exc.filename is not None else None
         problem = exc.strerror or str(exc)
         return report_error(

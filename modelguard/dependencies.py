@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import NamedTuple
 
 from .errors import UsageError
+from .version import version_tuple
 
 # import name -> distribution name, where they differ in more than case
 _DISTRIBUTIONS = {"sentence_transformers": "sentence-transformers", "huggingface_hub": "huggingface_hub"}
@@ -175,8 +176,6 @@ def _satisfies(version: str, specifier: str) -> bool | None:
 
 
 def _at_least(version: str, floor: str) -> bool:
-    from .hooks import version_tuple
-
     return version_tuple(version) >= version_tuple(floor)
 
 

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from .errors import UsageError
+
 # cuBLAS needs a fixed workspace for repeatable results on CUDA >= 10.2; torch
 # raises for cuBLAS ops in deterministic mode without it.
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
@@ -46,9 +48,7 @@ def _installed(name: str) -> bool:
         return False
 
 
-def _check_seed(seed: Any) -> int:
-    from .errors import UsageError
-
+def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"seed must be an int, got {type(seed).__name__} {seed!r}",
                          expected="an integer in [0, 2**32 - 1]", actual=repr(seed),
@@ -68,7 +68,7 @@ def seed_everything(seed: int) -> SeedReport:
     string hashing (set iteration order) is fixed only when the variable is set
     before Python starts — the returned notes say so when it was not.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     seeded: list[str] = []
     notes: list[str] = []
     random.seed(seed)
@@ -186,7 +186,7 @@ def deterministic(seed: int = 0, *, warn_only: bool = False) -> Iterator[SeedRep
     variables are restored to their values before the block. Global state: not
     for use from several threads at once. Usable as a decorator too.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     state = _save_state()
     try:
         report = seed_everything(seed)

@@ -72,7 +72,7 @@ class UnsafePathError(ManifestError):
 class VerificationError(ModelGuardError):
     """Files did not verify against their manifest (exit 1).
 
-    ``report`` is the :class:`modelguard.verify.VerifyReport` behind the error.
+    ``report`` is the :class:`modelguard.report.VerifyReport` behind the error.
     """
 
     exit_code = 1
@@ -107,9 +107,17 @@ class UnsafeFileError(VerificationError):
 
 
 class DownloadError(ModelGuardError):
-    """A download failed or kept delivering bytes that do not verify (exit 1)."""
+    """A download failed or kept delivering bytes that do not verify (exit 1).
+
+    ``result`` is the :class:`modelguard.hub.FetchResult` of the fetch that failed, when
+    there was one (what was kept, downloaded or repaired before the failure).
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, result: Any = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.result = result
 
 
 class OfflineError(DownloadError):

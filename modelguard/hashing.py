@@ -4,8 +4,8 @@ A file is read once, whatever the number of digests. Small files are hashed in t
 thread. Large ones go through a pipeline: the calling thread reads chunks into a small ring of
 buffers and one thread per digest hashes them. Reading overlaps hashing, and two digests
 (md5 + sha256) cost the wall time of the slower one, not the sum: hashlib releases the GIL
-while it hashes. Several files are hashed in parallel by :func:`hash_files` (and by
-:func:`modelguard.verify`).
+while it hashes. Several files are hashed in parallel by :func:`run_parallel`, the one thread
+pool that :func:`hash_files`, the verify engine, ``build`` and the Hub cache scan share.
 
 ``hashlib``, ``threading`` and ``queue`` are imported on first use, so importing this module
 (and ``modelguard``) stays cheap.
@@ -14,7 +14,10 @@ while it hashes. Several files are hashed in parallel by :func:`hash_files` (and
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 CHUNK_SIZE = 1 << 20
 # Below this size a file is hashed in the calling thread: starting threads costs more than
@@ -51,7 +54,6 @@ def new_hasher(algorithm: str, size: int) -> Any:
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
     """What identifies one version of a file's content: device, inode, size, mtime, ctime."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
 
 
 def usable_cpus() -> int:
@@ -207,6 +209,59 @@ def hash_file(
         os.close(fd)
 
 
+def run_parallel(
+    items: Iterable[T],
+    work: Callable[[T], R],
+    *,
+    workers: int,
+    thread_name: str = "modelguard-hash",
+) -> list[R]:
+    """``[work(item) for item in items]`` on ``workers`` threads; the one thread pool of modelguard.
+
+    ``items`` is consumed in the calling thread as the workers run, so producing the next item
+    (a stat, a cache lookup) overlaps the hashing of earlier ones; no thread starts until the
+    first item arrives. Plain threads and a queue, not an executor: a future per file costs GIL
+    time. The first exception ``work`` raised is raised here once every thread has stopped.
+    """
+    if workers <= 1:
+        return [work(item) for item in items]
+    import queue
+    import threading
+
+    results: dict[int, R] = {}
+    errors: list[BaseException] = []
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    threads: list[threading.Thread] = []
+
+    def drain() -> None:
+        while True:
+            job = tasks.get()
+            if job is None:
+                return
+            try:
+                results[job[0]] = work(job[1])
+            except BaseException as exc:  # raised in the caller's thread below
+                errors.append(exc)
+
+    count = 0
+    try:
+        for item in items:
+            if not threads:
+                threads = [threading.Thread(target=drain, name=thread_name, daemon=True) for _ in range(workers)]
+                for t in threads:
+                    t.start()
+            tasks.put((count, item))
+            count += 1
+    finally:
+        for _ in threads:
+            tasks.put(None)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(count)]
+
+
 def hash_files(
     paths: Iterable[str | os.PathLike[str]],
     algorithms: Iterable[str] = ("sha256",),
@@ -222,13 +277,9 @@ def hash_files(
     algorithms = tuple(dict.fromkeys(algorithms))
     sized = sorted(((os.fspath(p), os.stat(p).st_size) for p in paths), key=lambda ps: -ps[1])
     workers = max_workers or min(len(sized), usable_cpus(), 8) or 1
-    if workers == 1:
-        return {p: hash_file(p, algorithms, progress=progress) for p, _ in sized}
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: hash_file(p, algorithms, progress=progress), [p for p, _ in sized])
-        return dict(zip((p for p, _ in sized), results))
+    ordered = [p for p, _ in sized]
+    digests = run_parallel(ordered, lambda p: hash_file(p, algorithms, progress=progress), workers=workers)
+    return dict(zip(ordered, digests))
 
 
 def hash_bytes(data: bytes, algorithms: Iterable[str] = ("sha256",)) -> dict[str, str]:

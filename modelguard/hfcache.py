@@ -9,6 +9,9 @@ import os
 import re
 from pathlib import Path
 
+from .errors import UsageError
+from .remedy import fetch_command
+
 _COMMIT = re.compile(r"\A[0-9a-f]{40}\Z")
 
 
@@ -66,13 +69,10 @@ def snapshot_path(
 
 def parse_snapshot_path(path: str | os.PathLike[str]) -> tuple[str, str] | None:
     """``(model_id, commit)`` for a path inside ``.../models--ORG--NAME/snapshots/<commit>``, else None."""
-    p = Path(os.path.abspath(path))
-    for candidate in (p, *p.parents):
-        if candidate.parent.name == "snapshots" and candidate.parent.parent.name.startswith("models--"):
-            repo = candidate.parent.parent.name[len("models--"):]
-            model = repo.replace("--", "/", 1)
-            return model, candidate.name
-    return None
+    root = snapshot_root(path)
+    if root is None:
+        return None
+    return root.parent.parent.name[len("models--"):].replace("--", "/", 1), root.name
 
 
 def snapshot_root(path: str | os.PathLike[str]) -> Path | None:
@@ -92,17 +92,12 @@ def require_snapshot(
     how_to_pass: str = "pass the model directory",
 ) -> Path:
     """The snapshot of ``model`` at ``revision`` in the cache; a clear UsageError when it is not there."""
-    from .errors import UsageError
-
     snap = snapshot_path(model, revision, cache_dir)
     if snap is None:
-        from shlex import quote
-
-        rev = f" --revision {quote(revision)}" if revision else ""
         raise UsageError(
             f"{model}{' @ ' + revision[:12] if revision else ''} is not in the "
             f"Hugging Face cache ({hf_cache_dir(cache_dir)})",
             expected="a model directory, or the model's snapshot in the cache",
-            remedy=f"{how_to_pass}, or download it: modelguard fetch {quote(model)}{rev}",
+            remedy=f"{how_to_pass}, or download it: {fetch_command(model, revision)}",
         )
     return snap

@@ -27,8 +27,10 @@ import json
 import os
 import re
 from pathlib import Path
+from shlex import quote
 
 from .errors import UnsafePathError
+from .hfcache import hf_cache_dir, parse_snapshot_path, snapshot_path, snapshot_root
 from .manifest import Component, FileEntry, Manifest, check_relative_path
 
 LISTING = "hub-listing"
@@ -63,8 +65,6 @@ def all_files_requested() -> bool:
 
 def listing_path(directory: str | os.PathLike[str]) -> Path | None:
     """Where the saved listing of ``directory`` (a cache snapshot or a ``local_dir``) is, if it exists."""
-    from .hfcache import snapshot_root
-
     path = Path(directory)
     snap = snapshot_root(path)
     if snap is not None:
@@ -213,8 +213,6 @@ def cache_expectations(
     The saved listing when there is a usable one; else, for a cache snapshot, its blobs'
     content addresses (``lists_every_file`` False); None when neither exists.
     """
-    from .hfcache import parse_snapshot_path, snapshot_root
-
     path = Path(directory)
     snap = snapshot_root(path)
     root = snap if snap is not None else path
@@ -254,8 +252,6 @@ def model_expectations(
     *, all_files: bool = False,
 ) -> tuple[Manifest, Path] | None:
     """The cache's expectations for ``model`` at ``revision`` (default main) and its snapshot, or None."""
-    from .hfcache import snapshot_path
-
     snap = snapshot_path(model, revision, cache_dir)
     if snap is None:
         return None
@@ -273,10 +269,6 @@ def checked_components(manifest: Manifest, all_files: bool) -> list[str] | None:
 
 def remedy(manifest: Manifest, directory: Path) -> str:
     """The command that downloads a cache-described model's files again."""
-    from .hfcache import hf_cache_dir, snapshot_root
-
-    from shlex import quote
-
     rev = f" --revision {quote(manifest.revision)}" if manifest.revision else ""
     snap = snapshot_root(directory)
     if snap is not None:
@@ -288,7 +280,5 @@ def remedy(manifest: Manifest, directory: Path) -> str:
 
 def describe_missing_source(target: str) -> str:
     """How to get a source of expectations for a model that has none."""
-    from shlex import quote
-
     return (f"write a manifest (`modelguard build DIR --model {quote(target)}`), or download the model with "
             "huggingface_hub's snapshot_download (or `hf download`) so the Hub's listing is saved with it")

@@ -25,16 +25,18 @@ The global random state is restored after every step; nothing leaks out.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from numbers import Number
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .comparison import Comparison, compare_outputs, named_outputs
+from .determinism import check_seed, seeded
 from .errors import UsageError
+from .resolve import locate
+from .runners import (KINDS, bge_m3_loader, causal_lm_loader, check_device, detect_kind,
+                      sentence_transformers_loader)
+from .version import __version__
 
 DETERMINISTIC = "deterministic"
 LOAD_RANDOM = "load_random"
@@ -43,7 +45,6 @@ LOAD_AND_CALL_RANDOM = "load_and_call_random"
 SEED_DEPENDENT = "seed_dependent"
 UNSEEDED = "unseeded"
 
-KINDS = ("bge-m3", "sentence-transformers", "causal-lm")
 PROBE_TEXTS = (
     "What is the capital of France?",
     "Paris is the capital and largest city of France.",
@@ -51,148 +52,6 @@ PROBE_TEXTS = (
 # bge-m3 outputs -> the manifest component whose weights produce them.
 BGE_M3_COMPONENTS = {"dense": "dense", "sparse": "sparse", "colbert": "colbert"}
 
-
-# --------------------------------------------------------------------------- comparison
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Two runs of one output: identical or not, and by how much (numbers only)."""
-
-    identical: bool
-    max_abs_diff: float | None = None
-    max_abs_value: float | None = None
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"identical": self.identical, "max_abs_diff": self.max_abs_diff,
-                "max_abs_value": self.max_abs_value, "detail": self.detail}
-
-    def describe(self) -> str:
-        if self.identical:
-            return "identical"
-        if self.max_abs_diff is not None:
-            scale = f" (values up to {self.max_abs_value:.3g})" if self.max_abs_value else ""
-            return f"differs: max abs diff {self.max_abs_diff:.3g}{scale}"
-        return f"differs: {self.detail}" if self.detail else "differs"
-
-
-def _to_array(value: Any) -> Any:
-    """numpy array for tensors/arrays/number lists, else None."""
-    np = _require("numpy", "torch")
-
-    if type(value).__module__.startswith("torch"):
-        value = value.detach().to("cpu")
-        if value.dtype.is_floating_point or value.dtype.is_complex:
-            value = value.double() if not value.dtype.is_complex else value
-        return value.numpy()
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, np.generic):
-        return np.asarray(value)
-    return None
-
-
-class _Diff:
-    def __init__(self, atol: float) -> None:
-        self.atol = atol
-        self.identical = True
-        self.max_diff: float | None = None
-        self.max_value: float | None = None
-        self.details: list[str] = []
-
-    def differ(self, where: str, why: str) -> None:
-        self.identical = False
-        if len(self.details) < 3:
-            self.details.append(f"{where}: {why}" if where else why)
-
-    def numbers(self, where: str, a: Any, b: Any) -> None:
-        import numpy as np
-
-        a = np.asarray(a)
-        b = np.asarray(b)
-        if a.shape != b.shape:
-            self.differ(where, f"shape {tuple(a.shape)} vs {tuple(b.shape)}")
-            return
-        if a.size == 0:
-            return
-        if a.dtype.kind in "biu" and b.dtype.kind in "biu":  # ids, counts: how many differ, not by how much
-            n = int(np.count_nonzero(a != b))
-            if n:
-                self.differ(where, f"{n} of {a.size} value(s) differ")
-        elif a.dtype.kind in "biufc" and b.dtype.kind in "biufc":
-            fa, fb = a.astype(np.float64), b.astype(np.float64)
-            both_nan = np.isnan(fa) & np.isnan(fb)
-            delta = np.where(both_nan, 0.0, np.abs(fa - fb))
-            diff = float(np.nanmax(np.where(np.isnan(delta), np.inf, delta)))
-            finite = np.abs(fa[np.isfinite(fa)])
-            value = float(finite.max()) if finite.size else 0.0
-            self.max_value = value if self.max_value is None else max(self.max_value, value)
-            if diff > self.atol:
-                self.max_diff = diff if self.max_diff is None else max(self.max_diff, diff)
-                n = int(np.count_nonzero(delta > self.atol))
-                self.differ(where, f"{n} of {a.size} value(s) differ")
-        elif not np.array_equal(a, b):
-            self.differ(where, "values differ")
-
-    def walk(self, where: str, a: Any, b: Any) -> None:
-        arr_a, arr_b = _to_array(a), _to_array(b)
-        if arr_a is not None or arr_b is not None:
-            self.numbers(where, a if arr_a is None else arr_a, b if arr_b is None else arr_b)
-        elif isinstance(a, Mapping) and isinstance(b, Mapping):
-            keys = list(dict.fromkeys([*a.keys(), *b.keys()]))
-            for key in keys:
-                sub = f"{where}[{key!r}]"
-                if key in a and key in b:
-                    self.walk(sub, a[key], b[key])
-                else:
-                    present = a.get(key, b.get(key))
-                    # Sparse outputs (token -> weight) drop zero weights: a missing key is a 0.
-                    if _is_number(present):
-                        self.numbers(sub, a.get(key, 0.0), b.get(key, 0.0))
-                    else:
-                        self.differ(sub, "present in one run only")
-        elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-            if len(a) != len(b):
-                self.differ(where, f"length {len(a)} vs {len(b)}")
-                return
-            if a and all(_is_number(x) for x in a) and all(_is_number(x) for x in b):
-                self.numbers(where, list(a), list(b))
-                return
-            for i, (x, y) in enumerate(zip(a, b)):
-                self.walk(f"{where}[{i}]", x, y)
-        elif _is_number(a) and _is_number(b):
-            self.numbers(where, a, b)
-        elif a != b:
-            self.differ(where, f"{_short(a)} vs {_short(b)}")
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, Number) and not isinstance(x, bool)
-
-
-def _short(x: Any) -> str:
-    text = repr(x)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def compare_outputs(a: Any, b: Any, *, atol: float = 0.0) -> Comparison:
-    """Compare two runs of one output (tensors, arrays, numbers, dicts, lists, strings)."""
-    diff = _Diff(atol)
-    diff.walk("", a, b)
-    if diff.identical:
-        return Comparison(True, 0.0 if diff.max_value is not None else None, diff.max_value)
-    return Comparison(False, diff.max_diff, diff.max_value, "; ".join(diff.details))
-
-
-def _named_outputs(outputs: Any) -> dict[str, Any]:
-    if isinstance(outputs, Mapping):
-        return {str(k): v for k, v in outputs.items()}
-    if isinstance(outputs, tuple) and not hasattr(outputs, "_fields"):
-        return {f"output[{i}]": v for i, v in enumerate(outputs)}
-    if hasattr(outputs, "_asdict"):
-        return dict(outputs._asdict())
-    return {"output": outputs}
 
 
 # --------------------------------------------------------------------------- report
@@ -278,8 +137,6 @@ class ProbeReport:
         return format_probe(self)
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
-
         return {
             "modelguard": __version__,
             "ok": self.deterministic,
@@ -407,9 +264,7 @@ def probe(
     if len(seeds) != 2 or seeds[0] == seeds[1]:
         raise UsageError(f"probe needs two different seeds, got {seeds!r}", expected="e.g. seeds=(0, 1)",
                          actual=repr(seeds))
-    from .determinism import _check_seed, seeded
-
-    s0, s1 = (_check_seed(s) for s in seeds)
+    s0, s1 = (check_seed(s) for s in seeds)
     start = time.perf_counter()
     with seeded(s0):
         loaded_a = load(s0)
@@ -425,15 +280,15 @@ def probe(
     separated = run_a is not None and run_b is not None
     if separated:
         with seeded(s0):
-            out_a = _named_outputs(run_a())
+            out_a = named_outputs(run_a())
         with seeded(s0):
-            out_a_again = _named_outputs(run_a())
+            out_a_again = named_outputs(run_a())
         with seeded(s1):
-            out_a_s1 = _named_outputs(run_a())
+            out_a_s1 = named_outputs(run_a())
         with seeded(s0):
-            out_b = _named_outputs(run_b())
+            out_b = named_outputs(run_b())
     else:
-        out_a, out_b = _named_outputs(loaded_a), _named_outputs(loaded_b)
+        out_a, out_b = named_outputs(loaded_a), named_outputs(loaded_b)
         out_a_again = out_a_s1 = None
     params = _differing_parameters(loaded_a, loaded_b)
     components = dict(components or {})
@@ -466,144 +321,6 @@ def _param_component(param: str, component: str) -> bool:
     return param.split(".", 1)[0].startswith(component)
 
 
-# --------------------------------------------------------------------------- built-in runners
-
-
-class _Runner:
-    """A loaded model plus its fixed inputs: ``runner()`` gives the outputs."""
-
-    def __init__(self, module: Any, run: Callable[[], dict[str, Any]]) -> None:
-        self._module = module
-        self._run = run
-
-    def __call__(self) -> dict[str, Any]:
-        with contextlib.redirect_stdout(sys.stderr):
-            return self._run()
-
-    def state_dict(self) -> Any:
-        return self._module.state_dict()
-
-
-def _require(module: str, extra: str) -> Any:
-    """Import a library the probe needs, or say why it cannot be imported and how to fix that."""
-    from .dependencies import import_library
-
-    return import_library(module, extra, needed_by="the probe")
-
-
-def detect_kind(directory: Path, model_id: str | None = None) -> str:
-    """``bge-m3``, ``sentence-transformers`` or ``causal-lm`` for a model directory."""
-    import json
-
-    if (directory / "colbert_linear.pt").exists() or (directory / "sparse_linear.pt").exists() \
-            or (model_id or "").lower().startswith("baai/bge-m3"):
-        return "bge-m3"
-    if (directory / "modules.json").is_file():
-        return "sentence-transformers"
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    archs = config.get("architectures") or [] if isinstance(config, dict) else []
-    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        return "causal-lm"
-    raise UsageError(
-        f"cannot tell how to run the model in {directory}",
-        path=directory,
-        expected="bge-m3 head files (colbert_linear.pt/sparse_linear.pt), a sentence-transformers modules.json, "
-                 "or a config.json whose architectures name a *ForCausalLM / *LMHeadModel",
-        actual=f"architectures: {archs or 'none'}",
-        remedy="pass --kind bge-m3|sentence-transformers|causal-lm, or probe your own pipeline with "
-               "modelguard.probe(load, call=...)",
-    )
-
-
-def _bge_m3_loader(directory: Path, texts: Sequence[str], device: str) -> Callable[[int], _Runner]:
-    def load(seed: int) -> _Runner:
-        BGEM3FlagModel = _require("FlagEmbedding", "flagembedding").BGEM3FlagModel
-
-        with contextlib.redirect_stdout(sys.stderr):
-            model = BGEM3FlagModel(str(directory), use_fp16=False, devices=device)
-
-        def run() -> dict[str, Any]:
-            out = model.encode(list(texts), batch_size=len(texts), max_length=64, return_dense=True,
-                               return_sparse=True, return_colbert_vecs=True)
-            return {"dense": out["dense_vecs"], "sparse": out["lexical_weights"], "colbert": out["colbert_vecs"]}
-
-        return _Runner(model.model, run)
-
-    return load
-
-
-def _sentence_transformers_loader(directory: Path, texts: Sequence[str], device: str) -> Callable[[int], _Runner]:
-    def load(seed: int) -> _Runner:
-        SentenceTransformer = _require("sentence_transformers", "transformers").SentenceTransformer
-
-        with contextlib.redirect_stdout(sys.stderr):
-            model = SentenceTransformer(str(directory), device=device)
-        return _Runner(model, lambda: {"embeddings": model.encode(list(texts), show_progress_bar=False)})
-
-    return load
-
-
-def _causal_lm_loader(directory: Path, texts: Sequence[str], max_new_tokens: int,
-                      device: str) -> Callable[[int], _Runner]:
-    def load(seed: int) -> _Runner:
-        import torch
-
-        AutoModelForCausalLM = _require("transformers", "transformers").AutoModelForCausalLM
-        with contextlib.redirect_stdout(sys.stderr):
-            model = AutoModelForCausalLM.from_pretrained(str(directory)).to(device).eval()
-            prompts = [p.to(device) for p in _lm_prompts(directory, texts, model.config)]
-
-        def run() -> dict[str, Any]:
-            logits, generated = [], []
-            pad = model.generation_config.pad_token_id
-            if pad is None:
-                pad = model.generation_config.eos_token_id
-            if isinstance(pad, list):
-                pad = pad[0] if pad else None
-            with torch.no_grad():
-                for ids in prompts:
-                    logits.append(model(ids).logits[0, -1])
-                    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                         min_new_tokens=max_new_tokens, pad_token_id=pad)
-                    generated.append(out[0, ids.shape[1]:])
-            return {"logits": logits, "generated_ids": generated}
-
-        return _Runner(model, run)
-
-    return load
-
-
-def _lm_prompts(directory: Path, texts: Sequence[str], config: Any) -> list[Any]:
-    import torch
-
-    has_tokenizer = any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json",
-                                                            "tokenizer.model", "vocab.json"))
-    if has_tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        prompts = [torch.tensor([tokenizer(t)["input_ids"]]) for t in texts]
-        if all(p.shape[1] > 0 for p in prompts):
-            return prompts
-    vocab = int(getattr(config, "vocab_size", 0) or 2)
-    return [torch.tensor([[(7 * i + 3 * j) % vocab for j in range(4 + i)]]) for i in range(len(texts))]
-
-
-def _check_device(device: str) -> None:
-    torch = _require("torch", "torch")
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise UsageError(f"'{device}' is not a torch device: {exc}", expected="cpu, cuda, cuda:0, mps, ...",
-                         actual=device) from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device} asked for, but torch sees no CUDA device", expected="a CUDA device",
-                         actual=f"torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}",
-                         remedy="probe on the CPU: --device cpu")
-
 
 def probe_model(
     target: str | os.PathLike[str],
@@ -626,23 +343,21 @@ def probe_model(
     the model runs (``cpu``, ``cuda:0``); on a GPU, kernels that are not
     deterministic show up as ``unseeded`` (see ``modelguard.deterministic``).
     """
-    from .auditing import locate_model
-
     if kind is not None and kind not in KINDS:
         raise UsageError(f"unknown model kind {kind!r}", expected="one of: " + ", ".join(KINDS), actual=kind)
     if max_new_tokens < 1:
         raise UsageError("max_new_tokens must be at least 1", actual=max_new_tokens)
-    _check_device(device)
-    located = locate_model(target, revision=revision, cache_dir=cache_dir)
+    check_device(device)
+    located = locate(target, revision=revision, cache_dir=cache_dir, find=False)
     directory = located.directory
-    kind = kind or detect_kind(directory, located.model)
+    kind = kind or detect_kind(directory, located.model_id)
     texts = tuple(texts)
     if kind == "bge-m3":
-        loader, comps = _bge_m3_loader(directory, texts, device), BGE_M3_COMPONENTS
+        loader, comps = bge_m3_loader(directory, texts, device), BGE_M3_COMPONENTS
     elif kind == "sentence-transformers":
-        loader, comps = _sentence_transformers_loader(directory, texts, device), {"embeddings": "model"}
+        loader, comps = sentence_transformers_loader(directory, texts, device), {"embeddings": "model"}
     else:
-        loader = _causal_lm_loader(directory, texts, max_new_tokens, device)
+        loader = causal_lm_loader(directory, texts, max_new_tokens, device)
         comps = {"logits": "model", "generated_ids": "model"}
     report = probe(loader, seeds=seeds, components=comps, atol=atol)
     notes: list[str] = []
@@ -653,7 +368,7 @@ def probe_model(
                          "sparse and colbert heads with random weights (it logs this only at INFO level)")
     return ProbeReport(
         seeds=report.seeds, outputs=report.outputs, separated=report.separated,
-        random_parameters=report.random_parameters, target=str(target), kind=kind, model=located.model,
+        random_parameters=report.random_parameters, target=str(target), kind=kind, model=located.model_id,
         elapsed_s=report.elapsed_s, notes=tuple(notes),
     )
 

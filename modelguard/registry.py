@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from shlex import quote
+from typing import Iterator
 
-from .errors import ManifestNotFoundError, UsageError
+from .errors import ManifestError, ManifestNotFoundError, UsageError
 from .manifest import Manifest, load_manifest
 
 ENV_PATH = "MODELGUARD_MANIFEST_PATH"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+# A model directory's own manifest, and the user's file naming the model of local directories.
+LOCAL_MANIFEST_NAME = "modelguard.yaml"
+DIRECTORY_MAP_NAME = "directories.yaml"
 
 
 def shipped_manifest_dir() -> Path:
@@ -23,6 +29,11 @@ def shipped_manifest_dir() -> Path:
 def user_manifest_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "modelguard" / "manifests"
+
+
+def directory_map_file() -> Path:
+    """``$XDG_CONFIG_HOME/modelguard/directories.yaml``: ``/abs/dir: ORG/NAME[@REVISION]`` lines."""
+    return user_manifest_dir().parent / DIRECTORY_MAP_NAME
 
 
 def search_path(extra: list[str | os.PathLike[str]] | None = None) -> list[Path]:
@@ -43,6 +54,18 @@ def validate_model_id(model: str) -> str:
             f"'{model}' is not a model id", expected="ORG/NAME, e.g. BAAI/bge-m3", actual=model,
         )
     return model
+
+
+def looks_like_model_id(text: str, *, namespaced: bool = False) -> bool:
+    """Whether ``text`` can name a Hub model (``gpt2``, ``BAAI/bge-m3``) rather than a path;
+    ``namespaced``: only ``ORG/NAME`` counts. The one answer to "is this a model id?"."""
+    if text.startswith((".", "~", "/")) or (namespaced and text.count("/") != 1):
+        return False
+    try:
+        validate_model_id(text)
+    except UsageError:
+        return False
+    return True
 
 
 def candidate_files(model: str, revision: str | None, dirs: list[Path]) -> list[Path]:
@@ -68,7 +91,7 @@ def find_manifest(
             manifest = load_manifest(path)
             if manifest.model != model:
                 continue
-            if revision and manifest.revision and not _same_revision(manifest.revision, revision):
+            if revision and manifest.revision and not same_revision(manifest.revision, revision):
                 continue
             return manifest
     return None
@@ -84,7 +107,7 @@ def require_manifest(
             f"no manifest known for {model}" + (f" at revision {revision}" if revision else ""),
             expected=f"a manifest file {model}.yaml in one of: " + ", ".join(str(d) for d in search_path(extra_dirs)),
             actual=f"known models: {known}",
-            remedy=f"write one with `modelguard build DIR --model {_quote(model)} -o {_quote(f'manifests/{model}.yaml')}` "
+            remedy=f"write one with `modelguard build DIR --model {quote(model)} -o {quote(f'manifests/{model}.yaml')}` "
                    f"and add its folder to ${ENV_PATH}, or pass the manifest file itself; or download the model "
                    "with huggingface_hub's snapshot_download (or `hf download`): its snapshot is then checked "
                    "against the Hub's listing saved with it",
@@ -92,7 +115,8 @@ def require_manifest(
     return manifest
 
 
-def _same_revision(a: str, b: str) -> bool:
+def same_revision(a: str, b: str) -> bool:
+    """Whether two revisions name the same commit (a short hash matches its full form)."""
     a, b = a.lower(), b.lower()
     if len(a) >= 7 and len(b) >= 7 and all(c in "0123456789abcdef" for c in a + b):
         return a.startswith(b) or b.startswith(a)
@@ -112,27 +136,37 @@ def known_models(extra_dirs: list[str | os.PathLike[str]] | None = None) -> list
     return sorted(models)
 
 
-def iter_manifests(extra_dirs: list[str | os.PathLike[str]] | None = None):
-    """Every manifest on the search path (unreadable ones skipped)."""
-    from .errors import ManifestError
+# path -> ((inode, size, mtime_ns), the manifest or None when unreadable): each file parsed once per version.
+_parsed: dict[str, tuple[tuple[int, int, int], Manifest | None]] = {}
+_parsed_lock = threading.Lock()
 
-    seen = set()
-    for d in search_path(extra_dirs):
-        if not d.is_dir():
+
+def iter_manifests(extra_dirs: list[str | os.PathLike[str]] | None = None) -> Iterator[Manifest]:
+    """Every readable manifest on the search path (first of each model and revision; unreadable
+    ones skipped), each file parsed once per version of it."""
+    seen: set[tuple[str, str | None]] = set()
+    for folder in search_path(extra_dirs):
+        if not folder.is_dir():
             continue
-        for path in sorted(d.rglob("*")):
-            if path.suffix in MANIFEST_SUFFIXES and path.is_file():
+        for path in sorted(folder.rglob("*")):
+            if path.suffix not in MANIFEST_SUFFIXES:
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            with _parsed_lock:
+                cached = _parsed.get(str(path))
+            if cached is not None and cached[0] == stamp:
+                manifest = cached[1]
+            else:
                 try:
-                    manifest = load_manifest(path)
+                    manifest = load_manifest(path) if path.is_file() else None
                 except ManifestError:
-                    continue
-                key = (manifest.model, manifest.revision)
-                if key not in seen:
-                    seen.add(key)
-                    yield manifest
-
-
-def _quote(text: str) -> str:
-    from shlex import quote
-
-    return quote(text)
+                    manifest = None
+                with _parsed_lock:
+                    _parsed[str(path)] = (stamp, manifest)
+            if manifest is not None and (manifest.model, manifest.revision) not in seen:
+                seen.add((manifest.model, manifest.revision))
+                yield manifest

@@ -1,3 +1,4 @@
+# over 450 lines: checking a signature, the signed folder and enforcing it at load share one statement cache.
 """OpenSSF model signatures (the ``model-signing`` library) read, written and enforced.
 
 A signature (``model.sig``: a Sigstore bundle whose DSSE envelope holds an in-toto
@@ -27,220 +28,30 @@ from __future__ import annotations
 import os
 from shlex import quote
 import time
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .errors import SignatureError, SignatureFormatError, UsageError, VerificationError
+from .engine import verify_directory
+from .errors import SignatureError, UsageError, VerificationError
+from .fs import IGNORED_NAMES
+from .policy import GuardWarning
+from .report import format_report
+from .hashing import stat_key
+from .signature_bundle import (CACHE_FORMAT, ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATURE, GIT_PATHS, INSTALL_HINT,
+                               PREDICATE_KEY, RACY_WINDOW_NS, SIGNATURE_NAME, SIGNED_COMPONENT, SignedStatement,
+                               cached_statement, fingerprint, forget_checked_signatures, library, malformed, read_bytes,
+                               short_error, stat_list, store_statement)
+from .signature_writing import sign_directory
 
-SIGNATURE_NAME = "model.sig"
-SIGNED_COMPONENT = "signed"
-PREDICATE_KEY = "modelguard"  # where sign_directory records file sizes inside the signed predicate
-ENV_PUBLIC_KEY = "MODELGUARD_PUBLIC_KEY"
-ENV_REQUIRE_SIGNATURE = "MODELGUARD_REQUIRE_SIGNATURE"
-CACHE_FORMAT = 1
-# As for the digest cache: a signature file changed within this window could change again
-# inside one timestamp tick without changing its stat key, so it is not remembered.
-RACY_WINDOW_NS = 2_000_000_000
-INSTALL_HINT = "pip install 'modelguard[signing]'  (model-signing 1.1.1 and pyopenssl)"
-# What model_signing ignores by default when it signs (its CLI adds the signature file itself).
-GIT_PATHS = (".git", ".gitattributes", ".github", ".gitignore")
-
-
-@dataclass(frozen=True)
-class SignedStatement:
-    """A signature that verified: who signed, how, and the files it lists.
-
-    ``signer``: ``public key sha256:<hex>`` (the sha256 of the key's PEM
-    SubjectPublicKeyInfo, as model_signing records it) or ``certificate <subject>``;
-    ``ignore_paths``: the paths the signer left out (relative to the model folder);
-    ``sizes_signed``: whether the statement records file sizes (signed by modelguard).
-    """
-
-    signature: str
-    model_name: str
-    signer: str
-    serialization: Mapping[str, Any]
-    ignore_paths: tuple[str, ...]
-    digests: Mapping[str, str]
-    sizes: Mapping[str, int]
-    cached: bool = False
-
-    @property
-    def sizes_signed(self) -> bool:
-        return bool(self.sizes) and set(self.sizes) == set(self.digests)
-
-    def manifest(self, directory: str | os.PathLike[str]) -> Any:
-        """The modelguard manifest of the signed files. Sizes not in the statement are taken
-        from the files in ``directory`` (a wrong file then shows as a digest mismatch)."""
-        from .manifest import validate_manifest
-
-        files = []
-        for path in sorted(self.digests):
-            size = self.sizes.get(path)
-            if size is None:
-                try:
-                    size = os.stat(os.path.join(directory, path)).st_size
-                except (OSError, ValueError):
-                    size = 0
-            files.append({"path": path, "size": size, "sha256": self.digests[path], "component": SIGNED_COMPONENT})
-        if not files:
-            raise SignatureFormatError(
-                f"signature {self.signature} lists no files", path=self.signature,
-                expected="at least one signed file", actual="an empty resource list",
-                remedy="sign the model folder again: modelguard sign DIR --private-key KEY.pem",
-            )
-        data = {
-            "modelguard": 1, "model": self.model_name or "signed-model",
-            "components": {SIGNED_COMPONENT: {"required": True, "description": f"signed by {self.signer}"}},
-            "files": files,
-        }
-        return validate_manifest(data, source=f"{self.signature} (signed by {self.signer})")
-
-    def is_ignored(self, relative: str) -> bool:
-        """Whether ``relative`` lies under a path the signer left out (or is the signature)."""
-        for ignored in (*self.ignore_paths, *GIT_PATHS):
-            ignored = ignored.rstrip("/")
-            if relative == ignored or relative.startswith(ignored + "/"):
-                return True
-        return False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "signature": self.signature, "model_name": self.model_name, "signer": self.signer,
-            "serialization": dict(self.serialization), "ignore_paths": list(self.ignore_paths),
-            "files": len(self.digests), "sizes_signed": self.sizes_signed, "cached": self.cached,
-        }
-
-
-# --------------------------------------------------------------------------- the library
-
-
-def _library() -> Any:
-    """``model_signing`` (imported on first need), or a UsageError saying how to install it."""
-    try:
-        import model_signing  # noqa: F401
-        from model_signing._signing import sign_certificate, sign_ec_key, sign_sigstore_pb, signing
-    except ImportError as exc:
-        raise UsageError(
-            f"signature support needs the model-signing library, which cannot be imported ({exc})",
-            expected="model-signing 1.1.1 with pyopenssl", actual=str(exc),
-            remedy=INSTALL_HINT,
-        ) from None
-    return sign_certificate, sign_ec_key, sign_sigstore_pb, signing
-
-
-def _read_bytes(path: str | os.PathLike[str], what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(
-            f"{what} {path} cannot be read: {exc.strerror or exc}", path=path,
-            remedy=f"check the path of the {what}",
-        ) from None
-
-
-def _fingerprint(*parts: bytes) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.hexdigest()
-
-
-def _stat_key(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-# --------------------------------------------------------------------------- cache of checked signatures
-
-_memo: dict[tuple[Any, ...], SignedStatement] = {}
-
-
-def _store_dir() -> Path | None:
-    from .statcache import cache_disabled_by_env, default_cache_dir
-
-    if cache_disabled_by_env():
-        return None
-    return default_cache_dir() / "signatures" / f"v{CACHE_FORMAT}"
-
-
-def _usable(folder: Path, create: bool) -> bool:
-    try:
-        if create:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-        st = os.stat(folder)
-    except OSError:
-        return False
-    getuid = getattr(os, "getuid", None)
-    return (getuid is None or st.st_uid == getuid()) and not st.st_mode & 0o022
-
-
-def _cache_lookup(key: tuple[Any, ...]) -> SignedStatement | None:
-    hit = _memo.get(key)
-    if hit is not None:
-        return hit
-    folder = _store_dir()
-    if folder is None or not _usable(folder, create=False):
-        return None
-    try:
-        import json
-
-        with open(folder / (_fingerprint(repr(key).encode()) + ".json"), "rb") as f:
-            entry = json.loads(f.read(64 * 1024 * 1024))
-        if entry.get("format") != CACHE_FORMAT or entry.get("key") != repr(key):
-            return None
-        s = entry["statement"]
-        statement = SignedStatement(
-            signature=str(s["signature"]), model_name=str(s["model_name"]), signer=str(s["signer"]),
-            serialization=dict(s["serialization"]), ignore_paths=tuple(str(p) for p in s["ignore_paths"]),
-            digests={str(k): str(v) for k, v in s["digests"].items()},
-            sizes={str(k): int(v) for k, v in s["sizes"].items()}, cached=True,
-        )
-    except Exception:  # anything odd is a miss, never a pass
-        return None
-    _memo[key] = statement
-    return statement
-
-
-def _cache_store(key: tuple[Any, ...], st: os.stat_result, statement: SignedStatement) -> None:
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_WINDOW_NS:
-        return
-    _memo[key] = replace(statement, cached=True)
-    folder = _store_dir()
-    if folder is None or not _usable(folder, create=True):
-        return
-    tmp = None
-    try:
-        import json
-        import tempfile
-
-        document = {"format": CACHE_FORMAT, "key": repr(key), "statement": {
-            "signature": statement.signature, "model_name": statement.model_name, "signer": statement.signer,
-            "serialization": dict(statement.serialization), "ignore_paths": list(statement.ignore_paths),
-            "digests": dict(statement.digests), "sizes": dict(statement.sizes)}}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f)
-        os.replace(tmp, folder / (_fingerprint(repr(key).encode()) + ".json"))
-        tmp = None
-    except Exception:
-        return
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def clear_cache() -> None:
-    """Forget every checked signature and verified folder remembered in this process (the
-    durable store stays)."""
-    _memo.clear()
-    _folders.clear()
+__all__ = [
+    "CACHE_FORMAT", "ENV_PUBLIC_KEY", "ENV_REQUIRE_SIGNATURE", "GIT_PATHS", "INSTALL_HINT", "PREDICATE_KEY",
+    "RACY_WINDOW_NS", "SIGNATURE_NAME", "SIGNED_COMPONENT", "SignedStatement", "clear_cache", "configured_public_key",
+    "enforce_before_load", "explain", "format_signature", "read_signature", "sign_directory", "signature_required",
+    "verify_signed",
+]
+from .sniff import SNIFF_BYTES, parse_lfs_pointer
 
 
 # --------------------------------------------------------------------------- reading
@@ -284,34 +95,34 @@ def read_signature(
             remedy="check the path; sign the model with: modelguard sign DIR --private-key KEY.pem",
         ) from None
     if public_key is not None:
-        trust = ("key", _fingerprint(_read_bytes(public_key, "public key")))
+        trust = ("key", fingerprint(read_bytes(public_key, "public key")))
     else:
-        trust = ("chain", _fingerprint(*(_read_bytes(c, "certificate chain file") for c in chain)))
-    key = (os.path.realpath(path), tuple(_stat_key(st)), trust)
+        trust = ("chain", fingerprint(*(read_bytes(c, "certificate chain file") for c in chain)))
+    key = (os.path.realpath(path), tuple(stat_list(st)), trust)
     if cache:
-        hit = _cache_lookup(key)
+        hit = cached_statement(key)
         if hit is not None:
             return hit
     statement = _check(path, public_key, chain)
     if cache:
-        _cache_store(key, st, statement)
+        store_statement(key, st, statement)
     return statement
 
 
 def _check(path: Path, public_key: str | os.PathLike[str] | None, chain: list[str]) -> SignedStatement:
-    sign_certificate, sign_ec_key, sign_sigstore_pb, signing = _library()
+    sign_certificate, sign_ec_key, sign_sigstore_pb, signing = library()
     verifier = _verifier(sign_certificate, sign_ec_key, public_key, chain)
     try:
         bundle = sign_sigstore_pb.Signature.read(path)
     except UnicodeDecodeError:
-        raise _malformed(path, "it is not text (a Sigstore bundle is JSON)") from None
+        raise malformed(path, "it is not text (a Sigstore bundle is JSON)") from None
     except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError are ValueErrors
-        raise _malformed(path, _short(exc)) from None
+        raise malformed(path, short_error(exc)) from None
     except (KeyError, TypeError, AttributeError) as exc:
-        raise _malformed(path, f"a required field is missing or of the wrong type ({_short(exc)})") from None
+        raise malformed(path, f"a required field is missing or of the wrong type ({short_error(exc)})") from None
     payload_type, payload = _verify_bundle(verifier, bundle, path, public_key, chain)
     if payload_type != signing._IN_TOTO_JSON_PAYLOAD_TYPE:
-        raise _malformed(path, f"the envelope holds {payload_type!r}, not an in-toto statement")
+        raise malformed(path, f"the envelope holds {payload_type!r}, not an in-toto statement")
     import json
 
     try:
@@ -320,7 +131,7 @@ def _check(path: Path, public_key: str | os.PathLike[str] | None, chain: list[st
             raise ValueError(f"statement type {statement['_type']!r}, expected {signing._IN_TOTO_STATEMENT_TYPE}")
         parsed = signing.dsse_payload_to_manifest(statement)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise _malformed(path, f"the signed statement cannot be read: {_short(exc)}") from None
+        raise malformed(path, f"the signed statement cannot be read: {short_error(exc)}") from None
     serialization = dict(parsed.serialization_type)
     method, hash_type = serialization.get("method"), serialization.get("hash_type")
     if method != "files" or hash_type != "sha256":
@@ -355,7 +166,7 @@ def _verifier(sign_certificate: Any, sign_ec_key: Any, public_key: Any, chain: l
         what = "public key" if public_key is not None else "certificate chain"
         given = public_key if public_key is not None else ", ".join(chain)
         raise UsageError(
-            f"{what} {given} cannot be used: {_short(exc)}", path=given,
+            f"{what} {given} cannot be used: {short_error(exc)}", path=given,
             expected=("a PEM elliptic-curve public key (P-256, P-384 or P-521), e.g. made with "
                       "`openssl ec -in private.pem -pubout -out public.pem`") if public_key is not None
             else "PEM certificates (the signer's CA chain)",
@@ -379,7 +190,7 @@ def _verify_bundle(verifier: Any, bundle: Any, path: Path, public_key: Any, chai
             remedy="get the signature and the model from their publisher again, and check that you hold the publisher's key",
         ) from None
     except (IndexError, AttributeError, TypeError) as exc:
-        raise _malformed(path, f"the bundle has no usable envelope signature ({_short(exc)})") from None
+        raise malformed(path, f"the bundle has no usable envelope signature ({short_error(exc)})") from None
     except ValueError as exc:
         text = str(exc)
         if "Key mismatch" in text:
@@ -393,15 +204,15 @@ def _verify_bundle(verifier: Any, bundle: Any, path: Path, public_key: Any, chai
                        "the key you trust",
             ) from None
         if "media type" in text:
-            raise _malformed(path, _short(exc)) from None
+            raise malformed(path, short_error(exc)) from None
         raise SignatureError(
-            f"signature {path} does not verify with the {trust}: {_short(exc)}", path=path,
+            f"signature {path} does not verify with the {trust}: {short_error(exc)}", path=path,
             remedy="get the signature and the model from their publisher again",
         ) from None
     except Exception as exc:  # pyOpenSSL's X509StoreContextError: the certificate is not trusted
         if type(exc).__name__ == "X509StoreContextError":
             raise SignatureError(
-                f"signature {path}: the signing certificate is not trusted by the {trust}: {_short(exc)}",
+                f"signature {path}: the signing certificate is not trusted by the {trust}: {short_error(exc)}",
                 path=path, expected="a signing certificate issued under the given chain",
                 remedy="pass the chain that issued the signer's certificate (--certificate-chain)",
             ) from None
@@ -451,19 +262,6 @@ def _signed_sizes(statement: Mapping[str, Any], digests: Mapping[str, str]) -> d
     return out if set(out) == set(digests) else {}
 
 
-def _malformed(path: Path, detail: str) -> SignatureFormatError:
-    return SignatureFormatError(
-        f"{path} is not a readable model signature: {detail}", path=path,
-        expected="a Sigstore bundle (JSON) written by `model_signing sign` or `modelguard sign`",
-        remedy="sign the model again (modelguard sign DIR --private-key KEY.pem), or get the publisher's model.sig",
-    )
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 # --------------------------------------------------------------------------- verifying a folder
 
 
@@ -484,8 +282,6 @@ def verify_signed(
     does not cover (the paths its signer ignored, such as ``.git`` and the signature
     itself, left out); with ``strict_extra`` they fail the report.
     """
-    from .verify import verify
-
     root = Path(directory)
     if not root.is_dir():
         raise UsageError(
@@ -495,7 +291,7 @@ def verify_signed(
     statement = read_signature(signature, public_key=public_key, certificate_chain=certificate_chain,
                                cache=cache is not False)
     manifest = statement.manifest(root)
-    report = verify(manifest, root, strict_extra=strict_extra, all_digests=all_digests, cache=cache,
+    report = verify_directory(manifest, root, strict_extra=strict_extra, all_digests=all_digests, cache=cache,
                     progress=progress)
     return statement, explain(statement, report, signature)
 
@@ -527,8 +323,6 @@ def _refine(result: Any, directory: str) -> Any:
     result = replace(result, expected={k: v for k, v in result.expected.items() if k != "size"})
     if result.diagnosis != "digest_mismatch":
         return result
-    from .verify import SNIFF_BYTES, parse_lfs_pointer
-
     try:
         with open(os.path.join(directory, result.path), "rb") as f:
             head = f.read(SNIFF_BYTES)
@@ -555,92 +349,6 @@ def format_signature(statement: SignedStatement) -> str:
     how = ", cached" if statement.cached else ""
     return (f"signature ok: {statement.signature} signed by {statement.signer} "
             f"({len(statement.digests)} file(s){how})")
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def sign_directory(
-    directory: str | os.PathLike[str],
-    *,
-    private_key: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None = None,
-    password: str | None = None,
-    ignore_paths: Iterable[str | os.PathLike[str]] = (),
-) -> tuple[Path, SignedStatement]:
-    """Sign every file of ``directory`` with the PEM elliptic-curve ``private_key``.
-
-    Writes a standard model_signing bundle (``files`` serialization, sha256, git paths and the
-    signature itself ignored, like ``model_signing sign key``) to ``output`` (default
-    ``DIR/model.sig``) and returns its path with the statement. The signed predicate also
-    records each file's size under ``modelguard`` (other verifiers ignore it).
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise UsageError(f"{root} is not a directory" if root.exists() else f"model directory {root} does not exist",
-                         path=root, expected="the folder of the model to sign")
-    out = Path(output) if output is not None else root / SIGNATURE_NAME
-    _, sign_ec_key, _, signing = _library()
-    from model_signing import hashing
-    try:
-        signer = sign_ec_key.Signer(Path(private_key), password)
-    except OSError as exc:
-        raise UsageError(f"private key {private_key} cannot be read: {exc.strerror or exc}", path=private_key,
-                         remedy="check the path of the key") from None
-    except (ValueError, TypeError, AttributeError) as exc:  # AttributeError: not an EC key (RSA has no curve)
-        raise UsageError(
-            f"private key {private_key} cannot be used: {_short(exc)}", path=private_key,
-            expected="a PEM elliptic-curve private key (P-256, P-384 or P-521), e.g. made with "
-                     "`openssl ecparam -name prime256v1 -genkey -noout -out private.pem`",
-            remedy="pass an unencrypted EC key, or its password with --password",
-        ) from None
-    model_root = root.resolve()
-    ignored = []
-    for p in [*ignore_paths, out]:
-        candidate = Path(os.path.abspath(p)).resolve()
-        try:
-            ignored.append(candidate.relative_to(model_root))
-        except ValueError:
-            continue
-    config = hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=True)
-    try:
-        manifest = config.hash(root)
-    except ValueError as exc:  # e.g. a symlink: model_signing refuses it unless allowed
-        raise UsageError(f"{root} cannot be signed: {_short(exc)}", path=root,
-                         remedy="replace links with the files they point to, then sign again") from None
-    payload = signing.Payload(manifest)
-    sizes = {}
-    for descriptor in manifest.resource_descriptors():
-        sizes[str(descriptor.identifier)] = os.stat(root / str(descriptor.identifier)).st_size
-    _add_sizes(payload, sizes)
-    signature = signer.sign(payload)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    signature.write(tmp)
-    os.replace(tmp, out)
-    digests = {str(d.identifier): d.digest.digest_hex for d in manifest.resource_descriptors()}
-    serialization = dict(manifest.serialization_type)
-    return out, SignedStatement(
-        signature=str(out), model_name=str(manifest.model_name),
-        signer=f"public key {_spki_of_private(signer)}", serialization=serialization,
-        ignore_paths=tuple(str(p) for p in serialization.get("ignore_paths", ())), digests=digests, sizes=sizes,
-    )
-
-
-def _add_sizes(payload: Any, sizes: Mapping[str, int]) -> None:
-    """Record ``sizes`` in the payload's predicate (a protobuf Struct) under PREDICATE_KEY."""
-    predicate = payload.statement.pb.predicate
-    predicate.update({PREDICATE_KEY: {"sizes": {name: size for name, size in sorted(sizes.items())}}})
-
-
-def _spki_of_private(signer: Any) -> str:
-    import hashlib
-
-    from cryptography.hazmat.primitives import serialization
-
-    raw = signer._private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 # --------------------------------------------------------------------------- at load
@@ -676,8 +384,6 @@ _folders: dict[tuple[str, str, str], tuple[tuple[tuple[str, tuple[int, ...]], ..
 
 
 def _stamps(directory: str | os.PathLike[str], statement: SignedStatement) -> list[tuple[str, tuple[int, ...]]] | None:
-    from .verify import IGNORED_NAMES
-
     root = os.path.realpath(directory)
     paths = [os.path.join(root, p) for p in statement.digests]
     for current, dirs, _ in os.walk(root):
@@ -692,7 +398,7 @@ def _stamps(directory: str | os.PathLike[str], statement: SignedStatement) -> li
             return None
         if max(st.st_mtime_ns, st.st_ctime_ns) > newest_allowed:
             return None
-        stamps.append((path, tuple(_stat_key(st))))
+        stamps.append((path, tuple(stat_key(st))))
     return stamps
 
 
@@ -710,7 +416,7 @@ def _unchanged_report(directory: str | os.PathLike[str], statement: SignedStatem
     stamps, report = entry
     for path, key in stamps:
         try:
-            if tuple(_stat_key(os.stat(path))) != key:
+            if tuple(stat_key(os.stat(path))) != key:
                 return None
         except OSError:
             return None
@@ -735,10 +441,6 @@ def enforce_before_load(
     model without a signature that verifies is refused. Returns the statement, or None when
     there was nothing to check.
     """
-    import warnings
-
-    from .guard import GuardWarning
-
     what = f"modelguard refused to load {target} ({loader})"
     sig = Path(directory) / SIGNATURE_NAME if directory is not None else None
     if sig is None or not sig.is_file():
@@ -773,8 +475,6 @@ def enforce_before_load(
         if report.ok:
             _remember_folder(directory, statement, report)
     if not report.ok:
-        from .verify import format_report
-
         lines = [f"{what}: files do not match the signature {sig} ({statement.signer})",
                  *("  " + line for line in format_report(report, quiet=True).splitlines())]
         remedies = list(dict.fromkeys(r.remedy for r in report.failures if r.remedy))
@@ -795,3 +495,10 @@ def enforce_before_load(
             )
         warnings.warn(f"modelguard: {message} (not verified)", GuardWarning, stacklevel=4)
     return statement
+
+
+def clear_cache() -> None:
+    """Forget every checked signature and verified folder remembered in this process (the
+    durable store stays)."""
+    forget_checked_signatures()
+    _folders.clear()

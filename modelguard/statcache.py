@@ -51,6 +51,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .errors import UsageError
+from .hashing import stat_key
+from .private_dirs import O_NOFOLLOW, open_private_chain, owned_by_us
+
 FORMAT_VERSION = 1
 RACY_WINDOW_NS = 2_000_000_000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600
@@ -62,9 +66,7 @@ _DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40}
 _HEX = frozenset("0123456789abcdef")
 _MAX_ENTRY_BYTES = 64 * 1024
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_O_ENTRY = (os.O_RDONLY | _O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+_O_ENTRY = (os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
             | getattr(os, "O_CLOEXEC", 0))
 
 
@@ -72,8 +74,6 @@ def _expand(name: str, value: str) -> Path:
     try:
         return Path(value).expanduser()
     except RuntimeError:  # '~nosuchuser/...', or '~' with no home directory
-        from .errors import UsageError
-
         raise UsageError(
             f"${name}={value!r} names a home directory that does not exist",
             expected="a folder path, e.g. ~/.cache/modelguard or /var/cache/modelguard",
@@ -129,8 +129,6 @@ def parse_max_age(text: str, *, source: str = ENV_MAX_AGE) -> float:
     except ValueError:
         value = -1.0
     if not value >= 0 or value == float("inf"):
-        from .errors import UsageError
-
         raise UsageError(
             f"{source}={text!r} is not a cache lifetime",
             expected="a number of seconds, or a number followed by s, m, h, d or w (e.g. 7d)",
@@ -226,7 +224,7 @@ class StatCache:
             return None
         with self._lock:
             if self._fd is None:
-                self._fd = _open_private_chain(self.root, ("digests", f"v{FORMAT_VERSION}"), create)
+                self._fd = open_private_chain(self.root, ("digests", f"v{FORMAT_VERSION}"), create)
             return self._fd
 
     def _read_entry(self, dir_fd: int, name: str) -> Any:
@@ -238,7 +236,7 @@ class StatCache:
             return None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or not _owned_by_us(st) or st.st_mode & 0o022:
+            if not stat.S_ISREG(st.st_mode) or not owned_by_us(st) or st.st_mode & 0o022:
                 return None
             if st.st_size > _MAX_ENTRY_BYTES:
                 return None
@@ -278,7 +276,7 @@ class StatCache:
             entry = self._read_entry(dir_fd, self._entry_name(real))
             if entry is None or not self._fresh(entry):
                 return None
-            if entry.get("path") != real or entry.get("key") != list(_key(st)):
+            if entry.get("path") != real or entry.get("key") != list(stat_key(st)):
                 return None
             digests = entry.get("digests")
             if not isinstance(digests, dict):
@@ -307,7 +305,7 @@ class StatCache:
                 return
             real = self._key_path(path)
             now = os.stat(real)
-            if _key(now) != _key(st):
+            if stat_key(now) != stat_key(st):
                 return
             dir_fd = self._store_fd(create=True)
             if dir_fd is None:
@@ -321,12 +319,12 @@ class StatCache:
             import secrets
 
             document = {
-                "format": FORMAT_VERSION, "path": real, "key": list(_key(st)),
+                "format": FORMAT_VERSION, "path": real, "key": list(stat_key(st)),
                 "digests": dict(sorted(merged.items())), "stored_at_ns": time.time_ns(),
             }
             data = json.dumps(document).encode("utf-8")
             tmp = f".tmp-{secrets.token_hex(8)}.json"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
                          0o600, dir_fd=dir_fd)
             try:
                 os.fchmod(fd, 0o600)  # readable by this user whatever the umask
@@ -352,7 +350,7 @@ class StatCache:
         try:
             entry = self._read_entry(dir_fd, name)
             if (entry is not None and self._fresh(entry) and entry.get("path") == real
-                    and entry.get("key") == list(_key(st))):
+                    and entry.get("key") == list(stat_key(st))):
                 return {a: v for a, v in entry["digests"].items() if _valid_digest(a, v)}
         except Exception:
             return None
@@ -378,117 +376,43 @@ class StatCache:
         return removed
 
 
-def _owned_by_us(st: os.stat_result) -> bool:
-    getuid = getattr(os, "getuid", None)
-    return getuid is None or st.st_uid == getuid()
-
-
-def _private_dir(st: os.stat_result) -> bool:
-    return stat.S_ISDIR(st.st_mode) and _owned_by_us(st) and not st.st_mode & 0o022
-
-
-def _make_dirs_0700(path: Path) -> None:
-    """Create ``path`` and its missing parents, each 0700 whatever the umask (``makedirs``
-    would make the parents 0777 minus the umask: writable by all under umask 000)."""
-    missing = []
-    current = path
-    while not os.path.lexists(current):
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            continue
-        _chmod_0700(os.fspath(folder), None)
-
-
-def _chmod_0700(name: str, dir_fd: int | None) -> None:
-    """Set a folder just made to 0700 (the umask may have taken bits away, or none),
-    through a descriptor opened without following a link."""
-    fd = os.open(name, _O_DIR | _O_NOFOLLOW, dir_fd=dir_fd)
-    try:
-        os.fchmod(fd, 0o700)
-    finally:
-        os.close(fd)
-
-
-def _open_private_chain(root: Path, below: tuple[str, ...], create: bool) -> int | None:
-    """Open ``root`` then each folder of ``below`` inside it, relative to the one before
-    and without following links; each must be a folder of this user's that group and
-    others cannot write. Returns the descriptor of the last one, or None."""
-    if create:
-        try:
-            _make_dirs_0700(root)
-        except OSError:
-            return None
-    try:
-        fd = os.open(root, _O_DIR)
-    except OSError:
-        return None
-    try:
-        if not _private_dir(os.fstat(fd)):
-            os.close(fd)
-            return None
-        for name in below:
-            if create:
-                try:
-                    os.mkdir(name, 0o700, dir_fd=fd)
-                    _chmod_0700(name, fd)
-                except OSError:
-                    pass  # already there, or not writable: the open and checks below decide
-            child = os.open(name, _O_DIR | _O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = child
-            if not _private_dir(os.fstat(fd)):
-                os.close(fd)
-                return None
-        return fd
-    except OSError:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        return None
-
-
-def _key(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _valid_digest(algorithm: Any, value: Any) -> bool:
     length = _DIGEST_LENGTHS.get(algorithm)
     return length is not None and isinstance(value, str) and len(value) == length and _HEX.issuperset(value)
 
 
-def resolve_cache(cache: Any, *, rehash: bool | None = None) -> Any:
-    """What ``verify(cache=...)`` accepts, as an object with ``lookup``/``store``, or None.
+def open_cache(cache: Any, *, rehash: bool | None = None) -> Any:
+    """What ``verify(cache=...)`` accepts, as an object with ``lookup``/``store``.
 
     ``True`` (the default): the user's :class:`StatCache`, unless ``MODELGUARD_NO_CACHE`` is
-    set; ``False``/``None``: no cache; a path: a :class:`StatCache` rooted there; anything
-    else with ``lookup`` and ``store``: used as is. ``rehash=True`` (``None``: whether
-    ``MODELGUARD_REHASH`` is set): no lookup ever hits, so every file is hashed in full;
-    what verifies is still stored.
+    set; ``False``/``None``: a :class:`NoCache`; a path: a :class:`StatCache` rooted there;
+    anything else with ``lookup`` and ``store`` (a NoCache too): used as is. ``rehash=True``
+    (``None``: whether ``MODELGUARD_REHASH`` is set): no lookup ever hits, so every file is
+    hashed in full; what verifies is still stored.
     """
     if rehash is None:
         rehash = rehash_by_env()
     if cache is True:
-        return None if cache_disabled_by_env() else StatCache(rehash=rehash)
-    if cache is False or cache is None or isinstance(cache, NoCache):
-        return None
+        return NoCache() if cache_disabled_by_env() else StatCache(rehash=rehash)
+    if cache is False or cache is None:
+        return NoCache()
     if isinstance(cache, (str, os.PathLike)):
         return StatCache(cache, rehash=rehash)
     if callable(getattr(cache, "lookup", None)) and callable(getattr(cache, "store", None)):
+        if isinstance(cache, NoCache):
+            return cache
         return _StoreOnly(cache) if rehash and not getattr(cache, "rehash", False) else cache
-    from .errors import UsageError
-
     raise UsageError(
         f"cache must be True, False, a directory or an object with lookup() and store(), not {type(cache).__name__}",
         expected="True | False | path | cache object", actual=repr(cache)[:100],
         remedy="pass cache=False to re-hash every file, or leave the default",
     )
+
+
+def resolve_cache(cache: Any, *, rehash: bool | None = None) -> Any:
+    """Like :func:`open_cache`, but None where caching is off (the older form of the answer)."""
+    opened = open_cache(cache, rehash=rehash)
+    return None if isinstance(opened, NoCache) else opened
 
 
 class _StoreOnly:

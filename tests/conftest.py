@@ -4,13 +4,11 @@ folders, offline by default, so nothing leaks between tests or out of the machin
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 CLOSED_ENDPOINT = "http://127.0.0.1:9"
 
 # huggingface_hub reads its endpoint and cache folders once, when first imported. Set them
@@ -108,29 +106,54 @@ def minilm_dir() -> Path:
     return path
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m modelguard ARGS`` in a subprocess; returns the completed process (text)."""
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "modelguard", *args], capture_output=True, text=True,
-        env=full_env, cwd=cwd, timeout=timeout,
-    )
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "guard(installed=True, **settings): how the installed_guard fixture sets up the loader guard "
+                   "(settings are modelguard.install's: policy, unknown, manifest_dirs, offline)")
 
 
 @pytest.fixture
-def cli():
-    return run_cli
+def installed_guard(request):
+    """The loader guard, installed fresh for one test with the settings of the closest
+    ``guard`` marker (``pytest.mark.guard(unknown="allow")``), or left uninstalled with
+    ``guard(installed=False)``; uninstalled afterwards, declared directories forgotten."""
+    import modelguard
+    from modelguard import guard
+
+    marker = request.node.get_closest_marker("guard")
+    settings = dict(marker.kwargs) if marker is not None else {}
+    guard.uninstall()
+    if settings.pop("installed", True):
+        modelguard.install(**settings)
+    yield guard
+    guard.uninstall()
+    guard._directory_map.clear()
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """HF_HUB_OFFLINE=1 for libraries already imported (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="session")
 def tiny_bge_m3_template(tmp_path_factory) -> Path:
-    """A tiny real bge-m3 (tests/_models.py), built once per session; never modify it."""
-    from _models import make_tiny_bge_m3
+    """A tiny real bge-m3 (tests/helpers/bge_m3.py), built once per session; never modify it."""
+    from helpers.bge_m3 import make_tiny_bge_m3
 
     return make_tiny_bge_m3(tmp_path_factory.mktemp("tiny-bge-m3-template") / "tiny-bge-m3")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_template(tmp_path_factory) -> Path:
+    """A tiny real causal LM that samples (tests/helpers/tiny_lm.py), built once per session;
+    never modify it (copy it with ``copy_tiny_causal_lm``)."""
+    from helpers.tiny_lm import make_tiny_causal_lm
+
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm-template") / "tiny-lm")
 
 
 @pytest.fixture

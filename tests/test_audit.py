@@ -9,30 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from modelguard import auditing
 from modelguard.auditing import FAILED, NOTE, VARIES, Finding, audit, register_check
 from modelguard.errors import UsageError
 
-from _tiny_lm import make_tiny_causal_lm
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.fixture(scope="module")
-def lm_template(tmp_path_factory) -> Path:
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("lm-template") / "tiny-lm")
+@pytest.fixture
+def sampling_lm(tiny_lm_template, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_lm_template, tmp_path / "sampling-lm"))
 
 
 @pytest.fixture
-def sampling_lm(lm_template, tmp_path) -> Path:
-    return Path(shutil.copytree(lm_template, tmp_path / "sampling-lm"))
-
-
-@pytest.fixture
-def greedy_lm(lm_template, tmp_path) -> Path:
+def greedy_lm(tiny_lm_template, tmp_path) -> Path:
     """The same model, greedy: do_sample false, but a temperature left in the file."""
-    directory = Path(shutil.copytree(lm_template, tmp_path / "greedy-lm"))
+    directory = Path(shutil.copytree(tiny_lm_template, tmp_path / "greedy-lm"))
     gen = json.loads((directory / "generation_config.json").read_text())
     gen.update(do_sample=False, temperature=0.7)
     gen.pop("top_k")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from modelguard.build import BGE_M3_RULES, GENERIC_RULES, build_manifest, list_model_files
 from modelguard.errors import UsageError
 from modelguard.manifest import dump_manifest, load_manifest
-from modelguard.verify import format_report, verify
+from modelguard.verifying import format_report, verify
 
 BGE_M3_LAYOUT = {
     "pytorch_model.bin": "dense",
@@ -242,7 +242,7 @@ def test_twelve_thousand_file_model_builds_and_verifies(tmp_path):
     verify loads."""
     import subprocess
 
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     model = tmp_path / "many"
     for group in range(12):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
+from helpers.st_model import write_st_shaped_model
 from modelguard import __version__
 from modelguard.build import build_manifest
 from modelguard.manifest import save_manifest
@@ -31,12 +32,8 @@ ERROR_KEYS = ["error", "message", "path", "expected", "actual", "remedy"]
 @pytest.fixture
 def tiny(tmp_path):
     """A small model folder and its manifest file."""
-    root = tmp_path / "tiny"
-    (root / "1_Pooling").mkdir(parents=True)
-    (root / "model.safetensors").write_bytes(os.urandom(40_000))
-    (root / "config.json").write_text('{"hidden_size": 8}\n')
-    (root / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}\n')
-    (root / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}\n')
+    root = write_st_shaped_model(tmp_path / "tiny", weights=os.urandom(40_000), config='{"hidden_size": 8}\n',
+                                 tokenizer='{"model": {"vocab": {"a": 0}}}\n')
     manifest = tmp_path / "tiny.yaml"
     save_manifest(build_manifest(root, "org/tiny", REVISION), manifest)
     return root, manifest

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from modelguard.hfcache import repo_folder
 from modelguard.manifest import load_manifest
 from modelguard.statcache import StatCache
-from modelguard.verify import verify
+from modelguard.verifying import verify
 
 WEIGHTS = "model.safetensors"
 

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers.cli import REPO
 
 
 def fingerprint(folder):

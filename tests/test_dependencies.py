@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from helpers.cli import REPO, run_cli
 from modelguard.dependencies import import_library
 from modelguard.errors import UsageError
 

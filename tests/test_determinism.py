@@ -14,15 +14,13 @@ import torch
 import modelguard
 from modelguard.errors import UsageError
 
-from _tiny_lm import make_tiny_causal_lm
 
 
 @pytest.fixture(scope="module")
-def sampling_lm(tmp_path_factory):
+def sampling_lm(tiny_lm_template):
     from transformers import AutoModelForCausalLM
 
-    directory = make_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "tiny-lm")
-    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_template).eval()
     assert model.generation_config.do_sample is True
     return model
 

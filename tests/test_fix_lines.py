@@ -16,7 +16,7 @@ from modelguard import verify
 from modelguard.errors import UsageError
 from modelguard.manifest import parse_manifest_text
 
-from conftest import run_cli
+from helpers.cli import run_cli
 
 HOSTILE = "dl $(touch PWNED) `touch PWNED2`; touch PWNED3 'x\""
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -143,7 +143,7 @@ def test_guard_unknown_model_remedy_is_quoted(hostile, isolated_env):
 
 
 def test_fetch_command_line_quotes_every_part(tmp_path):
-    from modelguard.hub import _fetch_command
+    from modelguard.hub.download import _fetch_command
 
     manifest = parse_manifest_text(_manifest("org/tiny", {"model.bin": b"x"}), "m.yaml")
     local = tmp_path / HOSTILE

@@ -15,16 +15,11 @@ from helpers.requires import need
 
 need("FlagEmbedding")
 
-from _models import load_bge_m3, m3_outputs  # noqa: E402
+from helpers.bge_m3 import load_bge_m3, m3_outputs  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def no_guard():
-    from modelguard import guard
-
-    guard.uninstall()
-    yield
-    guard.uninstall()
+# Every test runs with the guard uninstalled (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(installed=False), pytest.mark.usefixtures("installed_guard")]
 
 
 def _outputs_with_seed(path, seed):

@@ -10,7 +10,7 @@ import modelguard
 from modelguard import guard
 from modelguard.errors import RandomInitError
 
-from _tiny_bert import save_tiny_bert, save_tiny_tokenizer
+from helpers.tiny_bert import save_tiny_bert, save_tiny_tokenizer
 
 torch = need("torch")
 sentence_transformers = need("sentence_transformers")
@@ -24,12 +24,8 @@ def checkpoints(tmp_path_factory):
     return {"base": base, "trained": trained}
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install(unknown="allow")
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(unknown="allow"), pytest.mark.usefixtures("installed_guard")]
 
 
 def test_cross_encoder_on_a_base_checkpoint_names_the_new_classifier(checkpoints):

@@ -27,12 +27,8 @@ def pristine(tmp_path_factory):
     return save_tiny_ddpm(tmp_path_factory.mktemp("ddpm") / "pipe")
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install(unknown="refuse")
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(unknown="refuse"), pytest.mark.usefixtures("installed_guard")]
 
 
 @pytest.fixture
@@ -108,16 +104,16 @@ def test_a_model_no_manifest_covers_follows_the_unknown_model_policy(pristine, t
 def test_each_pipeline_file_is_hashed_once(pipe_dir, monkeypatch):
     import importlib
 
-    verify_module = importlib.import_module("modelguard.verify")
+    verify_module = importlib.import_module("modelguard.engine")
     seen = []
-    real = verify_module.verify
+    real = verify_module.verify_directory
 
     def spy(manifest, directory=None, **kwargs):
         report = real(manifest, directory, **kwargs)
         seen.extend(r.path for r in report.files)
         return report
 
-    monkeypatch.setattr(verify_module, "verify", spy)
+    monkeypatch.setattr(verify_module, "verify_directory", spy)
     diffusers.DDPMPipeline.from_pretrained(pipe_dir)
     assert sorted(seen) == sorted(["model_index.json", "scheduler/scheduler_config.json",
                                    "unet/config.json", UNET_WEIGHTS])

@@ -57,12 +57,8 @@ def pristine(tmp_path_factory):
     return save_direct_files(tmp_path_factory.mktemp("direct") / "files")
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install(unknown="refuse")
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(unknown="refuse"), pytest.mark.usefixtures("installed_guard")]
 
 
 @pytest.fixture
@@ -78,17 +74,17 @@ def verified_paths(monkeypatch):
     """Every (file, cached) the verifier checks, in order."""
     import importlib
 
-    verify_module = importlib.import_module("modelguard.verify")
+    verify_module = importlib.import_module("modelguard.engine")
 
     seen: list[tuple[str, bool]] = []
-    real = verify_module.verify
+    real = verify_module.verify_directory
 
     def spy(manifest, directory=None, **kwargs):
         report = real(manifest, directory, **kwargs)
         seen.extend((r.path, r.cached) for r in report.files)
         return report
 
-    monkeypatch.setattr(verify_module, "verify", spy)
+    monkeypatch.setattr(verify_module, "verify_directory", spy)
     return seen
 
 
@@ -188,7 +184,7 @@ def test_each_file_is_checked_once_per_load_and_costs_no_read_when_warm(model_di
 
 def test_files_a_guarded_from_pretrained_verified_are_not_checked_again(tmp_path, verified_paths):
     need("transformers")
-    from _tiny_bert import save_tiny_bert
+    from helpers.tiny_bert import save_tiny_bert
 
     import transformers
 

@@ -1,4 +1,4 @@
-"""The FlagEmbedding hook on a tiny real bge-m3 (tests/_models.py) and the real FlagEmbedding.
+"""The FlagEmbedding hook on a tiny real bge-m3 (tests/helpers/bge_m3.py) and the real FlagEmbedding.
 
 Version-agnostic: tests/fe12 runs these same tests against FlagEmbedding 1.2.x.
 """
@@ -24,7 +24,7 @@ from modelguard.errors import MissingHeadError, VerificationError  # noqa: E402
 from modelguard.hooks import version_tuple  # noqa: E402
 from modelguard.manifest import TensorSpec, save_manifest  # noqa: E402
 
-from _models import (  # noqa: E402
+from helpers.bge_m3 import (  # noqa: E402
     TINY_BGE_M3_ID, lfs_pointer_bytes, load_bge_m3, m3_outputs, tiny_bge_m3_manifest,
 )
 
@@ -33,12 +33,8 @@ FE_13_OR_LATER = FE_VERSION[:2] >= (1, 3)
 FALLBACK_LOG = "new initialize"  # FlagEmbedding's INFO line when it keeps random heads
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install()
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = pytest.mark.usefixtures("installed_guard")
 
 
 @pytest.fixture
@@ -363,7 +359,7 @@ def test_import_modelguard_auto_before_flagembedding_guards_it(tiny_bge_m3):
         "assert 'torch' not in sys.modules and 'FlagEmbedding' not in sys.modules, 'imported too early'\n"
         "from modelguard import guard\n"
         "from modelguard.errors import MissingHeadError\n"
-        "from _models import load_bge_m3\n"
+        "from helpers.bge_m3 import load_bge_m3\n"
         "warnings.simplefilter('ignore')\n"
         "try:\n"
         "    load_bge_m3(sys.argv[1])\n"

@@ -18,15 +18,11 @@ from modelguard.errors import MissingHeadError  # noqa: E402
 from modelguard.hfcache import repo_folder  # noqa: E402
 from modelguard.manifest import save_manifest  # noqa: E402
 
-from _models import TINY_BGE_M3_ID, load_bge_m3, m3_outputs, tiny_bge_m3_manifest  # noqa: E402
+from helpers.bge_m3 import TINY_BGE_M3_ID, load_bge_m3, m3_outputs, tiny_bge_m3_manifest  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install()
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = pytest.mark.usefixtures("installed_guard")
 
 
 def files_of(directory) -> dict[str, bytes]:

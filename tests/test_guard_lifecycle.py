@@ -22,11 +22,8 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
 
 
-@pytest.fixture(autouse=True)
-def clean_guard():
-    guard.uninstall()
-    yield
-    guard.uninstall()
+# Every test starts and ends with the guard uninstalled (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(installed=False), pytest.mark.usefixtures("installed_guard")]
 
 
 def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -269,17 +266,14 @@ def test_refuse_random_init_message_names_keys_and_the_opt_out():
 
 
 def _tiny_model_dir(root: Path) -> Path:
-    d = root / "tiny"
-    (d / "1_Pooling").mkdir(parents=True)
-    (d / "config.json").write_text('{"model_type": "bert"}\n')
     import numpy as np
     from safetensors.numpy import save
 
+    from helpers.st_model import write_st_shaped_model
+
     # real safetensors bytes: the guard checks the header before any load
-    (d / "model.safetensors").write_bytes(save({"w": np.arange(4096, dtype=np.float32)}))
-    (d / "tokenizer.json").write_text('{"version": "1.0"}\n')
-    (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}\n')
-    return d
+    return write_st_shaped_model(root / "tiny", weights=save({"w": np.arange(4096, dtype=np.float32)}),
+                                 config='{"model_type": "bert"}\n', tokenizer='{"version": "1.0"}\n')
 
 
 def _save_manifest(directory: Path, model: str, target: Path, revision: str | None = None) -> None:

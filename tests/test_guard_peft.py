@@ -27,12 +27,8 @@ def pristine(tmp_path_factory):
     return save_tiny_lora(tmp_path_factory.mktemp("lora") / "adapter")
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install(unknown="refuse")
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(unknown="refuse"), pytest.mark.usefixtures("installed_guard")]
 
 
 @pytest.fixture

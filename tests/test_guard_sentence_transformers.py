@@ -25,13 +25,8 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 SENTENCES = ["The guard verifies every file.", "A corrupt download must not pass."]
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install()
-    yield
-    guard.uninstall()
-    guard._directory_map.clear()
+# Every test runs with the loader guard freshly installed (conftest.installed_guard).
+pytestmark = pytest.mark.usefixtures("installed_guard")
 
 
 def load(path_or_id, **kwargs):
@@ -107,15 +102,6 @@ def test_user_mapping_applies_the_shipped_manifest(minilm_dir):
     resolved = guard.check_before_load(minilm_dir, loader="test")
     assert (resolved.how, resolved.model_id) == ("user-mapping", MINILM)
     assert resolved.manifest.source.endswith("all-MiniLM-L6-v2.yaml")
-
-
-@pytest.fixture
-def hub_offline(monkeypatch):
-    """HF_HUB_OFFLINE=1 for libraries already imported (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 def test_hub_id_and_snapshot_path_from_the_hf_cache(hf_cache, reference_embeddings, hub_offline):

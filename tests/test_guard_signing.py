@@ -17,7 +17,7 @@ import modelguard
 from modelguard import guard, signing
 from modelguard.errors import SignatureError, UsageError, VerificationError
 
-from _tiny_bert import save_tiny_bert, save_tiny_tokenizer
+from helpers.tiny_bert import save_tiny_bert, save_tiny_tokenizer
 from test_signing import key_hint, make_key_pair, model_signing_cli
 
 model_signing = need("model_signing")

@@ -14,7 +14,7 @@ import modelguard
 from modelguard import guard
 from modelguard.errors import RandomInitError, VerificationError
 
-from _tiny_bert import sample_inputs, save_tiny_bert, save_tiny_tokenizer
+from helpers.tiny_bert import sample_inputs, save_tiny_bert, save_tiny_tokenizer
 
 transformers = need("transformers")
 torch = need("torch")
@@ -30,12 +30,8 @@ def checkpoints(tmp_path_factory):
     }
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install(unknown="allow")
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed, unknown models allowed (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(unknown="allow"), pytest.mark.usefixtures("installed_guard")]
 
 
 def with_manifest(src: Path, dst: Path, model: str = "acme/tiny-bert") -> Path:
@@ -204,15 +200,6 @@ def test_without_the_guard_the_head_is_silently_random(checkpoints):
 
 PINNED = "1" * 40
 OTHER = "2" * 40
-
-
-@pytest.fixture
-def hub_offline(monkeypatch):
-    """HF_HUB_OFFLINE=1 for libraries already imported (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture

@@ -209,11 +209,11 @@ def test_import_modelguard_loads_no_engine_and_keeps_verify_the_function():
     code = (
         "import sys; before = set(sys.modules); import modelguard; "
         "new = set(sys.modules) - before; "
-        "heavy = {'modelguard.verify', 'modelguard.hashing', 'modelguard.statcache', 'hashlib', "
+        "heavy = {'modelguard.engine', 'modelguard.verifying', 'modelguard.hashing', 'modelguard.statcache', 'hashlib', "
         "'concurrent.futures', 'threading', 'dataclasses', 'json', 'sqlite3', 'yaml', 'torch', "
         "'transformers', 'huggingface_hub'}; "
         "print(sorted(new & heavy)); "
-        "import modelguard.verify as engine; from modelguard.verify import format_report; "
+        "import modelguard.engine as engine; from modelguard.report import format_report; "
         "print(modelguard.verify is modelguard.verify.__globals__['verify'], callable(format_report))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -252,7 +252,7 @@ def test_verify_reads_in_parallel_through_the_pipeline(tmp_path, monkeypatch):
 
 def test_benchmark_runs_and_cleans_up(tmp_path):
     """tools/bench.py end to end on tiny data (its figures are not checked here)."""
-    from conftest import REPO
+    from helpers.cli import REPO
 
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(

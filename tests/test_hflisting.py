@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from helpers.requires import need
 from hubserver import lfs_pointer
 
@@ -35,7 +35,7 @@ README = b"# tiny bert\n\nA model made by the tests.\n"
 
 @pytest.fixture(scope="module")
 def bert_source(tmp_path_factory) -> Path:
-    from _tiny_bert import save_tiny_bert
+    from helpers.tiny_bert import save_tiny_bert
 
     source = save_tiny_bert(tmp_path_factory.mktemp("tinybert-source") / "tinybert")
     (source / "README.md").write_bytes(README)

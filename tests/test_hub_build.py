@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from hubserver import git_blob_sha1, tiny_model_files
 
 from modelguard.hfcache import hf_cache_dir

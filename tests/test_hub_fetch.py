@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from hubserver import lfs_pointer, publish
 
 from modelguard.errors import DownloadError, OfflineError
 from modelguard.hfcache import repo_folder
 from modelguard.hub import fetch, fetch_files, repair_files
 from modelguard.manifest import load_manifest
-from modelguard.verify import verify
+from modelguard.verifying import verify
 
 WEIGHTS = "model.safetensors"
 

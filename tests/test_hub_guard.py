@@ -44,7 +44,7 @@ def checksum_of(weights: Path) -> float:
 
 @pytest.fixture
 def served_bert(tmp_path, monkeypatch):
-    from _tiny_bert import save_tiny_bert
+    from helpers.tiny_bert import save_tiny_bert
 
     from modelguard.build import build_manifest
     from modelguard.manifest import save_manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from hubserver import HubServer, publish, tiny_model_files
 
 from modelguard.hfcache import hf_cache_dir, repo_folder

@@ -9,6 +9,7 @@ import hashlib
 import pytest
 import yaml
 
+from helpers.cli import run_cli
 from modelguard.errors import ManifestError, ModelGuardError, UnsafePathError
 from modelguard.manifest import (
     Component,
@@ -394,15 +395,15 @@ def test_smallest_hand_written_manifest_has_one_implicit_required_component(tmp_
     assert sorted(again.files, key=lambda f: f.path) == sorted(manifest.files, key=lambda f: f.path)  # dump sorts
 
 
-def test_smallest_manifest_verifies_a_directory_from_the_cli(tmp_path, cli):
+def test_smallest_manifest_verifies_a_directory_from_the_cli(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "model.safetensors").write_bytes(b"abc")
     (tmp_path / "d" / "config.json").write_bytes(b"abc")
     _, path = load(tmp_path, smallest())
-    result = cli("verify", str(path), str(tmp_path / "d"))
+    result = run_cli("verify", str(path), str(tmp_path / "d"))
     assert result.returncode == 0, result.stdout + result.stderr
     (tmp_path / "d" / "config.json").write_bytes(b"abd")
-    result = cli("verify", str(path), str(tmp_path / "d"))
+    result = run_cli("verify", str(path), str(tmp_path / "d"))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL  model  config.json        right size, wrong content: md5: expected " + MD5 in result.stdout
 
@@ -458,7 +459,7 @@ def test_saved_manifest_gets_the_mode_the_umask_gives_any_new_file(tmp_path, uma
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
-def test_build_output_gets_the_umask_mode(tmp_path, cli):
+def test_build_output_gets_the_umask_mode(tmp_path):
     import os
     import stat
 
@@ -466,7 +467,7 @@ def test_build_output_gets_the_umask_mode(tmp_path, cli):
     (tmp_path / "d" / "model.safetensors").write_bytes(b"abc")
     old = os.umask(0o022)  # the CLI subprocess inherits it
     try:
-        result = cli("build", str(tmp_path / "d"), "--model", "acme/mine", "-o", str(tmp_path / "m.yaml"))
+        result = run_cli("build", str(tmp_path / "d"), "--model", "acme/mine", "-o", str(tmp_path / "m.yaml"))
     finally:
         os.umask(old)
     assert result.returncode == 0, result.stderr

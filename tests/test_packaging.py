@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from conftest import REPO
+from helpers.cli import REPO
 
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "modelguard", "manifests")
 BUILD_LOG: dict[str, str] = {}

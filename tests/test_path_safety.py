@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from hostile import link_to, make_fifo, make_small_model_dir
 from modelguard.build import build_manifest
 from modelguard.errors import UnsafePathError, UsageError
 from modelguard.manifest import Component, FileEntry, Manifest, parse_manifest_text, save_manifest
-from modelguard.verify import _Checker, default_remedy, verify
+from modelguard.engine import _Checker, default_remedy
+from modelguard.verifying import verify
 
 
 def _entry(path: str, data: bytes) -> FileEntry:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from helpers.requires import need
 from modelguard.safety import ALLOWED_GLOBALS, scan_file
 

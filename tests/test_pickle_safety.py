@@ -9,13 +9,16 @@ import threading
 
 import pytest
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from hostile import (
     make_fifo, make_small_model_dir, write_lfs_stub, write_malicious_pickle,
     write_malicious_torch_checkpoint, write_raw_safetensors, write_safetensors, write_torch_state_dict,
 )
 from modelguard.errors import UnsafeFileError
 from modelguard.safety import check_safetensors, require_safe, scan_file, scan_paths
+
+# The guard, where a test asks for it (the guarded fixture), allows unknown models.
+pytestmark = pytest.mark.guard(unknown="allow")
 
 
 @pytest.fixture
@@ -269,14 +272,9 @@ def test_verify_scan_clean_model_and_real_minilm(tmp_path, minilm_dir):
 
 
 @pytest.fixture
-def guarded():
-    import modelguard
-    from modelguard import guard
-
-    guard.uninstall()
-    modelguard.install(unknown="allow")
-    yield guard
-    guard.uninstall()
+def guarded(installed_guard):
+    """The loader guard installed with unknown models allowed (see the module's guard marker)."""
+    return installed_guard
 
 
 def _pinned(directory):
@@ -326,7 +324,7 @@ def test_transformers_from_pretrained_refuses_malicious_pytorch_model_bin(tmp_pa
     import transformers
     from safetensors.torch import load_file
 
-    from _tiny_bert import save_tiny_bert
+    from helpers.tiny_bert import save_tiny_bert
     from hostile import RunsShellCommand, payload_command
 
     model = save_tiny_bert(tmp_path / "bert")
@@ -337,6 +335,35 @@ def test_transformers_from_pretrained_refuses_malicious_pytorch_model_bin(tmp_pa
     with pytest.raises(UnsafeFileError) as info:
         transformers.BertModel.from_pretrained(model)
     assert "pytorch_model.bin" in str(info.value) and "posix.system" in str(info.value)
+
+
+def test_a_guarded_load_scans_each_pickle_once(tmp_path, guarded, monkeypatch):
+    """The pre-load check scans pytorch_model.bin; torch.load inside the same load reuses that scan."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    from modelguard import safety
+
+    from helpers.tiny_bert import save_tiny_bert
+
+    model = save_tiny_bert(tmp_path / "bert")
+    state = load_file(str(model / "model.safetensors"))
+    (model / "model.safetensors").unlink()
+    torch.save(state, model / "pytorch_model.bin")
+    _pinned(model)
+    scanned = []
+    real_judge = safety.judge_pickle_fd
+
+    def counting_judge(fd, size, shown):
+        scanned.append(os.path.basename(shown))
+        return real_judge(fd, size, shown)
+
+    monkeypatch.setattr(safety, "judge_pickle_fd", counting_judge)
+    transformers.BertModel.from_pretrained(model)
+    assert scanned.count("pytorch_model.bin") == 1, scanned
+    torch.load(model / "pytorch_model.bin", weights_only=True)  # outside a guarded load: not scanned
+    assert scanned.count("pytorch_model.bin") == 1, scanned
 
 
 def test_torch_load_inside_a_guarded_loader_scans_and_forces_weights_only(tmp_path, marker, guarded):

@@ -12,22 +12,23 @@ import pytest
 import torch
 
 import modelguard
-from conftest import run_cli
+from helpers.cli import run_cli
 from modelguard.errors import UsageError
 from modelguard.probing import (CALL_RANDOM, DETERMINISTIC, LOAD_RANDOM, SEED_DEPENDENT, UNSEEDED,
                                 compare_outputs, probe_model)
 
-from _tiny_lm import make_tiny_causal_lm
+from helpers.tiny_lm import copy_tiny_causal_lm
 
 
 @pytest.fixture(scope="module")
-def sampling_lm(tmp_path_factory) -> Path:
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "sampling-lm")
+def sampling_lm(tiny_lm_template) -> Path:
+    return tiny_lm_template
 
 
 @pytest.fixture(scope="module")
-def greedy_lm(tmp_path_factory) -> Path:
-    return make_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "greedy-lm", generation={"do_sample": False})
+def greedy_lm(tiny_lm_template, tmp_path_factory) -> Path:
+    return copy_tiny_causal_lm(tiny_lm_template, tmp_path_factory.mktemp("lm") / "greedy-lm",
+                               generation={"do_sample": False})
 
 
 PROMPT = torch.tensor([[2, 3, 4, 5]])

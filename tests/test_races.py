@@ -13,7 +13,7 @@ import pytest
 from hostile import GROWER_SCRIPT, WriterDuringHashing, append_bytes, overwrite_at, replace_with
 from modelguard.manifest import Component, FileEntry, Manifest
 from modelguard.statcache import StatCache
-from modelguard.verify import verify
+from modelguard.verifying import verify
 
 SIZE = 3 * (1 << 20) + 123  # several read chunks, so a write can land between two reads
 

@@ -76,12 +76,8 @@ def pin(root: Path, **build) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def installed():
-    guard.uninstall()
-    modelguard.install(unknown="refuse")
-    yield
-    guard.uninstall()
+# Every test runs with the loader guard freshly installed, unknown models refused (conftest.installed_guard).
+pytestmark = [pytest.mark.guard(unknown="refuse"), pytest.mark.usefixtures("installed_guard")]
 
 
 @pytest.fixture

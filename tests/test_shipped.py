@@ -13,7 +13,7 @@ import yaml
 
 from modelguard import registry
 from modelguard.manifest import load_manifest
-from modelguard.verify import format_report, verify
+from modelguard.verifying import format_report, verify
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 METADATA = Path(__file__).parent / "data" / "hub-metadata.yaml"  # the published Hub metadata, carried in the repo

@@ -17,7 +17,7 @@ import pytest
 
 from helpers.requires import need
 
-from conftest import run_cli
+from helpers.cli import run_cli
 from modelguard import signing
 from modelguard.errors import SignatureError, SignatureFormatError, UsageError
 from modelguard.statcache import StatCache

@@ -20,7 +20,7 @@ from modelguard.errors import UsageError
 from modelguard.manifest import parse_manifest_text
 from modelguard.statcache import FORMAT_VERSION, StatCache, default_cache_dir, resolve_cache
 
-from conftest import REPO, run_cli
+from helpers.cli import REPO, run_cli
 
 MINILM_MANIFEST = REPO / "manifests" / "sentence-transformers" / "all-MiniLM-L6-v2.yaml"
 

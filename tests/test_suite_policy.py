@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from helpers.cli import REPO
 
 
 def _run_with_shadowed_flagembedding(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:

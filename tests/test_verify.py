@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from helpers.st_model import write_st_shaped_model
+from safetensors.numpy import save
 
 import modelguard
 from modelguard.build import build_manifest
 from modelguard.errors import UsageError, VerificationError
 from modelguard.manifest import Manifest, dump_manifest, parse_manifest_text
-from modelguard.verify import format_report, verify
+from modelguard.verifying import format_report, verify
 
 ALL = ("md5", "sha256", "git_sha1")
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -29,19 +30,16 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """A small model folder: real safetensors weights, JSON configs, a tokenizer, optional ONNX."""
-    root = tmp_path_factory.mktemp("tiny") / "tiny"
-    root.mkdir()
     rng = np.random.default_rng(0)
-    save_file({"embeddings": rng.standard_normal((128, 256)).astype(np.float32),
-               "bias": rng.standard_normal(256).astype(np.float32)}, str(root / "model.safetensors"))
-    (root / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 256}, indent=2) + "\n")
+    weights = save({"embeddings": rng.standard_normal((128, 256)).astype(np.float32),
+                    "bias": rng.standard_normal(256).astype(np.float32)})
     vocab = {f"tok{i}": i for i in range(2000)}
-    (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"vocab": vocab}}))
-    (root / "1_Pooling").mkdir()
-    (root / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}\n')
-    (root / "onnx").mkdir()
-    (root / "onnx" / "model.onnx").write_bytes(rng.bytes(3000))
-    return root
+    return write_st_shaped_model(
+        tmp_path_factory.mktemp("tiny") / "tiny", weights=weights,
+        config=json.dumps({"model_type": "bert", "hidden_size": 256}, indent=2) + "\n",
+        tokenizer=json.dumps({"version": "1.0", "model": {"vocab": vocab}}),
+        extra={"onnx/model.onnx": rng.bytes(3000)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +208,7 @@ _BLOCK = 8 << 20
 
 @pytest.mark.parametrize("last_nonzero", [0, 1, 65535, 65536, _BLOCK - 1, _BLOCK, _BLOCK + 1, 17 << 20])
 def test_zero_region_finds_the_exact_start_of_the_zeros(tmp_path, last_nonzero):
-    from modelguard.verify import _zero_region
+    from modelguard.fs import zero_region as _zero_region
 
     size = (17 << 20) + 5
     data = bytearray(os.urandom(last_nonzero + 1)) + bytearray(size - last_nonzero - 1)
@@ -226,7 +224,7 @@ def test_zero_region_finds_the_exact_start_of_the_zeros(tmp_path, last_nonzero):
 
 
 def test_zero_region_of_an_all_zero_file_and_of_a_file_ending_in_data(tmp_path):
-    from modelguard.verify import _zero_region
+    from modelguard.fs import zero_region as _zero_region
 
     (tmp_path / "zeros").write_bytes(bytes(9 << 20))
     (tmp_path / "data").write_bytes(bytes(9 << 20) + b"\x01")
@@ -240,7 +238,7 @@ def test_zero_region_of_an_all_zero_file_and_of_a_file_ending_in_data(tmp_path):
 
 def test_sparse_zero_tail_is_found_without_reading_it(tmp_path, monkeypatch):
     """A preallocated file's unwritten tail is a hole: SEEK_HOLE finds it, nothing is read."""
-    from modelguard.verify import _zero_region
+    from modelguard.fs import zero_region as _zero_region
 
     path = tmp_path / "sparse.bin"
     with open(path, "wb") as f:
@@ -268,7 +266,7 @@ def test_written_zero_tail_is_scanned_faster_than_it_is_hashed(tmp_path):
     less than hashing the same bytes (the byte-wise strip it replaces cost twice the hash)."""
     import time
 
-    from modelguard.verify import _zero_region
+    from modelguard.fs import zero_region as _zero_region
 
     path = tmp_path / "zeros.bin"
     with open(path, "wb") as f:

@@ -1,6 +1,6 @@
 """What the FlagEmbedding guard costs at load time: BGEM3FlagModel unguarded vs guarded.
 
-Builds a small bge-m3-shaped model (tests/_models.py; default hidden 384, 6 layers,
+Builds a small bge-m3-shaped model (tests/helpers/bge_m3.py; default hidden 384, 6 layers,
 float32 heads) in a temporary folder, then times, in one process, N loads each:
 unguarded; guarded with a manifest (modelguard.yaml in the folder); guarded with no
 manifest (head files still opened and checked). Prints the median seconds.
@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    from _models import load_bge_m3, make_tiny_bge_m3, tiny_bge_m3_manifest
+    from helpers.bge_m3 import load_bge_m3, make_tiny_bge_m3, tiny_bge_m3_manifest
 
     import modelguard
     from modelguard import guard

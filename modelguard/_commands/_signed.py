@@ -8,6 +8,11 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
+from ..output import emit_json
+from ..report import format_report
+from ..safety import format_findings, scan_manifest_files
+from ..signing import configured_public_key, format_signature, verify_signed
+from ._common import Progress
 
 
 def wants_signature(args: argparse.Namespace) -> bool:
@@ -16,11 +21,6 @@ def wants_signature(args: argparse.Namespace) -> bool:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from ..cli import emit_json
-    from ..signing import configured_public_key, format_signature, verify_signed
-    from ..verify import format_report
-    from ._common import Progress
-
     for flag, value in (("--components", args.components), ("--revision", args.revision),
                         ("--cache-dir", args.cache_dir)):
         if value:
@@ -44,8 +44,6 @@ def run_verify(args: argparse.Namespace) -> int:
     )
     findings = None
     if args.scan:
-        from ..safety import scan_manifest_files
-
         findings = scan_manifest_files(statement.manifest(directory), directory, None)
     unsafe = [f for f in findings or () if not f.safe]
     if args.json:
@@ -60,7 +58,5 @@ def run_verify(args: argparse.Namespace) -> int:
         print(format_signature(statement))
         print(format_report(report, quiet=args.quiet))
         if findings is not None:
-            from ..safety import format_findings
-
             print(format_findings(findings, quiet=args.quiet))
     return 0 if report.ok and not unsafe else 1

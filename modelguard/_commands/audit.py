@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..auditing import audit, format_audit
+from ..output import emit_json
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,9 +29,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..auditing import audit, format_audit
-    from ..cli import emit_json
-
     report = audit(args.target, manifest=args.manifest, revision=args.revision, cache_dir=args.cache_dir,
                    verify_files=not args.no_verify)
     if args.json:

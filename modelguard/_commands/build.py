@@ -6,6 +6,12 @@ import argparse
 import re
 import shlex
 import sys
+from pathlib import Path
+
+from ..build import build_manifest
+from ..errors import UsageError
+from ..hub import build_from_hub
+from ..manifest import dump_manifest, save_manifest
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,12 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..build import build_manifest
-    from ..errors import UsageError
-    from ..manifest import dump_manifest, save_manifest
-
     if getattr(args, "from_hub", None):
         return _run_from_hub(args)
     if not args.directory:
@@ -46,10 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise UsageError("build needs --model", expected="--model ORG/NAME, e.g. --model BAAI/bge-m3",
                          remedy=f"modelguard build {shlex.quote(args.directory)} --model ORG/NAME")
-    out = Path(args.output) if args.output else None
-    if out is not None and out.exists() and not args.force:
-        raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
-    _check_output_folder(out)
+    out = _output_path(args)
     if args.revision and not re.fullmatch(r"[0-9a-f]{40}", args.revision):
         sys.stderr.write(f"modelguard: warning: revision '{args.revision}' is not a commit hash; a branch or tag "
                          "moves, so the manifest will not say which files it describes. Pin the 40-hex commit.\n")
@@ -57,50 +54,46 @@ def run(args: argparse.Namespace) -> int:
         args.directory, args.model, args.revision,
         rules=None if args.rules == "auto" else args.rules, exclude=args.exclude,
     )
-    if out is None:
-        write_manifest_to_stdout(dump_manifest(manifest))
-    else:
-        save_manifest(manifest, out)
-        comps = ", ".join(f"{n}{'' if c.required else ' (optional)'}" for n, c in sorted(manifest.components.items()))
-        sys.stderr.write(f"wrote {out}: {len(manifest.files)} file(s), components: {comps}\n")
-    return 0
+    return _write(manifest, out, "")
 
 
 def _run_from_hub(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..errors import UsageError
-    from ..hub import build_from_hub
-    from ..manifest import dump_manifest, save_manifest
-
     if args.directory:
         raise UsageError("pass either DIR or --from-hub MODEL, not both",
                          remedy=f"modelguard build --from-hub {shlex.quote(args.from_hub)} --revision REV [-o FILE]")
     if args.model and args.model != args.from_hub:
         raise UsageError("--model differs from --from-hub", expected=args.from_hub, actual=args.model,
                          remedy="drop --model; --from-hub names the model")
-    out = Path(args.output) if args.output else None
-    if out is not None and out.exists() and not args.force:
-        raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
-    _check_output_folder(out)
+    out = _output_path(args)
     manifest = build_from_hub(
         args.from_hub, args.revision, rules=None if args.rules == "auto" else args.rules,
         exclude=args.exclude, hash_small=args.hash_small,
     )
+    return _write(manifest, out, f"{manifest.model} @ {manifest.revision}, ")
+
+
+def _write(manifest, out: Path | None, what: str) -> int:
+    """The manifest on stdout, or saved to ``out`` with a one-line note on stderr."""
     if out is None:
         write_manifest_to_stdout(dump_manifest(manifest))
     else:
         save_manifest(manifest, out)
         comps = ", ".join(f"{n}{'' if c.required else ' (optional)'}" for n, c in sorted(manifest.components.items()))
-        sys.stderr.write(f"wrote {out}: {manifest.model} @ {manifest.revision}, {len(manifest.files)} file(s), "
-                         f"components: {comps}\n")
+        sys.stderr.write(f"wrote {out}: {what}{len(manifest.files)} file(s), components: {comps}\n")
     return 0
+
+
+def _output_path(args: argparse.Namespace) -> Path | None:
+    """``-o FILE`` as a path, refused early (before hashing) when it exists without --force."""
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        raise UsageError(f"{out} exists; not overwritten", path=out, remedy="pass --force to replace it, or another -o FILE")
+    _check_output_folder(out)
+    return out
 
 
 def _check_output_folder(out) -> None:
     """Refuse early (before hashing) an -o FILE whose folder cannot exist."""
-    from ..errors import UsageError
-
     if out is None:
         return
     if out.is_dir():

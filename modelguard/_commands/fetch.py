@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import DownloadError, UsageError
+from ..hub import MAX_ATTEMPTS, fetch_files
+from ..output import emit_json
+from ..report import format_report
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -30,8 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _format(result) -> str:
-    from ..verify import format_report
-
     head = f"{result.report.model} @ {(result.revision or '')[:12]}  in {result.report.directory}"
     changed = [a for a in result.actions if a.action != "kept"]
     lines = [head, *(f"  {a.action:<10}  {a.path}: {a.message}" for a in changed)]
@@ -42,10 +45,6 @@ def _format(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import emit_json
-    from ..errors import DownloadError, UsageError
-    from ..hub import MAX_ATTEMPTS, fetch_files
-
     if args.local_dir and args.cache_dir:
         raise UsageError("--local-dir and --cache-dir exclude each other",
                          remedy="pass --local-dir DIR for a plain folder, or --cache-dir DIR for a Hugging Face cache")
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         result = fetch_files(args.model, args.revision, components=components, local_dir=args.local_dir,
                              cache_dir=args.cache_dir, attempts=attempts)
     except DownloadError as exc:
-        result = getattr(exc, "result", None)
+        result = exc.result
         if result is None:
             raise
         if args.json:

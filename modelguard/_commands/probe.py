@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..output import emit_json
+from ..probing import KINDS, format_probe, probe_model
+
 
 def _seeds(text: str) -> tuple[int, int]:
     try:
@@ -16,8 +19,6 @@ def _seeds(text: str) -> tuple[int, int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..probing import KINDS
-
     p = sub.add_parser(
         "probe",
         help="load a model twice under two seeds and find what makes its outputs change",
@@ -39,9 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import emit_json
-    from ..probing import format_probe, probe_model
-
     report = probe_model(args.target, kind=args.kind, seeds=args.seeds, max_new_tokens=args.max_new_tokens,
                          device=args.device, revision=args.revision, cache_dir=args.cache_dir)
     if args.json:

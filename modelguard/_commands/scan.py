@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..hub import cache_blob_bytes, format_scan, scan_cache
+from ..output import emit_json
+from ._common import Progress
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,10 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import emit_json
-    from ..hub import cache_blob_bytes, format_scan, scan_cache
-    from ._common import Progress
-
     progress = Progress(cache_blob_bytes(args.cache_dir), "scanning the Hugging Face cache")
     try:
         report = scan_cache(args.cache_dir, progress=progress)

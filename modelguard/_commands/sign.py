@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..output import emit_json
+from ..signing import sign_directory
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,9 +29,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import emit_json
-    from ..signing import sign_directory
-
     out, statement = sign_directory(args.directory, private_key=args.private_key, output=args.output,
                                     password=args.password, ignore_paths=args.ignore_paths)
     if args.json:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from shlex import quote
 
-from ._common import Progress, resolve_target
+from ..engine import verify_directory
+from ..output import emit_json
+from ..report import format_report
+from ..resolve import resolve_verify_target
+from ..safety import format_findings, scan_manifest_files
+from ._common import Progress
+from ._signed import run_verify, wants_signature
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,20 +56,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._signed import run_verify, wants_signature
-
     if wants_signature(args):
         return run_verify(args)
-    from ..cli import emit_json
-    from ..verify import format_report, verify
-
-    manifest, directory = resolve_target(args.target, args.directory, args.revision, args.cache_dir,
-                                         all_files=args.all_files)
+    resolution = resolve_verify_target(args.target, args.directory, revision=args.revision, cache_dir=args.cache_dir,
+                                       how_to_pass=f"pass the directory: modelguard verify {quote(args.target)} DIR",
+                                       all_files=args.all_files, cli=True)
+    manifest, directory = resolution.manifest, resolution.directory
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
     entries = manifest.files if components is None else manifest.files_of(*components)
     progress = Progress(sum(e.size or 0 for e in entries), f"verifying {manifest.model}")
     try:
-        report = verify(
+        report = verify_directory(
             manifest, directory, components=components, strict_extra=args.strict,
             all_digests=args.all_digests, progress=progress, cache=not args.no_cache,
             rehash=True if args.rehash else None,
@@ -72,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     findings = None
     if getattr(args, "scan", False):
-        from ..safety import format_findings, scan_manifest_files
-
         findings = scan_manifest_files(manifest, directory, components)
     unsafe = [f for f in findings or () if not f.safe]
     if args.json:

@@ -17,7 +17,9 @@ has imported it. :class:`Patches` does the bookkeeping for ``patch``/``unpatch``
 
 from __future__ import annotations
 
-import re
+from ..version import version_tuple
+
+__all__ = ["HOOKS", "MARKER", "Patches", "is_wrapped", "version_tuple"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -85,19 +87,6 @@ class Patches:
 
 def _function_of(value: Any) -> Any:
     return getattr(value, "__func__", value)
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """``"4.40.0.dev0"`` -> ``(4, 40, 0)``; the leading numeric release part only."""
-    parts: list[int] = []
-    for piece in version.split("."):
-        match = re.match(r"\d+", piece)
-        if not match:
-            break
-        parts.append(int(match.group()))
-        if match.end() != len(piece):
-            break
-    return tuple(parts)
 
 
 def is_wrapped(value: Any) -> bool:

@@ -21,7 +21,11 @@ import functools
 import os
 from typing import Any
 
+from .. import guard
+from ..errors import VerificationError
 from . import Patches, version_tuple
+from .transformers import loader_components
+from .files import check_folder, mark_verified, verify_entries
 
 DISTRIBUTION = "diffusers"
 SUPPORTED = "diffusers >= 0.27"
@@ -52,8 +56,6 @@ def unpatch() -> None:
 def name_components(error: Any) -> Any:
     """``error`` (a VerificationError) with a line naming the pipeline components (first
     folder of each failed file) whose files failed."""
-    from ..errors import VerificationError
-
     report = getattr(error, "report", None)
     if report is None:
         return error
@@ -76,10 +78,6 @@ def _wrap_pipeline_from_pretrained(original: Any) -> Any:
 
     @functools.wraps(func)
     def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-        from ..errors import VerificationError
-        from .files import mark_verified
-
         name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         label = f"diffusers {cls.__name__}.from_pretrained"
         with guard.verified_scope():
@@ -121,9 +119,6 @@ def _require_component_files(resolved: Any, label: str) -> None:
     """A file of a component the pipeline loads is required, even where the manifest puts it in an
     optional component (``scheduler/scheduler_config.json`` in ``other``, say): verification
     reports such a file absent as skipped, so the missing ones are checked here."""
-    from .. import guard
-    from .files import _verify_entries
-
     manifest, root = resolved.manifest, resolved.directory
     if manifest is None or root is None:
         return
@@ -132,21 +127,15 @@ def _require_component_files(resolved: Any, label: str) -> None:
                if (entry.path == "model_index.json" or entry.path.split("/", 1)[0] in used)
                and not os.path.lexists(os.path.join(root, entry.path))]
     if missing:
-        _verify_entries(root, manifest, resolved.how, missing, label, guard.current_policy())
+        verify_entries(root, manifest, resolved.how, missing, label, guard.current_policy())
 
 
 def _check_model_files(cls: Any, name: Any, kwargs: dict, label: str) -> None:
-    from .. import guard
-    from ..errors import VerificationError
-    from .files import check_folder
-
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         return
     subfolder = str(kwargs.get("subfolder") or "").strip("/")
     if not os.path.isdir(name):
         # A Hub id: the manifest of the repository, limited to what the model reads.
-        from .transformers import loader_components
-
         asked = kwargs.get("revision")
         resolved = guard.resolve_model(name, asked, cache_dir=kwargs.get("cache_dir"))
         components = loader_components(resolved.manifest, subfolder) if resolved.manifest is not None else None
@@ -172,8 +161,6 @@ def _wrap_model_from_pretrained(original: Any) -> Any:
 
     @functools.wraps(func)
     def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         label = f"diffusers {cls.__name__}.from_pretrained"
         with guard.verified_scope():

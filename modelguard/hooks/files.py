@@ -20,11 +20,18 @@ an unchanged file costs a stat and a cache lookup.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import contextvars
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from .. import engine, guard, hfcache
+from ..manifest import load_manifest
+from ..policy import directory_map
+from ..registry import LOCAL_MANIFEST_NAME, find_manifest
+from ..resolve import Resolution, mapped_model
 
 # Parsed local manifests, by path, kept while the file's (inode, size, mtime) is unchanged.
 _manifest_memo: dict[str, tuple[tuple[int, int, int], Any]] = {}
@@ -50,9 +57,6 @@ def file_path(value: Any) -> str | None:
 
 
 def _local_manifest(folder: str) -> Any:
-    from ..guard import LOCAL_MANIFEST_NAME
-    from ..manifest import load_manifest
-
     path = os.path.join(folder, LOCAL_MANIFEST_NAME)
     try:
         st = os.stat(path)
@@ -70,8 +74,6 @@ def _local_manifest(folder: str) -> Any:
 def _expectations(folder: str) -> Iterable[tuple[Path, Any, str]]:
     """``(root, manifest, how)`` for each expectation that could cover files under ``folder``,
     nearest first."""
-    from .. import guard, hfcache
-    from ..registry import find_manifest
 
     extra = list(guard.current_policy().manifest_dirs)
     snapshot = hfcache.snapshot_root(folder)
@@ -86,7 +88,7 @@ def _expectations(folder: str) -> Iterable[tuple[Path, Any, str]]:
                 manifest = find_manifest(parsed[0], parsed[1], extra_dirs=extra)
                 if manifest is not None:
                     yield candidate, manifest, "hf-cache-snapshot"
-        mapped = guard._mapped_model(candidate)
+        mapped = mapped_model(candidate, directory_map)
         if mapped is not None:
             manifest = find_manifest(mapped[0], mapped[1], extra_dirs=extra)
             if manifest is not None:
@@ -113,7 +115,6 @@ def _already_checked(path: str, done: frozenset[tuple[str, str]] | None) -> bool
         return False
     if (path, FILE_KEY) in done:
         return True
-    from .. import guard
 
     for folder, components in done:
         if components in (FILE_KEY, UNKNOWN_FOLDER_KEY) or not _under(path, folder):
@@ -134,9 +135,8 @@ def mark_verified(directory: str | os.PathLike[str], *, unknown: bool = False) -
     """Within the current guarded load, treat everything under ``directory`` as verified
     (``unknown``: as already reported unverified), including for the loaders nested in it
     that resolve one of its subfolders on its own."""
-    from .. import guard
 
-    done = guard._verified.get()
+    done = guard.verified_keys()
     if done is None:
         return
     root = os.path.realpath(directory)
@@ -148,7 +148,7 @@ def mark_verified(directory: str | os.PathLike[str], *, unknown: bool = False) -
     for child in children:
         real = os.path.realpath(child)
         keys.update({(real, "?")} if unknown else {(real, "*"), (real, "?")})
-    guard._verified.set(done | keys)
+    guard.add_verified(keys)
 
 
 @contextlib.contextmanager
@@ -170,11 +170,10 @@ def check_files(paths: Iterable[Any], *, loader: str) -> None:
     :class:`~modelguard.errors.ManifestNotFoundError` for an uncovered file when the
     unknown-model policy is ``refuse``.
     """
-    from .. import guard
 
     if _inspecting.get():
         return
-    done = guard._verified.get()
+    done = guard.verified_keys()
     wanted: list[str] = []
     for value in paths:
         path = file_path(value)
@@ -199,25 +198,18 @@ def check_files(paths: Iterable[Any], *, loader: str) -> None:
         if entry not in group[3]:
             group[3].append(entry)
     for root, manifest, how, entries in groups.values():
-        _verify_entries(root, manifest, how, entries, loader, policy)
-    done = guard._verified.get()
+        verify_entries(root, manifest, how, entries, loader, policy)
+    done = guard.verified_keys()
     if done is not None:
-        guard._verified.set(done | {(path, FILE_KEY) for path in wanted} | reported)
+        guard.add_verified({(path, FILE_KEY) for path in wanted} | reported)
 
 
 def _unknown_file(path: str, unknown: str, loader: str) -> None:
-    from .. import guard
-
     folder = Path(os.path.dirname(path))
-    guard._unknown_model(path, guard.ResolvedModel(None, None, folder, None, "unknown"), unknown, loader)
+    guard.unknown_model(path, Resolution(None, None, folder, None, "unknown"), unknown, loader)
 
 
-def _verify_entries(root: Path, manifest: Any, how: str, entries: list[Any], loader: str, policy: Any) -> None:
-    import dataclasses
-
-    from .. import guard
-    from ..verify import verify
-
+def verify_entries(root: Path, manifest: Any, how: str, entries: list[Any], loader: str, policy: Any) -> None:
     used = sorted({entry.component for entry in entries})
     # The loader is about to read these files: each is required for this load, even in a
     # component the manifest marks optional (an ONNX export, say).
@@ -227,14 +219,14 @@ def _verify_entries(root: Path, manifest: Any, how: str, entries: list[Any], loa
     )
     on_failure = policy.effective_on_failure()
     workers = 1 if len(entries) == 1 else None  # one file: no need to count CPUs for reader threads
-    report = verify(subset, root, components=used, max_workers=workers)
+    report = engine.verify_directory(subset, root, components=used, max_workers=workers)
     if not report.ok and on_failure == "repair" and not policy.effective_offline():
-        guard._repair(subset, root, used, report)
-        report = verify(subset, root, components=used, max_workers=workers)
+        guard.repair(subset, root, used, report)
+        report = engine.verify_directory(subset, root, components=used, max_workers=workers)
     if report.ok:
         return
-    resolved = guard.ResolvedModel(manifest.model, manifest.revision, root, manifest, how)
-    error = guard._verification_error(resolved, report, loader, on_failure, policy.effective_offline())
+    resolved = Resolution(manifest.model, manifest.revision, root, manifest, how)
+    error = guard.verification_error(resolved, report, loader, on_failure, policy.effective_offline())
     if on_failure == "warn":
         warnings.warn(str(error), guard.GuardWarning, stacklevel=4)
         return
@@ -245,10 +237,9 @@ def check_folder(folder: str | os.PathLike[str], *, loader: str) -> None:
     """Verify the files directly in ``folder`` (a model's or adapter's own folder, possibly a
     subfolder of a larger model) against the nearest expectation that lists any of them;
     a folder no expectation covers follows the unknown-model policy."""
-    from .. import guard
 
     path = file_path(folder)
-    if path is None or _already_checked(path, guard._verified.get()):
+    if path is None or _already_checked(path, guard.verified_keys()):
         return
     key = (path, "?")
     for root, manifest, _how in _expectations(path):
@@ -256,14 +247,14 @@ def check_folder(folder: str | os.PathLike[str], *, loader: str) -> None:
         prefix = "" if relative == "." else relative + "/"
         files = [os.path.join(root, entry.path) for entry in manifest.files
                  if entry.path.startswith(prefix) and "/" not in entry.path[len(prefix):]
-                 and entry.path[len(prefix):] != guard.LOCAL_MANIFEST_NAME]
+                 and entry.path[len(prefix):] != LOCAL_MANIFEST_NAME]
         if files:
             check_files(files, loader=loader)
             key = (path, "*")
             break
     else:
-        guard._unknown_model(path, guard.ResolvedModel(None, None, Path(path), None, "unknown"),
+        guard.unknown_model(path, Resolution(None, None, Path(path), None, "unknown"),
                              guard.current_policy().effective_unknown(), loader)
-    done = guard._verified.get()
+    done = guard.verified_keys()
     if done is not None:
-        guard._verified.set(done | {key})
+        guard.add_verified({key})

@@ -1,3 +1,4 @@
+# over 450 lines: FlagEmbedding's two layouts (1.2, 1.3/1.4) and the head checks before and after construction.
 """FlagEmbedding BGE-M3: verify before the model is built; never let a head be random.
 
 FlagEmbedding builds bge-m3's sparse and colbert heads as fresh ``torch.nn.Linear``
@@ -31,9 +32,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
+from .. import guard
+from ..engine import default_remedy
+from ..errors import MissingHeadError, UsageError, VerificationError
+from ..fs import human_size
+from ..registry import looks_like_model_id
+from ..remedy import fetch_command
+from ..sniff import parse_lfs_pointer, sniff_error_page
 from . import Patches, version_tuple
+from .files import inspecting
 
 DISTRIBUTION = "FlagEmbedding"
 SUPPORTED = "FlagEmbedding 1.2.x, 1.3.x and 1.4.x"
@@ -87,8 +97,6 @@ def _wrap_embedder_init(original: Any) -> Any:
 
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         bound = signature.bind_partial(self, *args, **kwargs)
         name = bound.arguments.get("model_name_or_path")
         if name is None or _current.get() is not None:
@@ -123,8 +131,6 @@ def _wrap_get_model(original: Any) -> Any:
 
     @functools.wraps(func)
     def get_model(*args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         bound = signature.bind(*args, **kwargs)
         name = bound.arguments["model_name_or_path"]
         colbert_dim = bound.arguments.get("colbert_dim", -1)
@@ -146,8 +152,6 @@ def _wrap_load_model(original: Any) -> Any:
 
     @functools.wraps(original)
     def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         bound = signature.bind(self, *args, **kwargs)
         name = bound.arguments["model_name"]
         with guard.verified_scope():
@@ -197,15 +201,10 @@ class _Plan:
 
 def _prepare(name_or_path: Any, *, cache_dir: Any, colbert_dim: Any, loader: str) -> _Plan:
     """Verify the model's files and its two head files; raise before anything is built."""
-    from .. import guard
-    from ..errors import MissingHeadError, VerificationError
-
     name = os.fspath(name_or_path)
     allowed = tuple(c for c in HEAD_FILES if guard.random_init_allowed(component=c))
     components = [c for c in COMPONENTS if c not in allowed]
-    if not os.path.isdir(name) and not _is_model_id(name):
-        from ..errors import UsageError
-
+    if not os.path.isdir(name) and not looks_like_model_id(name, namespaced=True):
         raise UsageError(
             f"{loader}: model directory {name} does not exist" if not os.path.exists(name)
             else f"{loader}: {name} is not a directory",
@@ -248,31 +247,8 @@ def _prepare(name_or_path: Any, *, cache_dir: Any, colbert_dim: Any, loader: str
     if bad:
         raise _head_error(bad, plan, loader, allowed)
     plan.allowed_absent = tuple(absent_allowed)
-    _mark_verified(directory)
+    guard.mark_verified(directory)  # nested loaders (the backbone's from_pretrained) do not check again
     return plan
-
-
-def _mark_verified(directory: Path) -> None:
-    """Tell nested guarded loaders (transformers' from_pretrained of the backbone) that
-    this directory was checked for this load: its files are not hashed twice, and a head
-    absent with allow_random_init is not refused by a loader that never reads it."""
-    from .. import guard
-
-    scope = getattr(guard, "_verified", None)
-    done = scope.get() if scope is not None else None
-    if done is not None:
-        scope.set(done | {(os.path.realpath(directory), "*")})
-
-
-def _is_model_id(name: str) -> bool:
-    from ..errors import UsageError
-    from ..registry import validate_model_id
-
-    try:
-        validate_model_id(name)
-    except UsageError:
-        return False
-    return "/" in name and not name.startswith((".", "~", "/"))
 
 
 def _snapshot_download(repo_id: str, cache_dir: Any) -> str:
@@ -308,8 +284,6 @@ def _inspect_head(directory: Path, component: str, file: str, shapes: dict[str, 
                   tensors: Any) -> _HeadCheck:
     """Open one head file the way FlagEmbedding will, without building anything."""
     import stat
-
-    from ..verify import human_size, parse_lfs_pointer, sniff_error_page
 
     path = directory / file
     if tensors:
@@ -380,27 +354,21 @@ def _opt_out(components: list[str], *, present: bool = False) -> str:
 
 
 def _fetch_remedy(plan: _Plan, file: str) -> str:
-    from shlex import quote
-
-    from ..verify import default_remedy
-
     manifest = plan.resolved.manifest
     if manifest is not None and manifest.file(file) is not None:
         return default_remedy(manifest, plan.directory)(manifest.file(file), "missing") or ""
     model = plan.resolved.model_id
     if plan.resolved.how == "hf-cache-snapshot" and model:
-        return f"modelguard fetch {quote(model)} --revision {quote(str(plan.resolved.revision))}"
+        return fetch_command(model, plan.resolved.revision)
     if plan.resolved.how == "hf-listing" and manifest is not None and manifest.lists_every_file:
         return (f"the Hub's listing of {manifest.model} at commit {manifest.revision} (saved at download) has no "
                 f"{file}: that commit does not publish it; load a repository or revision that does, or copy {file} "
                 f"from the model's source into {quote(str(plan.directory))}")
     return (f"copy {file} from the model's source into {plan.directory} "
-            f"(for BAAI/bge-m3 itself: `modelguard fetch BAAI/bge-m3 --local-dir {quote(str(plan.directory))}`)")
+            f"(for BAAI/bge-m3 itself: `{fetch_command('BAAI/bge-m3', local_dir=plan.directory)}`)")
 
 
 def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[str, ...]) -> Exception:
-    from ..errors import MissingHeadError
-
     model = plan.resolved.model_id or str(plan.directory)
     lines = [f"modelguard refused to load {model} ({loader}): "
              + "; ".join(f"the {c.component} head file {c.file} {c.message}" for c in bad)]
@@ -423,9 +391,6 @@ def _head_error(bad: list[_HeadCheck], plan: _Plan, loader: str, allowed: tuple[
 
 def _error_from_report(exc: Any, failed_heads: list[str], loader: str, colbert_dim: Any) -> Exception:
     """A verification failure that touches a head, as a MissingHeadError naming it."""
-    from ..errors import MissingHeadError
-    from .files import inspecting
-
     report = exc.report
     results = [r for r in report.failures if r.component in failed_heads]
     first = results[0]
@@ -460,8 +425,6 @@ def _error_from_report(exc: Any, failed_heads: list[str], loader: str, colbert_d
 def _finish(plan: _Plan, modules: dict[str, Any]) -> None:
     """Each head module holds exactly its file's tensors (loading any FlagEmbedding skipped)."""
     import torch
-
-    from ..errors import MissingHeadError
 
     for component, module in modules.items():
         check = plan.heads.get(component)

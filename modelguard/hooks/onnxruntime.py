@@ -15,7 +15,9 @@ import functools
 import os
 from typing import Any
 
+from .. import guard
 from . import Patches, version_tuple
+from .files import check_files, covering, file_path
 
 DISTRIBUTION = "onnxruntime"
 SUPPORTED = "onnxruntime >= 1.16"
@@ -65,8 +67,6 @@ def external_data_files(model_path: str) -> list[str] | None:
 
 def _folder_files(model_path: str) -> list[str]:
     """Without onnx: every file the covering manifest lists in the model's folder."""
-    from .files import covering
-
     found = covering(model_path)
     if found is None:
         return []
@@ -79,9 +79,6 @@ def _folder_files(model_path: str) -> list[str]:
 def _wrap_init(original: Any) -> Any:
     @functools.wraps(original)
     def __init__(self: Any, path_or_bytes: Any, *args: Any, **kwargs: Any) -> None:
-        from .. import guard
-        from .files import check_files, file_path
-
         path = file_path(path_or_bytes)
         if path is None:
             return original(self, path_or_bytes, *args, **kwargs)

@@ -16,7 +16,9 @@ import inspect
 import os
 from typing import Any
 
+from .. import guard
 from . import Patches, version_tuple
+from .files import check_folder
 
 DISTRIBUTION = "peft"
 SUPPORTED = "peft >= 0.10"
@@ -43,9 +45,6 @@ def unpatch() -> None:
 
 
 def _check_adapter(model_id: Any, kwargs: dict, label: str) -> None:
-    from .. import guard
-    from .files import check_folder
-
     if not isinstance(model_id, (str, os.PathLike)) or not os.fspath(model_id):
         return
     subfolder = str(kwargs.get("subfolder") or "").strip("/")
@@ -65,8 +64,6 @@ def _wrap_from_pretrained(original: Any) -> Any:
 
     @functools.wraps(func)
     def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         try:
             bound = signature.bind(cls, *args, **kwargs)
         except TypeError:
@@ -87,8 +84,6 @@ def _wrap_load_adapter(original: Any) -> Any:
 
     @functools.wraps(original)
     def load_adapter(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         try:
             bound = signature.bind(self, *args, **kwargs)
         except TypeError:

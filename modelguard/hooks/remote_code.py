@@ -19,6 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import guard
+from ..errors import UnsafeFileError
+from ..hashing import hash_file
 from . import Patches, version_tuple
 
 DISTRIBUTION = "transformers"
@@ -47,8 +50,6 @@ def unpatch() -> None:
 def _wrap_get_cached_module_file(original: Any) -> Any:
     @functools.wraps(original)
     def get_cached_module_file(pretrained_model_name_or_path: Any, module_file: str, *args: Any, **kwargs: Any) -> str:
-        from .. import guard
-
         name = os.fspath(pretrained_model_name_or_path)
         revision = kwargs.get("revision")
         revision = revision if isinstance(revision, str) else None
@@ -72,8 +73,6 @@ def _wrap_get_cached_module_file(original: Any) -> Any:
 
 def _verify_module_copy(name: str, module_file: str, relative: str, manifest: Any) -> None:
     """Compare the module copy transformers will execute (and its relative imports) with the manifest."""
-    from ..hashing import hash_file
-
     modules_root = Path(getattr(_module, "HF_MODULES_CACHE"))
     copy = modules_root / relative
     root = copy.parents[len(Path(module_file).parts) - 1]
@@ -96,8 +95,6 @@ def _verify_module_copy(name: str, module_file: str, relative: str, manifest: An
 
 
 def _refusal(name: str, module_file: str, why: str, **kwargs: Any) -> Exception:
-    from ..errors import UnsafeFileError
-
     return UnsafeFileError(f"refusing to run remote code {module_file} of {name}: {why}",
                            path=os.path.join(name, module_file) if os.path.isdir(name) else module_file, **kwargs)
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from .. import guard
 from . import Patches, version_tuple
+from .files import check_files
 
 DISTRIBUTION = "safetensors"
 SUPPORTED = "safetensors >= 0.4"
@@ -47,9 +49,6 @@ def unpatch() -> None:
 def _wrap(original: Any, *, label: str, position: int, keyword: str) -> Any:
     @functools.wraps(original)
     def read(*args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-        from .files import check_files
-
         path = args[position] if len(args) > position else kwargs.get(keyword)
         with guard.verified_scope():
             check_files((path,), loader=label)

@@ -17,6 +17,7 @@ import inspect
 import os
 from typing import Any
 
+from .. import guard
 from . import Patches, version_tuple
 
 DISTRIBUTION = "sentence-transformers"
@@ -65,8 +66,6 @@ def _wrap_init(original: Any) -> Any:
 
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        from .. import guard
-
         try:
             bound = signature.bind(self, *args, **kwargs)
         except TypeError:

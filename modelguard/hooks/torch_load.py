@@ -2,7 +2,8 @@
 
 While a guarded loader (transformers, sentence-transformers, FlagEmbedding) builds a
 model, every ``torch.load`` of a file path first scans the file
-(:func:`modelguard.safety.scan_file`: a pickle importing dangerous callables is refused
+(:func:`modelguard.guard.scan_once`: a file the pre-load check already scanned in this load
+is not scanned again; a pickle importing dangerous callables is refused
 with :class:`~modelguard.errors.UnsafeFileError` before torch sees it) and then runs with
 ``weights_only=True``, torch's allowlisting unpickler, even where the caller passed
 ``weights_only=False`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set.
@@ -21,6 +22,8 @@ import functools
 import os
 from typing import Any
 
+from .. import guard
+from .files import check_files
 from . import Patches, version_tuple
 
 DISTRIBUTION = "torch"
@@ -44,19 +47,13 @@ def unpatch() -> None:
 def _wrap_load(original: Any) -> Any:
     @functools.wraps(original)
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
-        from .files import check_files
-
         if not guard.in_loader_scope():
             with guard.verified_scope():
                 check_files((f,), loader="torch.load")
             return original(f, *args, **kwargs)
         check_files((f,), loader="torch.load")
         if isinstance(f, (str, os.PathLike)):
-            from ..safety import scan_file
-
-            scan_file(f).raise_if_unsafe()
+            guard.scan_once(f).raise_if_unsafe()  # a file the pre-load check scanned is not scanned again
         kwargs["weights_only"] = True
         return original(f, *args, **kwargs)
 

@@ -17,6 +17,7 @@ import functools
 import os
 from typing import Any
 
+from .. import guard
 from . import Patches, version_tuple
 
 DISTRIBUTION = "transformers"
@@ -81,8 +82,6 @@ def _subfolder(name: Any, resolved: Any, kwargs: dict) -> str:
 
 def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], what: str) -> str:
     """Verify before loading; pin a Hub id to the verified revision. Returns the loader label."""
-    from .. import guard
-
     label = f"transformers {cls.__name__}.from_pretrained"
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         return label
@@ -107,8 +106,6 @@ def _wrap_from_pretrained(original: Any) -> Any:
 
     @functools.wraps(func)
     def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         with guard.verified_scope():
             label = _check_files(cls, name, kwargs, MODEL_FILE_PATTERNS, "model")
@@ -141,8 +138,6 @@ def _wrap_tokenizer_from_pretrained(original: Any) -> Any:
 
     @functools.wraps(func)
     def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        from .. import guard
-
         name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         with guard.verified_scope():
             _check_files(cls, name, kwargs, TOKENIZER_FILE_PATTERNS, "tokenizer")

@@ -16,7 +16,7 @@ import modelguard  # noqa: E402
 from modelguard import guard  # noqa: E402
 from modelguard.errors import MissingHeadError  # noqa: E402
 
-from _models import load_bge_m3, m3_outputs  # noqa: E402
+from helpers.bge_m3 import load_bge_m3, m3_outputs  # noqa: E402
 from test_guard_flagembedding import *  # noqa: E402,F401,F403
 from test_guard_flagembedding import FALLBACK_LOG, installed  # noqa: E402,F401
 

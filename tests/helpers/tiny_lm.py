@@ -58,3 +58,17 @@ def make_tiny_causal_lm(
     gen = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, **gen}
     (directory / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     return directory
+
+
+def copy_tiny_causal_lm(template: str | Path, directory: str | Path, *,
+                        generation: dict[str, Any] | None = None) -> Path:
+    """A copy of a model :func:`make_tiny_causal_lm` wrote, with ``generation`` (if given) as its
+    generation_config.json, exactly as ``make_tiny_causal_lm(directory, generation=...)`` writes it."""
+    import shutil
+
+    directory = Path(shutil.copytree(template, directory))
+    if generation is not None:
+        eos = json.loads((directory / "generation_config.json").read_text())["eos_token_id"]
+        gen = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, **generation}
+        (directory / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    return directory

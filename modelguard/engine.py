@@ -1,0 +1,425 @@
+"""The verify engine: check a model directory against a :class:`Manifest`, and explain
+every failure.
+
+Cheapest test first: exists -> regular file -> size -> content sniff -> digests.
+All digests a file needs come from one read of it; files whose bytes must be read are
+hashed in parallel (:func:`modelguard.hashing.run_parallel`). Which manifest and which
+directory apply is decided before, by :mod:`modelguard.resolve`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+from shlex import quote
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import UsageError
+from .fs import (access_detail, containing_roots, file_type_name, human_size, opened_path, walk_files, within,
+                 zero_region)
+from .hflisting import remedy as download_again
+from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
+from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
+from .remedy import fetch_command
+from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport
+from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
+from .statcache import open_cache
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class _Checker:
+    def __init__(
+        self,
+        manifest: Manifest,
+        directory: Path,
+        *,
+        all_digests: bool,
+        cache: Any,
+        remedy: Callable[[FileEntry, str], str | None],
+        progress: Callable[[int], None] | None,
+        rehash: bool | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.directory = directory
+        self.roots = containing_roots(directory)
+        self._root_text = os.fspath(self.roots[0]).rstrip(os.sep)
+        self.all_digests = all_digests
+        self.cache = open_cache(cache, rehash=rehash)
+        self.remedy = remedy
+        self.progress = progress
+
+    def result(self, entry: FileEntry, diagnosis: str, message: str, *, status: str = FAILED,
+               expected: Mapping[str, Any] | None = None, actual: Mapping[str, Any] | None = None,
+               remedy: str | None = None, cached: bool = False) -> FileResult:
+        comp = self.manifest.components[entry.component]
+        if expected is None:
+            expected = {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests)
+        if status == FAILED and remedy is None:
+            remedy = self.remedy(entry, diagnosis)
+        return FileResult(
+            path=entry.path, component=entry.component, required=comp.required, status=status,
+            diagnosis=diagnosis, message=message, expected=expected, actual=actual or {},
+            remedy=remedy, cached=cached,
+        )
+
+    def algorithms_for(self, entry: FileEntry) -> tuple[str, ...]:
+        if self.all_digests:
+            return tuple(a for a in DIGEST_ALGORITHMS if a in entry.digests)
+        return (entry.strongest_digest[0],)
+
+    def check(self, entry: FileEntry, *, hash_content: bool = True, use_cache: bool = True) -> FileResult | None:
+        """The result for ``entry``. With ``hash_content=False``, None when only reading
+        the file could tell (no cache hit); ``use_cache=False`` skips the cache lookup."""
+        located = self.locate(entry, use_cache=use_cache)
+        if isinstance(located, FileResult):
+            return located
+        return self.read_and_compare(entry, *located) if hash_content else None
+
+    def locate(self, entry: FileEntry, *, use_cache: bool = True) -> FileResult | tuple[Path, Path]:
+        """Every check that needs no read of the content (links, existence, type, cache
+        hit): a result, or ``(path, resolved path)`` of a file whose bytes must be read."""
+        path = self.directory / entry.path
+        plain = self._plain_file(entry.path)
+        if plain is not None:
+            resolved, st = plain
+            return self._cached_or_read(entry, path, resolved, st, use_cache)
+        # Symlinks: a link may only resolve inside the model directory (or, for a
+        # Hugging Face cache snapshot, into that repository's blobs folder).
+        try:
+            resolved = path.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:
+            return self.result(entry, "unreadable", f"path cannot be resolved: {exc}")
+        if not within(resolved, self.roots):
+            return self.result(
+                entry, "symlink_escape",
+                f"links outside the model directory (to {resolved}); not followed",
+                actual={"resolves_to": str(resolved)},
+                remedy=f"replace {path} with the real file; modelguard does not follow links out of the model directory",
+            )
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return self._missing(entry, path)
+        except NotADirectoryError:
+            return self._missing(entry, path)
+        except PermissionError:
+            return self.result(entry, "unreadable",
+                               "permission denied: a folder on its path cannot be searched by this user",
+                               remedy=f"make the folders of {path} searchable (chmod +x) by this user, then verify again")
+        except OSError as exc:
+            return self.result(entry, "unreadable", f"cannot stat: {exc.strerror}")
+        if not stat.S_ISREG(st.st_mode):
+            kind = file_type_name(st.st_mode)
+            return self.result(
+                entry, "not_a_file", f"is a {kind}, not a regular file; not opened",
+                actual={"type": kind}, remedy=f"replace {path} with the real file",
+            )
+        return self._cached_or_read(entry, path, resolved, st, use_cache)
+
+    def _plain_file(self, relative: str) -> tuple[Path, os.stat_result] | None:
+        """``(resolved path, stat)`` of a regular file reached from the resolved model
+        directory through no symlink (then its real path needs no resolving): one lstat per
+        path component. None when anything differs; the general way then decides."""
+        current = self._root_text
+        parts = relative.split("/")
+        try:
+            for i, part in enumerate(parts):
+                if part in ("", ".", ".."):
+                    return None
+                current = current + os.sep + part
+                st = os.lstat(current)
+                if not (stat.S_ISDIR(st.st_mode) if i < len(parts) - 1 else stat.S_ISREG(st.st_mode)):
+                    return None
+        except OSError:
+            return None
+        return Path(current), st
+
+    def _cached_or_read(self, entry: FileEntry, path: Path, resolved: Path, st: os.stat_result,
+                        use_cache: bool) -> FileResult | tuple[Path, Path]:
+        if use_cache and entry.size in (None, st.st_size):
+            hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
+            if hit is not None:
+                cached = self._compare(entry, st.st_size, hit, None, cached=True)
+                if cached.ok:
+                    return cached
+                # a mismatch is diagnosed from the bytes themselves (zero fill, error page)
+        return path, resolved
+
+    def read_and_compare(self, entry: FileEntry, path: Path, resolved: Path) -> FileResult:
+        """Open, size, content sniff and digests of a file :meth:`locate` passed on."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        except PermissionError:
+            return self.result(entry, "unreadable", "permission denied: this user cannot read it" + access_detail(path),
+                               remedy=f"make {path} readable by this user (chmod/chown), then verify again")
+        except OSError as exc:
+            return self.result(entry, "unreadable", f"cannot open: {exc.strerror}")
+        try:
+            # A link swapped between locate() and open() must not take the read outside.
+            real = opened_path(fd)
+            if real is not None and not within(real, self.roots):
+                return self.result(
+                    entry, "symlink_escape",
+                    f"links outside the model directory (to {real}, swapped while verifying); not read",
+                    actual={"resolves_to": str(real)},
+                    remedy=f"replace {path} with the real file; modelguard does not follow links out of the model directory",
+                )
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = file_type_name(st.st_mode)
+                return self.result(entry, "not_a_file", f"is a {kind}, not a regular file", actual={"type": kind})
+            if entry.size is not None and st.st_size != entry.size:
+                return self._wrong_size(entry, fd, st.st_size)
+            try:
+                digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st)
+            except FileChangedError as exc:
+                return self.result(entry, "changed_while_reading", f"{exc}; not verified",
+                                   remedy="wait until whatever is writing the file has finished, then verify again")
+            except OSError as exc:
+                return self.result(entry, "unreadable", f"read error: {exc.strerror or exc}")
+            try:  # the path must still name the file that was read (not renamed over or removed)
+                now = stat_key(os.stat(path))
+            except OSError:
+                now = None
+            if now != stat_key(st):
+                return self.result(entry, "changed_while_reading",
+                                   "replaced or removed while it was read; not verified",
+                                   remedy="wait until whatever is writing the file has finished, then verify again")
+            result = self._compare(entry, st.st_size, digests, fd)
+            if result.ok:
+                self.cache.store(resolved, st, digests)
+            return result
+        finally:
+            os.close(fd)
+
+    def _missing(self, entry: FileEntry, path: Path) -> FileResult:
+        comp = self.manifest.components[entry.component]
+        if not comp.required:
+            return self.result(
+                entry, "optional_missing", f"not present (optional component '{entry.component}')",
+                status=SKIPPED, actual={"exists": False},
+            )
+        if path.is_symlink():
+            return self.result(entry, "missing", f"dangling symlink (points to {os.readlink(path)})",
+                               actual={"exists": False})
+        return self.result(entry, "missing",
+                           f"missing: not in {self.directory} (required component '{entry.component}')",
+                           actual={"exists": False})
+
+    def _wrong_size(self, entry: FileEntry, fd: int, size: int) -> FileResult:
+        head = os.pread(fd, SNIFF_BYTES, 0)
+        actual: dict[str, Any] = {"size": size}
+        pointer = parse_lfs_pointer(head)
+        if pointer is not None:
+            actual["lfs_oid_sha256"] = pointer["oid_sha256"]
+            actual["lfs_size"] = pointer["size"]
+            expected_sha = entry.digests.get("sha256")
+            if self.manifest.origin != "manifest":
+                # A cache download, not a git clone: the fix is to download the file again.
+                same = pointer["size"] == entry.size and pointer["oid_sha256"] == expected_sha
+                return self.result(
+                    entry, "lfs_pointer",
+                    f"is a Git LFS pointer stub ({size} bytes), not the file"
+                    + ("" if same else f" (to a different file: oid {pointer['oid_sha256']}, size {pointer['size']})"),
+                    actual=actual,
+                )
+            if pointer["size"] == entry.size and (expected_sha is None or pointer["oid_sha256"] == expected_sha):
+                detail = ("this is the pointer to the right file: run `git lfs pull`" if expected_sha
+                          else "its size matches the manifest: run `git lfs pull`")
+                return self.result(
+                    entry, "lfs_pointer",
+                    f"is a Git LFS pointer stub ({size} bytes), not the file; {detail}",
+                    actual=actual,
+                    remedy=f"cd {quote(str(self.directory))} && git lfs pull --include {quote(entry.path)}",
+                )
+            return self.result(
+                entry, "lfs_pointer",
+                f"is a Git LFS pointer stub ({size} bytes) to a DIFFERENT file "
+                f"(oid {pointer['oid_sha256']}, size {pointer['size']}); the clone is at another revision",
+                actual=actual,
+                remedy=(f"check out revision {quote(self.manifest.revision)} and run `git lfs pull`"
+                        if self.manifest.revision else "check out the manifest's revision and run `git lfs pull`"),
+            )
+        page = sniff_error_page(head)
+        # An HTML/XML page is never a model file; a JSON error body only counts when it is
+        # shorter than the file (a config.json may legitimately hold an "error" key).
+        if page is not None and (size < entry.size or page != "JSON"):
+            actual["content"] = f"{page} error page"
+            return self.result(
+                entry, "error_page",
+                f"is {article(page)} {page} error page saved in place of the file ({size} bytes, expected "
+                f"{entry.size}; starts: {first_line(head)!r}): the download saved the server's error response",
+                actual=actual,
+            )
+        if size == 0:
+            return self.result(entry, "empty", f"is empty (0 bytes), expected {entry.size} bytes", actual=actual)
+        if size < entry.size:
+            pct = 100.0 * size / entry.size
+            return self.result(
+                entry, "truncated",
+                f"truncated: {size} of {entry.size} bytes present ({pct:.1f}%, {human_size(entry.size - size)} short); "
+                "the download or copy stopped early",
+                actual=actual,
+            )
+        return self.result(
+            entry, "oversized",
+            f"larger than expected: {size} bytes, expected {entry.size} (+{size - entry.size} bytes); "
+            "a different file, or data appended to it",
+            actual=actual,
+        )
+
+    def _compare(self, entry: FileEntry, size: int, digests: Mapping[str, str], fd: int | None,
+                 cached: bool = False) -> FileResult:
+        mismatched = {a: v for a, v in digests.items() if entry.digests.get(a) != v}
+        actual = {"size": size, **digests}
+        if not mismatched:
+            names = "+".join(digests)
+            return self.result(entry, "ok", f"ok ({human_size(size)}, {names}{', cached' if cached else ''})",
+                               status=OK, actual=actual, cached=cached)
+        detail = "; ".join(f"{a}: expected {entry.digests[a]}, got {v}" for a, v in mismatched.items())
+        if fd is not None and entry.size is None:
+            # No size to compare first (expectations from content addresses): tell the stub,
+            # the empty file and the error page apart by their bytes.
+            if size == 0:
+                return self.result(entry, "empty", f"is empty (0 bytes); {detail}", actual=actual)
+            pointer = parse_lfs_pointer(os.pread(fd, SNIFF_BYTES, 0))
+            if pointer is not None:
+                actual["lfs_oid_sha256"] = pointer["oid_sha256"]
+                actual["lfs_size"] = pointer["size"]
+                same = pointer["oid_sha256"] == entry.digests.get("sha256")
+                return self.result(
+                    entry, "lfs_pointer",
+                    f"is a Git LFS pointer stub ({size} bytes), not the file"
+                    + ("" if same else f" (it points to oid {pointer['oid_sha256']}, size {pointer['size']})"),
+                    actual=actual,
+                )
+        sized = "right size but " if entry.size is not None else ""
+        if fd is not None and size > 0:
+            zero_from = zero_region(fd, size)
+            if zero_from == 0:
+                actual["content"] = "all zero bytes"
+                return self.result(entry, "zero_filled",
+                                   f"{sized}every byte is zero (a preallocated or wiped file); {detail}",
+                                   actual=actual)
+            if zero_from is not None and size - zero_from >= min(4096, size // 2):
+                actual["zero_from"] = zero_from
+                return self.result(
+                    entry, "zero_filled",
+                    f"{sized}bytes {zero_from}..{size} are zero: a preallocated download that did not "
+                    f"finish ({100.0 * zero_from / size:.1f}% written); {detail}",
+                    actual=actual,
+                )
+            head = os.pread(fd, SNIFF_BYTES, 0)
+            page = sniff_error_page(head)
+            if page is not None and not (page == "JSON" and entry.path.endswith(".json")):
+                actual["content"] = f"{page} error page"
+                return self.result(entry, "error_page",
+                                   f"is {article(page)} {page} error page saved in place of the file "
+                                   f"(starts: {first_line(head)!r}); {detail}", actual=actual)
+        return self.result(
+            entry, "digest_mismatch",
+            f"{'right size, ' if entry.size is not None else ''}wrong content: {detail}", actual=actual,
+        )
+
+
+
+def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, str], str | None]:
+    """The command that repairs a broken file of ``manifest`` in ``directory``."""
+
+    def remedy(entry: FileEntry, diagnosis: str) -> str | None:
+        if diagnosis in ("changed_while_reading",):
+            return None
+        if manifest.origin != "manifest":
+            return download_again(manifest, directory)
+        if "/" not in manifest.model:
+            return f"restore {entry.path} from the source the manifest was built from"
+        return fetch_command(manifest.model, manifest.revision,
+                             local_dir=None if directory.parent.name == "snapshots" else directory)
+
+    return remedy
+
+
+def list_extra_files(manifest: Manifest, directory: Path) -> tuple[str, ...]:
+    """Files under ``directory`` the manifest does not list (tool folders skipped)."""
+    if not directory.is_dir():
+        return ()
+    listed = {entry.path for entry in manifest.files}
+    return tuple(rel for rel in walk_files(directory) if rel not in listed)
+
+
+def verify_directory(
+    manifest: Manifest,
+    directory: str | os.PathLike[str],
+    *,
+    components: Iterable[str] | None = None,
+    strict_extra: bool = False,
+    all_digests: bool = False,
+    cache: Any = True,
+    rehash: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+    max_workers: int | None = None,
+) -> VerifyReport:
+    """Verify ``directory`` against ``manifest`` and return a frozen report.
+
+    ``components`` limits the check to those components; ``strict_extra`` makes
+    files absent from the manifest a failure; ``all_digests`` checks every digest
+    listed instead of the strongest one. ``cache``: True (default) remembers the digests of
+    files that verified in the user's durable cache (:mod:`modelguard.statcache`) so an
+    unchanged file later costs a stat; False re-hashes every file; a directory uses a cache
+    there; or any object with ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.
+    ``rehash=True`` (default: ``MODELGUARD_REHASH``) hashes every file in full whatever the
+    cache holds, and stores what verifies.
+    Files are hashed in parallel threads (``max_workers``), largest first.
+    """
+    start = time.perf_counter()
+    root = Path(directory)
+    if not root.is_dir():
+        raise UsageError(
+            f"model directory {root} does not exist" if not root.exists() else f"{root} is not a directory",
+            path=root, expected="a directory holding the model's files",
+            remedy=(f"download the model first: {fetch_command(manifest.model, manifest.revision, local_dir=root)}"
+                    if "/" in manifest.model else None),
+        )
+    entries = manifest.files
+    if components is not None:
+        wanted = set(components)
+        unknown = wanted - set(manifest.components)
+        if unknown:
+            raise UsageError(
+                f"unknown component(s) {', '.join(sorted(unknown))} for {manifest.model}",
+                expected="one of: " + ", ".join(manifest.components), actual=", ".join(sorted(unknown)),
+            )
+        entries = tuple(e for e in entries if e.component in wanted)
+    checker = _Checker(
+        manifest, root, all_digests=all_digests, cache=cache, rehash=rehash,
+        remedy=default_remedy(manifest, root), progress=progress,
+    )
+    # Every check that needs no read (missing, wrong type, cache hit) runs in this thread:
+    # an unchanged model costs a stat per file and starts no thread. A file whose bytes
+    # must be read goes at once to the reader threads (hashlib releases the GIL), so these
+    # checks overlap the hashing; largest files first so the readers do not end on one big file.
+    results: dict[str, FileResult] = {}
+
+    def to_read() -> Iterable[tuple[FileEntry, Path, Path]]:
+        for e in sorted(entries, key=lambda e: -(e.size or 0)):
+            located = checker.locate(e)
+            if isinstance(located, FileResult):
+                results[e.path] = located
+            else:
+                yield (e, *located)
+
+    workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
+    for result in run_parallel(to_read(), lambda item: checker.read_and_compare(*item), workers=workers,
+                               thread_name="modelguard-verify"):
+        results[result.path] = result
+    ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
+    extra = list_extra_files(manifest, root) if components is None else ()
+    return VerifyReport(
+        model=manifest.model, revision=manifest.revision, directory=str(root),
+        manifest_source=manifest.source, files=ordered, extra_files=extra,
+        strict_extra=strict_extra, elapsed_s=time.perf_counter() - start, expectations=manifest.origin,
+    )

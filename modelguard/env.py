@@ -1,0 +1,23 @@
+"""Settings read from the environment at call time: is the Hub switched off, where is it.
+
+One rule for "offline" everywhere (the guard, fetch, build --from-hub): ``HF_HUB_OFFLINE``
+or ``TRANSFORMERS_OFFLINE`` set to 1/true/yes/on, in any case.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def is_offline() -> bool:
+    """True when $HF_HUB_OFFLINE (or $TRANSFORMERS_OFFLINE) switches the Hub off."""
+    return any((os.environ.get(var) or "").strip().upper() in _TRUE for var in OFFLINE_VARIABLES)
+
+
+def hub_endpoint() -> str:
+    """The Hub URL, read from $HF_ENDPOINT at call time (default https://huggingface.co)."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")

@@ -1,0 +1,149 @@
+"""Filesystem safety shared by every module that opens a model's files: which folders a
+file may resolve into, whether a path lies inside them, what an open descriptor really
+is, and how to name a file type that is not a regular file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Iterable
+
+
+def containing_roots(directory: Path) -> list[Path]:
+    """Directories a file may resolve into: the model dir, and for a HF cache
+    snapshot, that repo's own blobs folder."""
+    roots = [directory.resolve()]
+    if directory.parent.name == "snapshots":
+        roots.append((directory.parent.parent / "blobs").resolve())
+    return roots
+
+
+def within(path: Path, roots: Iterable[Path]) -> bool:
+    """Whether ``path`` is one of ``roots`` or lies below one (string comparison, no syscalls)."""
+    # On strings: ``root in path.parents`` builds a Path per level, and this runs twice per file.
+    text = os.fspath(path)
+    for root in roots:
+        prefix = os.fspath(root)
+        if text == prefix or text.startswith(prefix.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def opened_path(fd: int) -> Path | None:
+    """The real path of the open file ``fd`` (Linux /proc), or None where it cannot be told."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return Path(target) if target.startswith("/") and not target.endswith(" (deleted)") else None
+
+
+def file_type_name(mode: int) -> str:
+    """``directory``, ``FIFO (named pipe)``, ``device file``, ``socket`` or ``special file``."""
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def access_detail(path: Path) -> str:
+    """`` (mode -rw-------, owner uid 1000; this process runs as uid 1001)``, or '' if unknown."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f" (mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid}; this process runs as uid {os.geteuid()})"
+
+
+def human_size(n: int) -> str:
+    """``3516 B``, ``2.27 GB``: decimal units, two decimals."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{n} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+# Directories and files that belong to tools, not to the model.
+IGNORED_NAMES = frozenset({".git", ".cache", "__pycache__", ".DS_Store", ".huggingface", ".locks"})
+# Lock files and partial downloads left by download tools.
+IGNORED_SUFFIXES = (".lock", ".incomplete")
+
+
+def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False) -> list[str]:
+    """Relative POSIX paths of the files under ``directory``, sorted; tool folders, lock files
+    and partial downloads skipped, linked folders not followed. ``regular_only`` also skips
+    what is not (a link to) a regular file: dangling links, FIFOs, devices."""
+    root = Path(directory)
+    out = []
+    for current, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
+        rel_dir = os.path.relpath(current, root)
+        for name in files:
+            if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
+                continue
+            if regular_only and not (Path(current) / name).is_file():
+                continue
+            out.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
+    return sorted(out)
+
+
+def zero_region(fd: int, size: int) -> int | None:
+    """Offset where a trailing all-zero region starts, or None if the last byte is not zero.
+
+    At memory speed, not byte by byte: a trailing hole (sparse or preallocated file) is found
+    with ``SEEK_HOLE``/``SEEK_DATA`` and never read; the bytes before it are read backwards
+    in large blocks, each compared with a block of zeros (a memcmp), and only the one block
+    where the zeros end is searched for the last non-zero byte.
+    """
+    end = trailing_hole(fd, size)
+    end = size if end is None else end
+    block = 8 << 20
+    zeros = bytes(min(block, size))
+    while end > 0:
+        start = max(0, end - block)
+        data = os.pread(fd, end - start, start)
+        if len(data) != end - start:  # shrank while it was read: no diagnosis
+            return None
+        if data == (zeros if len(data) == len(zeros) else bytes(len(data))):
+            end = start
+            continue
+        step = 64 << 10  # the last non-zero byte: 64 KB pieces from the end, then one rstrip
+        piece_end = len(data)
+        while piece_end > 0:
+            piece_start = max(0, piece_end - step)
+            piece = data[piece_start:piece_end]
+            if piece.count(0) != len(piece):
+                end = start + piece_start + len(piece.rstrip(b"\x00"))
+                break
+            piece_end = piece_start
+        break
+    return None if end == size else end
+
+
+def trailing_hole(fd: int, size: int) -> int | None:
+    """Where the file's last hole (read as zeros, never written) starts when it runs to the
+    end; None when the end is data, or the file system cannot tell."""
+    seek_hole, seek_data = getattr(os, "SEEK_HOLE", None), getattr(os, "SEEK_DATA", None)
+    if seek_hole is None or seek_data is None:
+        return None
+    try:
+        hole = os.lseek(fd, 0, seek_hole)
+        for _ in range(10_000):
+            if hole >= size:
+                return None
+            try:
+                data = os.lseek(fd, hole, seek_data)
+            except OSError:  # ENXIO: no data after this hole
+                return hole
+            hole = os.lseek(fd, data, seek_hole)
+    except OSError:
+        return None
+    return None
