@@ -18,7 +18,7 @@ from modelguard.errors import MissingHeadError  # noqa: E402
 
 from helpers.bge_m3 import load_bge_m3, m3_outputs  # noqa: E402
 from test_guard_flagembedding import *  # noqa: E402,F401,F403
-from test_guard_flagembedding import FALLBACK_LOG, installed  # noqa: E402,F401
+from test_guard_flagembedding import FALLBACK_LOG, pytestmark  # noqa: E402,F401  (the installed guard)
 
 
 def test_the_12_loader_is_the_one_patched():

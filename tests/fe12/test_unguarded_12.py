@@ -11,4 +11,4 @@ if not version("FlagEmbedding").startswith("1.2."):
     pytest.skip("needs FlagEmbedding 1.2.x (bash tools/setup_fe12_env.sh)", allow_module_level=True)
 
 from test_flagembedding_unguarded import *  # noqa: E402,F401,F403
-from test_flagembedding_unguarded import no_guard  # noqa: E402,F401
+from test_flagembedding_unguarded import pytestmark  # noqa: E402,F401  (the guard uninstalled)
