@@ -8,11 +8,9 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
-from ..output import emit_json
-from ..report import format_report
-from ..safety import format_findings, scan_manifest_files
-from ..signing import configured_public_key, format_signature, verify_signed
-from ._common import Progress
+from ..safety import scan_manifest_files
+from ..signing import configured_public_key, verify_signed
+from ._common import Progress, emit_verdict
 
 
 def wants_signature(args: argparse.Namespace) -> bool:
@@ -45,18 +43,4 @@ def run_verify(args: argparse.Namespace) -> int:
     findings = None
     if args.scan:
         findings = scan_manifest_files(statement.manifest(directory), directory, None)
-    unsafe = [f for f in findings or () if not f.safe]
-    if args.json:
-        document = report.to_dict()
-        document["signature"] = statement.to_dict()
-        if findings is not None:
-            document["ok"] = report.ok and not unsafe
-            document["scan"] = {"files": len(findings), "unsafe": len(unsafe),
-                                "findings": [f.to_dict() for f in findings]}
-        emit_json(document)
-    else:
-        print(format_signature(statement))
-        print(format_report(report, quiet=args.quiet))
-        if findings is not None:
-            print(format_findings(findings, quiet=args.quiet))
-    return 0 if report.ok and not unsafe else 1
+    return emit_verdict(args, report, findings, signature=statement)

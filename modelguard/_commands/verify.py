@@ -6,11 +6,9 @@ import argparse
 from shlex import quote
 
 from ..engine import verify_directory
-from ..output import emit_json
-from ..report import format_report
 from ..resolve import resolve_verify_target
-from ..safety import format_findings, scan_manifest_files
-from ._common import Progress
+from ..safety import scan_manifest_files
+from ._common import Progress, emit_verdict
 from ._signed import run_verify, wants_signature
 
 
@@ -76,16 +74,4 @@ def run(args: argparse.Namespace) -> int:
     findings = None
     if getattr(args, "scan", False):
         findings = scan_manifest_files(manifest, directory, components)
-    unsafe = [f for f in findings or () if not f.safe]
-    if args.json:
-        document = report.to_dict()
-        if findings is not None:
-            document["ok"] = report.ok and not unsafe
-            document["scan"] = {"files": len(findings), "unsafe": len(unsafe),
-                                "findings": [f.to_dict() for f in findings]}
-        emit_json(document)
-    else:
-        print(format_report(report, quiet=args.quiet))
-        if findings is not None:
-            print(format_findings(findings, quiet=args.quiet))
-    return 0 if report.ok and not unsafe else 1
+    return emit_verdict(args, report, findings)
