@@ -19,7 +19,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "base": ("modelguard.errors", "modelguard.version", "modelguard.env", "modelguard.fs", "modelguard.sniff",
              "modelguard.hfcache", "modelguard.dependencies", "modelguard.remedy", "modelguard.private_dirs"),
     "manifests and hashing": ("modelguard.manifest_schema", "modelguard.manifest", "modelguard.registry",
-                              "modelguard.hashing", "modelguard.statcache", "modelguard.hflisting"),
+                              "modelguard.hashing", "modelguard.statcache", "modelguard.hflisting",
+                              "modelguard.lockfile"),
     "verify engine": ("modelguard.report", "modelguard.engine", "modelguard.pickle_gate", "modelguard.pickle_containers",
                       "modelguard.safety"),
     "resolution": ("modelguard.resolve",),
@@ -29,7 +30,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
                  "modelguard.hub.metadata", "modelguard.build", "modelguard.auditing", "modelguard.audit_report",
                  "modelguard.probing",
                  "modelguard.comparison", "modelguard.runners", "modelguard.determinism",
-                 "modelguard.signature_bundle", "modelguard.signature_writing", "modelguard.signing"),
+                 "modelguard.signature_bundle", "modelguard.signature_writing", "modelguard.signing",
+                 "modelguard.locking"),
     "loader hooks": ("modelguard.hooks.transformers", "modelguard.hooks.sentence_transformers",
                      "modelguard.hooks.flagembedding", "modelguard.hooks.torch_load", "modelguard.hooks.remote_code",
                      "modelguard.hooks.files", "modelguard.hooks.safetensors", "modelguard.hooks.onnxruntime",
@@ -40,7 +42,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
                                        "modelguard._commands.verify", "modelguard._commands.build",
                                        "modelguard._commands.fetch", "modelguard._commands.scan",
                                        "modelguard._commands.audit", "modelguard._commands.probe",
-                                       "modelguard._commands.sign", "modelguard._commands._signed"),
+                                       "modelguard._commands.sign", "modelguard._commands._signed",
+                                       "modelguard._commands.lock", "modelguard._commands.sync",
+                                       "modelguard._commands._locked"),
 }
 LAYER_OF = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 
