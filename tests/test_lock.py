@@ -422,3 +422,15 @@ def test_a_broken_lock_stops_the_guard_with_the_manifest_loaders_message(project
     assert info.value.message.startswith(f"lock file {project / LOCK_NAME} is not valid YAML at line 3")
     assert "anchors (&name) are not allowed" in info.value.message
     assert not isinstance(info.value, VerificationError)
+
+
+def test_the_readme_lock_example_is_a_valid_lock():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Project lockfile"):readme.index("## In production")]
+    block = section[section.index("```yaml\n# modelguard lockfile") + len("```yaml\n"):]
+    block = block[:block.index("```")]
+    lock = lockfile.parse_lock_text(block, source="README.md")
+    entry = lock.get("org/tiny")
+    assert entry.revision == "5f887ac2e39c7875ed2afe5ff671830b2d7811f3"
+    assert [f.path for f in entry.manifest.files] == ["README.md", "model.safetensors"]
+    assert block.startswith(lockfile.HEADER)
