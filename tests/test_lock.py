@@ -314,6 +314,18 @@ def test_a_corrupted_locked_file_is_refused_before_construction(hub, served, pro
     [elsewhere] = load_each(project.parent, (MODEL, ""))
     assert "REFUSED" in elsewhere and "content addresses of the cache's blobs" in elsewhere
 
+    # `verify ORG/NAME` uses the lock entry too; the fix the guard printed repairs the snapshot.
+    verify = cli("verify", MODEL, "--json", cwd=project, offline=True)
+    assert verify.returncode == 1
+    doc = json.loads(verify.stdout)
+    assert doc["manifest"] == f"{LOCK_NAME} at {lock_path}, entry {MODEL}@{served}"
+    fix = f"modelguard fetch {MODEL} --revision {served}"
+    assert f"fix:      {fix}" in line
+    repaired = cli(*fix.split()[1:], cwd=project)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert f"repaired    {WEIGHTS}: repaired (" in repaired.stdout
+    assert load_each(project, (MODEL, "")) == ["LOADED built=1 no-warning"]
+
 
 def test_a_missing_lock_named_by_the_environment_stops_the_guard(hub, served, project):
     download(hub)
