@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from .. import guard
-from . import Patches, version_tuple
+from . import Patches, loader_label, version_tuple
 from .files import check_folder
 
 DISTRIBUTION = "peft"
@@ -71,7 +71,7 @@ def _wrap_from_pretrained(original: Any) -> Any:
         model_id = bound.arguments.get("model_id")
         extra = dict(bound.arguments.get("kwargs") or {})
         with guard.verified_scope():
-            _check_adapter(model_id, extra, f"peft {cls.__name__}.from_pretrained")
+            _check_adapter(model_id, extra, loader_label(f"peft {cls.__name__}.from_pretrained"))
             if "revision" in extra and "revision" not in (bound.arguments.get("kwargs") or {}):
                 kwargs["revision"] = extra["revision"]
             return func(cls, *args, **kwargs)
@@ -91,7 +91,7 @@ def _wrap_load_adapter(original: Any) -> Any:
         model_id = bound.arguments.get("model_id")
         adapter_name = bound.arguments.get("adapter_name")
         extra = dict(bound.arguments.get("kwargs") or {})
-        label = f"peft {type(self).__name__}.load_adapter"
+        label = loader_label(f"peft {type(self).__name__}.load_adapter")
         with guard.verified_scope():
             _check_adapter(model_id, extra, label)
             if "revision" in extra and "revision" not in (bound.arguments.get("kwargs") or {}):

@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from .. import guard
-from . import Patches, version_tuple
+from . import Patches, outer_loader, version_tuple
 
 DISTRIBUTION = "sentence-transformers"
 SUPPORTED = "sentence-transformers >= 3.0"
@@ -71,7 +71,7 @@ def _wrap_init(original: Any) -> Any:
         except TypeError:
             return original(self, *args, **kwargs)  # let the library report its own usage error
         name = bound.arguments.get("model_name_or_path")
-        with guard.verified_scope():
+        with guard.verified_scope(), outer_loader(f"sentence-transformers {type(self).__name__}"):
             if isinstance(name, (str, os.PathLike)) and os.fspath(name):
                 name = hub_name(self, os.fspath(name), original)
                 asked = bound.arguments.get("revision")

@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from .. import guard
-from . import Patches, version_tuple
+from . import Patches, loader_label, version_tuple
 
 DISTRIBUTION = "transformers"
 SUPPORTED = "transformers >= 4.40"
@@ -82,7 +82,7 @@ def _subfolder(name: Any, resolved: Any, kwargs: dict) -> str:
 
 def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], what: str) -> str:
     """Verify before loading; pin a Hub id to the verified revision. Returns the loader label."""
-    label = f"transformers {cls.__name__}.from_pretrained"
+    label = loader_label(f"transformers {cls.__name__}.from_pretrained")
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         return label
     asked = kwargs.get("revision")
