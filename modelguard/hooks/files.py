@@ -11,7 +11,17 @@ covers it, before the caller lets the library read it:
 
 A file that no expectation covers follows the unknown-model policy (warn, refuse or
 allow); one that does not exist and is covered by nothing is left to the library's
-own "not found". Inside a guarded load (:func:`modelguard.guard.verified_scope`) a file
+own "not found". An open file object (``open(path, "rb")``, whose ``name`` is the path
+of the very file its descriptor reads) is checked like its path (:func:`check_source`).
+
+In-memory data (``bytes``, ``io.BytesIO``, a file object with no file behind it) has no
+path, so no expectation can cover it: modelguard cannot say whether it holds what a
+manifest promises. Under the unknown-model policy ``refuse`` a direct read of it outside a
+guarded loader is refused (:class:`~modelguard.errors.ManifestNotFoundError`); otherwise
+it loads, and the ``modelguard`` logger says once per process, at DEBUG level, that it
+was not verified. Inside a guarded loader (diffusers reading a verified checkpoint's bytes
+with ``disable_mmap``) it loads: the loader's files were verified before construction.
+Inside a guarded load (:func:`modelguard.guard.verified_scope`) a file
 that the load already verified (its folder checked by ``from_pretrained``, or the file
 itself by an outer call) is not checked again. Verification uses the digest cache, so
 an unchanged file costs a stat and a cache lookup.
@@ -22,14 +32,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import contextvars
+import logging
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .. import engine, guard, hfcache
 from ..manifest import load_manifest
-from ..policy import directory_map
+from ..errors import ManifestNotFoundError
+from ..policy import ENV_UNKNOWN, directory_map
 from ..registry import LOCAL_MANIFEST_NAME, find_manifest
 from ..resolve import Resolution, mapped_model
 
@@ -37,6 +50,9 @@ from ..resolve import Resolution, mapped_model
 _manifest_memo: dict[str, tuple[tuple[int, int, int], Any]] = {}
 
 _inspecting: contextvars.ContextVar[bool] = contextvars.ContextVar("modelguard_inspecting", default=False)
+
+_log = logging.getLogger("modelguard")
+_noted_in_memory: set[str] = set()  # loaders whose unverified in-memory reads were noted (once per process)
 
 FILE_KEY = "file"
 UNKNOWN_FOLDER_KEY = "unknown-files"  # a folder whose uncovered files this load already reported
@@ -54,6 +70,59 @@ def file_path(value: Any) -> str | None:
     absolute = os.path.abspath(os.path.expanduser(text))
     folder, name = os.path.split(absolute)
     return os.path.join(os.path.realpath(folder), name)
+
+
+def opened_file_path(value: Any) -> str | None:
+    """The path of the file an open file object reads: its ``name``, when that names a
+    regular file and its descriptor reads that very file (same device and inode); else None."""
+    name = getattr(value, "name", None)
+    fileno = getattr(value, "fileno", None)
+    if not isinstance(name, str) or not name or fileno is None:
+        return None
+    try:
+        opened = os.fstat(fileno())
+        named = os.stat(name)
+    except (OSError, ValueError, TypeError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return None
+    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
+        return None
+    return file_path(name)
+
+
+def check_source(value: Any, *, loader: str, in_loader: bool) -> str | None:
+    """Check what a loader is about to read: a path (:func:`check_files`), an open file (its
+    path), or in-memory data (see the module docstring; ``in_loader``: the read runs inside a
+    guarded loader, as :func:`modelguard.guard.in_loader_scope` said before the caller opened
+    its own scope). Returns the file's path, if any."""
+    if _inspecting.get():
+        return file_path(value)
+    path = file_path(value)
+    if path is None and not isinstance(value, (str, os.PathLike)):
+        path = opened_file_path(value)
+        if path is None:
+            _in_memory(value, loader, in_loader)
+            return None
+    if path is not None:
+        check_files((path,), loader=loader)
+    return path
+
+
+def _in_memory(value: Any, loader: str, in_loader: bool) -> None:
+    what = (f"{len(value)} bytes in memory" if isinstance(value, (bytes, bytearray, memoryview))
+            else f"a {type(value).__module__}.{type(value).__qualname__} object, not an open file at a known path")
+    if guard.current_policy().effective_unknown() == "refuse" and not in_loader:
+        raise ManifestNotFoundError(
+            f"modelguard: {loader} was given {what}, not a file, so no manifest can cover it, and the "
+            "unknown-model policy 'refuse' forbids loading unverified models",
+            expected="a path (or a file opened from one) that a manifest, cache snapshot or mapped folder covers",
+            actual=what,
+            remedy=(f"load the weights from their file ({loader}(path)) so the guard verifies it; or set "
+                    f"{ENV_UNKNOWN}=warn to let in-memory data load unverified"),
+        )
+    if loader not in _noted_in_memory:
+        _noted_in_memory.add(loader)
+        _log.debug("%s read %s: in-memory data has no path, so it is not verified (noted once per process)",
+                   loader, what)
 
 
 def _local_manifest(folder: str) -> Any:
