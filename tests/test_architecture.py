@@ -34,6 +34,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                      "modelguard.hooks.flagembedding", "modelguard.hooks.torch_load", "modelguard.hooks.remote_code",
                      "modelguard.hooks.files", "modelguard.hooks.safetensors", "modelguard.hooks.onnxruntime",
                      "modelguard.hooks.diffusers", "modelguard.hooks.peft", "modelguard.hooks.flag_models",
+                     "modelguard.hooks.expectations",
                      "modelguard.auto"),
     "command line and package front": ("modelguard", "modelguard.__main__", "modelguard.cli", "modelguard.output",
                                        "modelguard._commands", "modelguard._commands._common",

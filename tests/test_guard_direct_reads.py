@@ -180,8 +180,36 @@ def test_each_file_is_checked_once_per_load_and_costs_no_read_when_warm(model_di
     assert verified_paths == [("weights.safetensors", True)]  # digest cache: a stat, no read
 
     verified_paths.clear()
+    safetensors_torch.load_file(str(model_dir / "weights.safetensors"))
+    assert verified_paths == []  # the digest cache vouched for it in this process: not even a lookup
+
+    verified_paths.clear()
     _session(model_dir / "model.onnx")
     assert sorted(path for path, _ in verified_paths) == ["model.onnx", "model.onnx_data"]
+
+
+def test_a_file_changed_after_a_warm_read_is_verified_again(model_dir, verified_paths, monkeypatch):
+    import time
+
+    time.sleep(2.1)  # past the digest cache's racy window
+    for _ in range(3):
+        safetensors_torch.load_file(str(model_dir / "weights.safetensors"))
+    assert verified_paths == [("weights.safetensors", False), ("weights.safetensors", True)]
+    st = (model_dir / "weights.safetensors").stat()
+    flip_byte(model_dir / "weights.safetensors")
+    os.utime(model_dir / "weights.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime
+    with pytest.raises(VerificationError, match="right size, wrong content"):
+        safetensors_torch.load_file(str(model_dir / "weights.safetensors"))
+
+
+def test_rehash_verifies_every_read_in_full(model_dir, verified_paths):
+    import time
+
+    time.sleep(2.1)
+    modelguard.install(rehash=True)
+    for _ in range(3):
+        safetensors_torch.load_file(str(model_dir / "weights.safetensors"))
+    assert verified_paths == [("weights.safetensors", False)] * 3
 
 
 def test_files_a_guarded_from_pretrained_verified_are_not_checked_again(tmp_path, verified_paths):

@@ -7,7 +7,8 @@ covers it, before the caller lets the library read it:
   one that lists the file wins);
 - a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/<commit>/...``) whose
   model has a known manifest;
-- a folder declared with :func:`modelguard.map_directory` (or the directory map file).
+- a folder declared with :func:`modelguard.map_directory` (or the directory map file)
+  (:mod:`modelguard.hooks.expectations` finds it).
 
 A file that no expectation covers follows the unknown-model policy (warn, refuse or
 allow); one that does not exist and is covered by nothing is left to the library's
@@ -24,7 +25,9 @@ with ``disable_mmap``) it loads: the loader's files were verified before constru
 Inside a guarded load (:func:`modelguard.guard.verified_scope`) a file
 that the load already verified (its folder checked by ``from_pretrained``, or the file
 itself by an outer call) is not checked again. Verification uses the digest cache, so
-an unchanged file costs a stat and a cache lookup.
+an unchanged file costs a stat and a cache lookup; a file this process verified through the
+digest cache is not looked up again while its stat key (device, inode, size, mtime, ctime) is
+unchanged, for at most :data:`MEMO_MAX_AGE_S` (and never under ``rehash``).
 """
 
 from __future__ import annotations
@@ -35,41 +38,34 @@ import contextvars
 import logging
 import os
 import stat
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .. import engine, guard, hfcache
-from ..manifest import load_manifest
+from .. import engine, guard
 from ..errors import ManifestNotFoundError
-from ..policy import ENV_UNKNOWN, directory_map
-from ..registry import LOCAL_MANIFEST_NAME, find_manifest
-from ..resolve import Resolution, mapped_model
+from ..hashing import stat_key
+from ..policy import ENV_UNKNOWN
+from ..registry import LOCAL_MANIFEST_NAME
+from ..resolve import Resolution
+from ..statcache import max_age_from_env
+from .expectations import MEMO_LIMIT, covering, expectations, file_path
 
-# Parsed local manifests, by path, kept while the file's (inode, size, mtime) is unchanged.
-_manifest_memo: dict[str, tuple[tuple[int, int, int], Any]] = {}
+__all__ = ["check_files", "check_folder", "check_source", "covering", "file_path", "inspecting", "mark_verified",
+           "opened_file_path", "verify_entries"]
+
+# Per process, bounded by MEMO_LIMIT: file -> (stat key, the entry it verified against, until when).
+_verified_memo: dict[str, tuple[Any, Any, float]] = {}
 
 _inspecting: contextvars.ContextVar[bool] = contextvars.ContextVar("modelguard_inspecting", default=False)
 
+MEMO_MAX_AGE_S = 3600.0  # a file verified through the digest cache is trusted unchanged this long at most
 _log = logging.getLogger("modelguard")
 _noted_in_memory: set[str] = set()  # loaders whose unverified in-memory reads were noted (once per process)
 
 FILE_KEY = "file"
 UNKNOWN_FOLDER_KEY = "unknown-files"  # a folder whose uncovered files this load already reported
-
-
-def file_path(value: Any) -> str | None:
-    """The absolute path of ``value`` (a str or PathLike) with its folder's links resolved
-    (the file name itself is kept: a Hugging Face snapshot file is a link to a blob); None
-    for file objects and bytes, which cannot be matched to an expectation."""
-    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
-        return None
-    text = os.fspath(value)
-    if isinstance(text, bytes) or not text:
-        return None
-    absolute = os.path.abspath(os.path.expanduser(text))
-    folder, name = os.path.split(absolute)
-    return os.path.join(os.path.realpath(folder), name)
 
 
 def opened_file_path(value: Any) -> str | None:
@@ -103,7 +99,7 @@ def check_source(value: Any, *, loader: str, in_loader: bool) -> str | None:
             _in_memory(value, loader, in_loader)
             return None
     if path is not None:
-        check_files((path,), loader=loader)
+        _check_paths([path], loader)
     return path
 
 
@@ -123,55 +119,6 @@ def _in_memory(value: Any, loader: str, in_loader: bool) -> None:
         _noted_in_memory.add(loader)
         _log.debug("%s read %s: in-memory data has no path, so it is not verified (noted once per process)",
                    loader, what)
-
-
-def _local_manifest(folder: str) -> Any:
-    path = os.path.join(folder, LOCAL_MANIFEST_NAME)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-    cached = _manifest_memo.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    manifest = load_manifest(path)  # a broken manifest next to the weights is the user's to fix: raise
-    _manifest_memo[path] = (stamp, manifest)
-    return manifest
-
-
-def _expectations(folder: str) -> Iterable[tuple[Path, Any, str]]:
-    """``(root, manifest, how)`` for each expectation that could cover files under ``folder``,
-    nearest first."""
-
-    extra = list(guard.current_policy().manifest_dirs)
-    snapshot = hfcache.snapshot_root(folder)
-    current = Path(folder)
-    for candidate in (current, *current.parents):
-        manifest = _local_manifest(str(candidate))
-        if manifest is not None:
-            yield candidate, manifest, "local-manifest"
-        if snapshot is not None and candidate == snapshot:
-            parsed = hfcache.parse_snapshot_path(candidate)
-            if parsed is not None:
-                manifest = find_manifest(parsed[0], parsed[1], extra_dirs=extra)
-                if manifest is not None:
-                    yield candidate, manifest, "hf-cache-snapshot"
-        mapped = mapped_model(candidate, directory_map)
-        if mapped is not None:
-            manifest = find_manifest(mapped[0], mapped[1], extra_dirs=extra)
-            if manifest is not None:
-                yield candidate, manifest, "user-mapping"
-
-
-def covering(path: str) -> tuple[Path, Any, str, Any] | None:
-    """``(root, manifest, how, entry)`` of the nearest expectation that lists ``path``."""
-    for root, manifest, how in _expectations(os.path.dirname(path)):
-        relative = os.path.relpath(path, root).replace(os.sep, "/")
-        entry = manifest.file(relative)
-        if entry is not None:
-            return root, manifest, how, entry
-    return None
 
 
 def _under(path: str, folder: str) -> bool:
@@ -242,15 +189,20 @@ def check_files(paths: Iterable[Any], *, loader: str) -> None:
 
     if _inspecting.get():
         return
+    _check_paths([file_path(value) for value in paths], loader)
+
+
+def _check_paths(paths: list[str | None], loader: str) -> None:
+    """:func:`check_files` for paths :func:`file_path` returned."""
     done = guard.verified_keys()
     wanted: list[str] = []
-    for value in paths:
-        path = file_path(value)
+    for path in paths:
         if path is not None and path not in wanted and not _already_checked(path, done):
             wanted.append(path)
     if not wanted:
         return
     policy = guard.current_policy()
+    trust = not policy.effective_rehash()
     groups: dict[tuple[str, int], tuple[Path, Any, str, list[Any]]] = {}
     reported: set[tuple[str, str]] = set()
     for path in wanted:
@@ -263,11 +215,15 @@ def check_files(paths: Iterable[Any], *, loader: str) -> None:
                 reported.add(key)
             continue
         root, manifest, how, entry = found
+        if trust and _still_verified(path, root, entry):
+            continue
         group = groups.setdefault((str(root), id(manifest)), (root, manifest, how, []))
         if entry not in group[3]:
             group[3].append(entry)
     for root, manifest, how, entries in groups.values():
-        verify_entries(root, manifest, how, entries, loader, policy)
+        report = verify_entries(root, manifest, how, entries, loader, policy)
+        if trust and report is not None:
+            _remember_verified(root, entries, report)
     done = guard.verified_keys()
     if done is not None:
         guard.add_verified({(path, FILE_KEY) for path in wanted} | reported)
@@ -278,7 +234,43 @@ def _unknown_file(path: str, unknown: str, loader: str) -> None:
     guard.unknown_model(path, Resolution(None, None, folder, None, "unknown"), unknown, loader)
 
 
-def verify_entries(root: Path, manifest: Any, how: str, entries: list[Any], loader: str, policy: Any) -> None:
+def _entry_key(root: Path, entry: Any) -> tuple[Any, ...]:
+    return (str(root), entry.path, entry.size, tuple(sorted(entry.digests.items())))
+
+
+def _still_verified(path: str, root: Path, entry: Any) -> bool:
+    """Whether this process verified ``path`` against ``entry`` through the digest cache and the
+    file is unchanged since (same device, inode, size, mtime and ctime), within the digest
+    cache's own trust period: the answer the digest cache would give, without asking it."""
+    known = _verified_memo.get(path)
+    if known is None or known[2] < time.monotonic() or known[1] != _entry_key(root, entry):
+        return False
+    try:
+        return stat_key(os.stat(path)) == known[0]
+    except OSError:
+        return False
+
+
+def _remember_verified(root: Path, entries: list[Any], report: Any) -> None:
+    """Remember the files the digest cache vouched for (a hit: past its racy window, within its age)."""
+    by_path = {entry.path: entry for entry in entries}
+    until = time.monotonic() + min(max_age_from_env(), MEMO_MAX_AGE_S)
+    for result in report.files:
+        entry = by_path.get(result.path)
+        if entry is None or not result.ok or not result.cached:
+            continue
+        path = file_path(os.path.join(root, entry.path))
+        try:
+            key = stat_key(os.stat(path))
+        except OSError:
+            continue
+        if len(_verified_memo) >= MEMO_LIMIT:
+            _verified_memo.clear()
+        _verified_memo[path] = (key, _entry_key(root, entry), until)
+
+
+def verify_entries(root: Path, manifest: Any, how: str, entries: list[Any], loader: str, policy: Any) -> Any:
+    """Verify ``entries`` of ``manifest`` under ``root`` by the policy; the report when it passed."""
     used = sorted({entry.component for entry in entries})
     # The loader is about to read these files: each is required for this load, even in a
     # component the manifest marks optional (an ONNX export, say).
@@ -288,17 +280,19 @@ def verify_entries(root: Path, manifest: Any, how: str, entries: list[Any], load
     )
     on_failure = policy.effective_on_failure()
     workers = 1 if len(entries) == 1 else None  # one file: no need to count CPUs for reader threads
-    report = engine.verify_directory(subset, root, components=used, max_workers=workers)
+    report = engine.verify_directory(subset, root, components=used, max_workers=workers,
+                                        rehash=policy.effective_rehash())
     if not report.ok and on_failure == "repair" and not policy.effective_offline():
         guard.repair(subset, root, used, report)
-        report = engine.verify_directory(subset, root, components=used, max_workers=workers)
+        report = engine.verify_directory(subset, root, components=used, max_workers=workers,
+                                        rehash=policy.effective_rehash())
     if report.ok:
-        return
+        return report
     resolved = Resolution(manifest.model, manifest.revision, root, manifest, how)
     error = guard.verification_error(resolved, report, loader, on_failure, policy.effective_offline())
     if on_failure == "warn":
         warnings.warn(str(error), guard.GuardWarning, stacklevel=4)
-        return
+        return None
     raise error
 
 
@@ -308,10 +302,13 @@ def check_folder(folder: str | os.PathLike[str], *, loader: str) -> None:
     a folder no expectation covers follows the unknown-model policy."""
 
     path = file_path(folder)
-    if path is None or _already_checked(path, guard.verified_keys()):
+    if path is None:
+        return
+    path = os.path.realpath(path)  # the folder itself may be a link
+    if _already_checked(path, guard.verified_keys()):
         return
     key = (path, "?")
-    for root, manifest, _how in _expectations(path):
+    for root, manifest, _how in expectations(path):
         relative = os.path.relpath(path, root).replace(os.sep, "/")
         prefix = "" if relative == "." else relative + "/"
         files = [os.path.join(root, entry.path) for entry in manifest.files
