@@ -281,11 +281,11 @@ def verify_entries(root: Path, manifest: Any, how: str, entries: list[Any], load
     on_failure = policy.effective_on_failure()
     workers = 1 if len(entries) == 1 else None  # one file: no need to count CPUs for reader threads
     report = engine.verify_directory(subset, root, components=used, max_workers=workers,
-                                        rehash=policy.effective_rehash())
+                                     rehash=policy.effective_rehash())
     if not report.ok and on_failure == "repair" and not policy.effective_offline():
         guard.repair(subset, root, used, report)
         report = engine.verify_directory(subset, root, components=used, max_workers=workers,
-                                        rehash=policy.effective_rehash())
+                                     rehash=policy.effective_rehash())
     if report.ok:
         return report
     resolved = Resolution(manifest.model, manifest.revision, root, manifest, how)
