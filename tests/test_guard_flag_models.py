@@ -151,3 +151,40 @@ def test_each_file_is_verified_once_per_load(templates, tmp_path, monkeypatch):
     _llm_rerank(d)
     assert sorted(seen) == sorted(set(seen))
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(seen)
+
+
+def test_a_hub_id_with_a_manifest_loads_the_verified_snapshot(templates, tmp_path, hub, monkeypatch):
+    d = templates["classifier"]
+    files = {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+    commit = hub.add_repo("acme/reranker", files)
+    manifests = tmp_path / "manifests"
+    modelguard.save_manifest(modelguard.build_manifest(d, "acme/reranker", revision=commit),
+                             manifests / "acme" / "reranker.yaml")
+    monkeypatch.setenv("MODELGUARD_MANIFEST_PATH", str(manifests))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", guard.GuardWarning)
+        reranker = FlagEmbedding.FlagReranker("acme/reranker", devices="cpu")
+    assert reranker.model_name_or_path == "acme/reranker"  # what the caller passed, as without the guard
+    guard.uninstall()
+    assert torch.equal(torch.tensor(reranker.compute_score(PAIRS)), _rerank(d))
+
+
+def test_an_llm_reranker_adapter_is_verified_before_it_is_merged(templates, tmp_path):
+    peft = need("peft")
+    import transformers
+
+    d = _copy(templates, "lm", tmp_path)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], init_lora_weights=False)
+    torch.manual_seed(1)
+    adapter = tmp_path / "adapter"
+    guard.uninstall()
+    peft.get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(d), config).save_pretrained(adapter)
+    modelguard.install(unknown="refuse")
+    modelguard.save_manifest(modelguard.build_manifest(adapter, "acme/lm-lora"), adapter / "modelguard.yaml")
+    scores = FlagEmbedding.FlagLLMReranker(str(d), peft_path=str(adapter), devices="cpu").compute_score(PAIRS)
+    assert len(scores) == 2
+    DAMAGE["flipped"][0](adapter / "adapter_model.safetensors")
+    with pytest.raises(VerificationError) as info:
+        FlagEmbedding.FlagLLMReranker(str(d), peft_path=str(adapter), devices="cpu")
+    assert ("modelguard refused to load acme/lm-lora (FlagEmbedding FlagLLMReranker (BaseLLMReranker), via peft "
+            "PeftModel.from_pretrained)") in str(info.value)
