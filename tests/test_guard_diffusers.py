@@ -164,3 +164,14 @@ def test_a_missing_file_of_an_optional_manifest_component_still_names_the_pipeli
         diffusers.DDPMPipeline.from_pretrained(pipe_dir)
     text = str(info.value)
     assert "broken component(s): scheduler (scheduler/scheduler_config.json: missing: " in text
+
+
+def test_a_verified_checkpoint_read_as_bytes_inside_the_loader_loads_under_refuse(pipe_dir):
+    # disable_mmap: diffusers reads the verified file's bytes and calls safetensors.torch.load(bytes).
+    from_bytes = diffusers.UNet2DModel.from_pretrained(pipe_dir / "unet", disable_mmap=True).state_dict()
+    from_file = diffusers.UNet2DModel.from_pretrained(pipe_dir / "unet").state_dict()
+    assert from_bytes.keys() == from_file.keys()
+    assert all(torch.equal(from_bytes[k], from_file[k]) for k in from_file)
+    DAMAGE["flipped"][0](pipe_dir / UNET_WEIGHTS)
+    with pytest.raises(VerificationError, match=r"right size, wrong content"):
+        diffusers.UNet2DModel.from_pretrained(pipe_dir / "unet", disable_mmap=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -178,8 +180,36 @@ def test_each_file_is_checked_once_per_load_and_costs_no_read_when_warm(model_di
     assert verified_paths == [("weights.safetensors", True)]  # digest cache: a stat, no read
 
     verified_paths.clear()
+    safetensors_torch.load_file(str(model_dir / "weights.safetensors"))
+    assert verified_paths == []  # the digest cache vouched for it in this process: not even a lookup
+
+    verified_paths.clear()
     _session(model_dir / "model.onnx")
     assert sorted(path for path, _ in verified_paths) == ["model.onnx", "model.onnx_data"]
+
+
+def test_a_file_changed_after_a_warm_read_is_verified_again(model_dir, verified_paths, monkeypatch):
+    import time
+
+    time.sleep(2.1)  # past the digest cache's racy window
+    for _ in range(3):
+        safetensors_torch.load_file(str(model_dir / "weights.safetensors"))
+    assert verified_paths == [("weights.safetensors", False), ("weights.safetensors", True)]
+    st = (model_dir / "weights.safetensors").stat()
+    flip_byte(model_dir / "weights.safetensors")
+    os.utime(model_dir / "weights.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime
+    with pytest.raises(VerificationError, match="right size, wrong content"):
+        safetensors_torch.load_file(str(model_dir / "weights.safetensors"))
+
+
+def test_rehash_verifies_every_read_in_full(model_dir, verified_paths):
+    import time
+
+    time.sleep(2.1)
+    modelguard.install(rehash=True)
+    for _ in range(3):
+        safetensors_torch.load_file(str(model_dir / "weights.safetensors"))
+    assert verified_paths == [("weights.safetensors", False)] * 3
 
 
 def test_files_a_guarded_from_pretrained_verified_are_not_checked_again(tmp_path, verified_paths):
@@ -202,9 +232,71 @@ def test_external_data_files_are_listed_from_the_graph(model_dir):
     assert external_data_files(str(model_dir / "broken.onnx")) == []
 
 
-def test_a_model_given_as_bytes_is_left_alone(model_dir):
-    data = (model_dir / "weights.safetensors").read_bytes()
-    assert set(safetensors_torch.load(data)) == {"layer.weight", "layer.bias"}
+def test_an_open_file_is_checked_like_its_path(model_dir):
+    with open(model_dir / "weights.pt", "rb") as f:
+        guarded = torch.load(f, weights_only=True)
+    assert torch.equal(guarded["layer.weight"], torch.load(model_dir / "weights.pt", weights_only=True)["layer.weight"])
+    flip_byte(model_dir / "weights.pt")
+    with open(model_dir / "weights.pt", "rb") as f, pytest.raises(VerificationError) as info:
+        torch.load(f, weights_only=True)
+    text = str(info.value)
+    assert f"modelguard refused to load acme/direct (torch.load) from {model_dir}" in text
+    assert "FAIL weights.pt [" in text and "right size, wrong content" in text
+
+
+def test_an_open_file_whose_path_now_names_another_file_is_not_matched_to_it(model_dir, tmp_path):
+    # The path was replaced after opening: the manifest's verdict on the path says nothing about these bytes.
+    with open(model_dir / "weights.pt", "rb") as f:
+        os.replace(model_dir / "weights.safetensors", model_dir / "weights.pt")
+        with pytest.raises(ManifestNotFoundError) as info:
+            torch.load(f, weights_only=True)
+    assert "torch.load was given a _io.BufferedReader object, not an open file at a known path" in str(info.value)
+
+
+IN_MEMORY = {
+    "torch.load": (lambda data: torch.load(io.BytesIO(data["weights.pt"]), weights_only=True),
+                   "a _io.BytesIO object, not an open file at a known path"),
+    "safetensors.torch.load": (lambda data: safetensors_torch.load(data["weights.safetensors"]), "bytes in memory"),
+    "safetensors.numpy.load": (lambda data: safetensors_numpy.load(data["weights.safetensors"]), "bytes in memory"),
+    "onnxruntime.InferenceSession": (
+        lambda data: ort.InferenceSession(data["plain.onnx"], providers=["CPUExecutionProvider"]), "bytes in memory"),
+}
+
+
+@pytest.fixture
+def in_memory(model_dir):
+    import onnx
+
+    model = onnx.load(str(model_dir / "model.onnx"))  # external data loaded into the graph
+    return {"weights.pt": (model_dir / "weights.pt").read_bytes(),
+            "weights.safetensors": (model_dir / "weights.safetensors").read_bytes(),
+            "plain.onnx": model.SerializeToString()}
+
+
+@pytest.mark.parametrize("label", IN_MEMORY)
+def test_in_memory_data_is_refused_under_the_refuse_policy(label, in_memory):
+    load, what = IN_MEMORY[label]
+    with pytest.raises(ManifestNotFoundError) as info:
+        load(in_memory)
+    text = str(info.value)
+    assert f"modelguard: {label} was given " in text and what in text
+    assert "not a file, so no manifest can cover it, and the unknown-model policy 'refuse' forbids" in text
+    assert "MODELGUARD_UNKNOWN=warn" in text
+
+
+@pytest.mark.parametrize("label", IN_MEMORY)
+def test_in_memory_data_loads_unverified_with_one_debug_note_under_warn(label, in_memory, caplog, monkeypatch):
+    from modelguard.hooks import files
+
+    monkeypatch.setattr(files, "_noted_in_memory", set())
+    modelguard.install(unknown="warn")
+    load, what = IN_MEMORY[label]
+    with warnings.catch_warnings(), caplog.at_level("DEBUG", logger="modelguard"):
+        warnings.simplefilter("error", guard.GuardWarning)
+        load(in_memory)
+        load(in_memory)
+    notes = [r.getMessage() for r in caplog.records if "in-memory data has no path" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith(f"{label} read ") and what in notes[0]
 
 
 def test_a_file_in_a_hugging_face_cache_snapshot_is_checked_against_the_models_manifest(pristine, tmp_path,

@@ -199,7 +199,10 @@ def test_wrong_shape_is_caught_by_the_manifest_tensors(tiny_bge_m3, caplog):
 
 def test_wrong_dtype_is_caught_by_the_manifest_tensors(tiny_bge_m3, caplog):
     path = tiny_bge_m3 / "colbert_linear.pt"
-    torch.save({k: v.float() for k, v in torch.load(path, weights_only=True).items()}, path)
+    with warnings.catch_warnings():  # no manifest covers the head yet: the guard's direct-read check says so
+        warnings.simplefilter("ignore", guard.UnknownModelWarning)
+        state = torch.load(path, weights_only=True)
+    torch.save({k: v.float() for k, v in state.items()}, path)
     manifest = tiny_bge_m3_manifest(tiny_bge_m3)  # digests of the float32 file
     files = tuple(
         replace(e, tensors={k: TensorSpec(shape=s.shape, dtype="float16") for k, s in e.tensors.items()})

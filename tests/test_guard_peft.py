@@ -121,3 +121,81 @@ def test_allow_random_init_by_name_lets_a_partial_adapter_load(partial_adapter):
     with modelguard.allow_random_init(keys="*.lin1.lora_*"):
         with pytest.raises(RandomInitError, match="lin2"):
             peft.PeftModel.from_pretrained(TinyNet.build(), partial_adapter)
+
+
+# ------------------------------------------------------------- transformers' own model.load_adapter
+
+
+@pytest.fixture(scope="module")
+def lm_and_lora(tmp_path_factory, tiny_lm_template):
+    """A tiny GPT-2 and a LoRA adapter for it (attention and MLP), saved by peft."""
+    transformers = need("transformers")
+    guard.uninstall()
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_lm_template)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"], init_lora_weights=False)
+    torch.manual_seed(1)
+    adapter = tmp_path_factory.mktemp("gpt2-lora") / "adapter"
+    peft.get_peft_model(base, config).save_pretrained(adapter)
+    return tiny_lm_template, adapter
+
+
+@pytest.fixture
+def lm_adapter(lm_and_lora, tmp_path):
+    d = shutil.copytree(lm_and_lora[1], tmp_path / "lm-adapter")
+    modelguard.save_manifest(modelguard.build_manifest(d, "acme/gpt2-lora"), d / "modelguard.yaml")
+    return d
+
+
+def _lm_logits(lm_and_lora, adapter):
+    transformers = need("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(lm_and_lora[0], local_files_only=True)
+    model.load_adapter(str(adapter))
+    with torch.no_grad():
+        return model(torch.tensor([[1, 2, 3, 4]])).logits
+
+
+@pytest.fixture
+def lm_manifest(lm_and_lora, tmp_path):
+    """The base model's manifest, kept outside its (shared) folder."""
+    manifests = tmp_path / "manifests"
+    model = modelguard.build_manifest(lm_and_lora[0], "acme/tiny-lm")
+    modelguard.save_manifest(model, manifests / "acme" / "tiny-lm.yaml")
+    guard.map_directory(lm_and_lora[0], "acme/tiny-lm")
+    modelguard.install(manifest_dirs=[manifests])
+
+
+def test_transformers_load_adapter_loads_identically_to_an_unguarded_load(lm_and_lora, lm_adapter, lm_manifest):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", guard.GuardWarning)
+        guarded = _lm_logits(lm_and_lora, lm_adapter)
+    guard.uninstall()
+    plain = _lm_logits(lm_and_lora, lm_adapter)
+    assert torch.equal(guarded, plain)
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_transformers_load_adapter_refuses_damaged_adapter_files_before_reading_them(damage, lm_and_lora, lm_adapter,
+                                                                                   lm_manifest):
+    spoil, diagnosis = DAMAGE[damage]
+    spoil(lm_adapter / "adapter_model.safetensors")
+    with pytest.raises(VerificationError) as info:
+        _lm_logits(lm_and_lora, lm_adapter)
+    text = str(info.value)
+    assert f"modelguard refused to load acme/gpt2-lora (transformers GPT2LMHeadModel.load_adapter) from {lm_adapter}" \
+        in text
+    assert "FAIL adapter_model.safetensors [" in text
+    assert diagnosis in text
+
+
+def test_transformers_load_adapter_refuses_an_adapter_missing_a_targeted_module(lm_and_lora, lm_adapter, lm_manifest):
+    dropped = drop_tensors(lm_adapter / "adapter_model.safetensors", "h.1.mlp.c_fc")
+    assert dropped
+    modelguard.save_manifest(modelguard.build_manifest(lm_adapter, "acme/gpt2-lora"), lm_adapter / "modelguard.yaml")
+    with pytest.raises(RandomInitError) as info:
+        _lm_logits(lm_and_lora, lm_adapter)
+    text = str(info.value)
+    assert f"modelguard refused to load {lm_adapter} (adapter 'default') (transformers GPT2LMHeadModel.load_adapter)" \
+        in text
+    assert all("h.1.mlp.c_fc.lora_" in key for key in info.value.keys) and len(info.value.keys) == 2
+    with modelguard.allow_random_init(keys="*h.1.mlp.c_fc.lora_*"):
+        _lm_logits(lm_and_lora, lm_adapter)

@@ -17,13 +17,16 @@ has imported it. :class:`Patches` does the bookkeeping for ``patch``/``unpatch``
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 from ..version import version_tuple
 
-__all__ = ["HOOKS", "MARKER", "Patches", "is_wrapped", "version_tuple"]
+__all__ = ["HOOKS", "MARKER", "Patches", "is_wrapped", "loader_label", "outer_loader", "version_tuple"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any, Callable, Iterator
 
 HOOKS: dict[str, str] = {
     # A dotted name patches when that submodule is imported, so ``import transformers``
@@ -92,3 +95,25 @@ def _function_of(value: Any) -> Any:
 def is_wrapped(value: Any) -> bool:
     """Whether ``value`` (a function, method or classmethod) is a modelguard wrapper."""
     return bool(getattr(_function_of(value), MARKER, False))
+
+
+# The guarded loader the user called (``FlagEmbedding FlagReranker``), while it runs: the
+# loaders nested in it (transformers' from_pretrained) name it in their messages.
+_outer: contextvars.ContextVar[str | None] = contextvars.ContextVar("modelguard_outer_loader", default=None)
+
+
+@contextlib.contextmanager
+def outer_loader(label: str) -> Iterator[None]:
+    """Within this block, :func:`loader_label` names ``label`` (the outermost one wins)."""
+    token = _outer.set(_outer.get() or label)
+    try:
+        yield
+    finally:
+        _outer.reset(token)
+
+
+def loader_label(label: str) -> str:
+    """``label`` as a message names it: with the loader the user called, when another one runs it
+    (``FlagEmbedding FlagReranker, via transformers BertForSequenceClassification.from_pretrained``)."""
+    outer = _outer.get()
+    return label if outer is None or outer == label else f"{outer}, via {label}"

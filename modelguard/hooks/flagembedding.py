@@ -42,7 +42,7 @@ from ..fs import human_size
 from ..registry import looks_like_model_id
 from ..remedy import fetch_command
 from ..sniff import parse_lfs_pointer, sniff_error_page
-from . import Patches, version_tuple
+from . import Patches, flag_models, version_tuple
 from .files import inspecting
 
 DISTRIBUTION = "FlagEmbedding"
@@ -66,6 +66,7 @@ def supported(version: str) -> bool:
 def patch(module: Any) -> None:
     import importlib
 
+    flag_models.patch(module)  # FlagModel, FlagReranker, FlagLLMReranker...
     runner_name = "FlagEmbedding.finetune.embedder.encoder_only.m3.runner"
     try:
         runner = importlib.import_module(runner_name)
@@ -87,6 +88,7 @@ def patch(module: Any) -> None:
 
 def unpatch() -> None:
     _patches.restore()
+    flag_models.unpatch()
 
 
 # --------------------------------------------------------------------------- wrappers

@@ -6,7 +6,9 @@ weights (``onnx.load(..., load_external_data=False)``) to list the external data
 its tensors reference (``model.onnx_data`` and the like), and those are verified too,
 all before onnxruntime reads a byte. Without the ``onnx`` package the external files
 cannot be listed, so every file the manifest lists in the model's folder is verified
-instead. A model passed as bytes is not a file and is left alone.
+instead. A model passed as bytes has no path: it follows the in-memory rule of
+:func:`modelguard.hooks.files.check_source` (refused under the unknown-model policy
+``refuse``, else loaded unverified).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from .. import guard
 from . import Patches, version_tuple
-from .files import check_files, covering, file_path
+from .files import check_files, check_source, covering, file_path
 
 DISTRIBUTION = "onnxruntime"
 SUPPORTED = "onnxruntime >= 1.16"
@@ -81,6 +83,9 @@ def _wrap_init(original: Any) -> Any:
     def __init__(self: Any, path_or_bytes: Any, *args: Any, **kwargs: Any) -> None:
         path = file_path(path_or_bytes)
         if path is None:
+            inside = guard.in_loader_scope()
+            with guard.verified_scope():
+                check_source(path_or_bytes, loader=LOADER, in_loader=inside)
             return original(self, path_or_bytes, *args, **kwargs)
         with guard.verified_scope():
             check_files((path,), loader=LOADER)

@@ -7,6 +7,12 @@ config. After the weights are loaded, every adapter weight the checkpoint did no
 (peft's ``missing_keys`` for that adapter: a targeted module whose LoRA matrices stay at
 their initialization) raises :class:`~modelguard.errors.RandomInitError`, unless
 :func:`modelguard.allow_random_init` names it.
+
+transformers' own ``model.load_adapter(path)`` (``PeftAdapterMixin``, patched by the
+transformers hook with :func:`wrap_transformers_load_adapter`) does the same: the adapter
+files are verified before transformers reads the config, and adapter weights the
+checkpoint lacks (``missing_keys`` of the load report transformers 5 returns) are refused.
+An adapter given as ``adapter_state_dict`` (in memory) has no files to verify.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 from typing import Any
 
 from .. import guard
-from . import Patches, version_tuple
+from . import Patches, loader_label, version_tuple
 from .files import check_folder
 
 DISTRIBUTION = "peft"
@@ -71,7 +77,7 @@ def _wrap_from_pretrained(original: Any) -> Any:
         model_id = bound.arguments.get("model_id")
         extra = dict(bound.arguments.get("kwargs") or {})
         with guard.verified_scope():
-            _check_adapter(model_id, extra, f"peft {cls.__name__}.from_pretrained")
+            _check_adapter(model_id, extra, loader_label(f"peft {cls.__name__}.from_pretrained"))
             if "revision" in extra and "revision" not in (bound.arguments.get("kwargs") or {}):
                 kwargs["revision"] = extra["revision"]
             return func(cls, *args, **kwargs)
@@ -91,7 +97,7 @@ def _wrap_load_adapter(original: Any) -> Any:
         model_id = bound.arguments.get("model_id")
         adapter_name = bound.arguments.get("adapter_name")
         extra = dict(bound.arguments.get("kwargs") or {})
-        label = f"peft {type(self).__name__}.load_adapter"
+        label = loader_label(f"peft {type(self).__name__}.load_adapter")
         with guard.verified_scope():
             _check_adapter(model_id, extra, label)
             if "revision" in extra and "revision" not in (bound.arguments.get("kwargs") or {}):
@@ -100,6 +106,42 @@ def _wrap_load_adapter(original: Any) -> Any:
             missing = [key for key in getattr(result, "missing_keys", None) or ()
                        if not any(shared in key for shared in _SHARED)]
             if missing:
+                guard.refuse_random_init(
+                    missing, model=f"{os.fspath(model_id)} (adapter {adapter_name!r})", loader=label,
+                )
+        return result
+
+    return load_adapter
+
+
+def wrap_transformers_load_adapter(original: Any) -> Any:
+    """The wrapper of transformers' ``PeftAdapterMixin.load_adapter`` (see the module docstring)."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def load_adapter(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            return original(self, *args, **kwargs)  # let transformers report its own usage error
+        model_id = bound.arguments.get("peft_model_id")
+        adapter_name = bound.arguments.get("adapter_name") or "default"
+        extra = {**dict(bound.arguments.get("kwargs") or {}), **dict(bound.arguments.get("adapter_kwargs") or {})}
+        if bound.arguments.get("local_files_only"):
+            extra["local_files_only"] = True
+        label = loader_label(f"transformers {type(self).__name__}.load_adapter")
+        with guard.verified_scope():
+            pinned = dict(extra)
+            _check_adapter(model_id, pinned, label)
+            if "revision" in pinned and "revision" not in extra:
+                # load exactly the revision that was verified
+                adapter_kwargs = dict(bound.arguments.get("adapter_kwargs") or {})
+                adapter_kwargs["revision"] = pinned["revision"]
+                bound.arguments["adapter_kwargs"] = adapter_kwargs
+            result = original(*bound.args, **bound.kwargs)
+            missing = sorted(key for key in getattr(result, "missing_keys", None) or ()
+                             if not any(shared in key for shared in _SHARED))
+            if missing and model_id is not None:
                 guard.refuse_random_init(
                     missing, model=f"{os.fspath(model_id)} (adapter {adapter_name!r})", loader=label,
                 )

@@ -8,6 +8,14 @@ the files verified here are not hashed a second time in the same load.
 In sentence-transformers 6 the constructor of ``BaseModel`` (shared by
 ``SentenceTransformer``, ``CrossEncoder``, ``SparseEncoder``...) is wrapped; before 6,
 ``SentenceTransformer.__init__``.
+
+A checkpoint without ``modules.json`` gets default modules built by the class
+(``_load_default_modules``, wrapped in 6): the transformer loads from the checkpoint (its
+random initialization is the transformers hook's to refuse), but a ``SparseEncoder`` on a
+checkpoint that is not a masked-LM gets a new ``SparseAutoEncoder`` head whose weights come
+from no file. Every default module holding parameters that is not the transformer raises
+:class:`~modelguard.errors.RandomInitError` naming its weights, unless
+:func:`modelguard.allow_random_init` names the module class or the keys.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import os
 from typing import Any
 
 from .. import guard
-from . import Patches, version_tuple
+from ..errors import RandomInitError
+from . import Patches, outer_loader, version_tuple
 
 DISTRIBUTION = "sentence-transformers"
 SUPPORTED = "sentence-transformers >= 3.0"
@@ -31,12 +40,33 @@ def supported(version: str) -> bool:
     return len(release) >= 2 and release >= (3, 0)
 
 
+# sentence-transformers 6: the model classes that build default modules for a bare checkpoint.
+DEFAULT_MODULE_OWNERS = (
+    ("sentence_transformers.base.model", "BaseModel"),
+    ("sentence_transformers.sentence_transformer.model", "SentenceTransformer"),
+    ("sentence_transformers.cross_encoder.model", "CrossEncoder"),
+    ("sentence_transformers.sparse_encoder.model", "SparseEncoder"),
+    ("sentence_transformers.multi_vector_encoder.model", "MultiVectorEncoder"),
+)
+
+
 def patch(module: Any) -> None:
     owner = None
     if version_tuple(getattr(module, "__version__", "0")) >= (6,):
+        import importlib
+
         from sentence_transformers.base.model import BaseModel
 
         owner = BaseModel
+        for module_name, class_name in DEFAULT_MODULE_OWNERS:
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name, None)
+            except ModuleNotFoundError as exc:
+                if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                    continue  # a model type this release does not have
+                raise
+            if cls is not None and "_load_default_modules" in vars(cls):
+                _patches.replace(cls, "_load_default_modules", _wrap_default_modules)
     else:
         owner = module.SentenceTransformer
     _patches.replace(owner, "__init__", _wrap_init)
@@ -71,7 +101,7 @@ def _wrap_init(original: Any) -> Any:
         except TypeError:
             return original(self, *args, **kwargs)  # let the library report its own usage error
         name = bound.arguments.get("model_name_or_path")
-        with guard.verified_scope():
+        with guard.verified_scope(), outer_loader(f"sentence-transformers {type(self).__name__}"):
             if isinstance(name, (str, os.PathLike)) and os.fspath(name):
                 name = hub_name(self, os.fspath(name), original)
                 asked = bound.arguments.get("revision")
@@ -86,3 +116,36 @@ def _wrap_init(original: Any) -> Any:
             return original(*bound.args, **bound.kwargs)
 
     return __init__
+
+
+def _wrap_default_modules(original: Any) -> Any:
+    @functools.wraps(original)
+    def _load_default_modules(self: Any, model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, model_name_or_path, *args, **kwargs)
+        modules = result[0] if isinstance(result, tuple) else result
+        _refuse_new_heads(self, os.fspath(model_name_or_path), modules)
+        return result
+
+    return _load_default_modules
+
+
+def _refuse_new_heads(model: Any, name: str, modules: Any) -> None:
+    """Default modules with weights of their own (not the transformer) were built fresh: refuse them."""
+    from sentence_transformers.base.modules import Transformer
+
+    for index, module in enumerate(modules or ()):
+        if isinstance(module, Transformer) or not hasattr(module, "named_parameters"):
+            continue
+        keys = [f"{index}.{key}" for key, _ in module.named_parameters()]
+        if keys:
+            head = type(module).__name__
+            try:
+                guard.refuse_random_init(
+                    keys, component=head, loader=f"sentence-transformers {type(model).__name__}",
+                    model=f"{name} (no modules.json: a new {head} head, module {index}, built by "
+                          f"{type(model).__name__} with weights from no file)",
+                )
+            except RandomInitError as exc:
+                exc.remedy = (f"load a trained model (one with modules.json and the {head} weights); to train a new "
+                              f"head on purpose, load inside `with modelguard.allow_random_init({head!r}):`")
+                raise

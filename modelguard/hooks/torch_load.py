@@ -8,22 +8,22 @@ with :class:`~modelguard.errors.UnsafeFileError` before torch sees it) and then 
 ``weights_only=True``, torch's allowlisting unpickler, even where the caller passed
 ``weights_only=False`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set.
 
-Every ``torch.load`` of a file path, inside a guarded loader or called directly, first
-verifies the file against the expectation covering it (:mod:`modelguard.hooks.files`:
+Every ``torch.load`` of a file path or of a file opened from one, inside a guarded loader or
+called directly, first verifies the file against the expectation covering it (:mod:`modelguard.hooks.files`:
 a manifest in its folder or a parent, a Hugging Face cache snapshot, a mapped folder);
 a file no expectation covers follows the unknown-model policy. A file the enclosing
-guarded load already verified is not checked again. Outside guarded loaders,
+guarded load already verified is not checked again. In-memory data (``io.BytesIO``) has no
+path: see :func:`modelguard.hooks.files.check_source`. Outside guarded loaders,
 ``weights_only`` is left as the caller set it.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 from .. import guard
-from .files import check_files
+from .files import check_source
 from . import Patches, version_tuple
 
 DISTRIBUTION = "torch"
@@ -49,11 +49,11 @@ def _wrap_load(original: Any) -> Any:
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
         if not guard.in_loader_scope():
             with guard.verified_scope():
-                check_files((f,), loader="torch.load")
+                check_source(f, loader="torch.load", in_loader=False)
             return original(f, *args, **kwargs)
-        check_files((f,), loader="torch.load")
-        if isinstance(f, (str, os.PathLike)):
-            guard.scan_once(f).raise_if_unsafe()  # a file the pre-load check scanned is not scanned again
+        path = check_source(f, loader="torch.load", in_loader=True)
+        if path is not None:
+            guard.scan_once(path).raise_if_unsafe()  # a file the pre-load check scanned is not scanned again
         kwargs["weights_only"] = True
         return original(f, *args, **kwargs)
 

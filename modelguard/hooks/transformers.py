@@ -5,7 +5,9 @@ manifest's components that hold them) are verified; ``from_pretrained`` of a
 tokenizer verifies the components holding the tokenizer files. After it is built, every weight
 reported missing from the checkpoint (or re-initialized because of a size mismatch)
 raises :class:`~modelguard.errors.RandomInitError`, unless
-:func:`modelguard.allow_random_init` names it. Keys the model itself declares
+:func:`modelguard.allow_random_init` names it. ``model.load_adapter(path)`` (transformers'
+peft integration) verifies the adapter's files and refuses adapter weights left at their
+initialization (:func:`modelguard.hooks.peft.wrap_transformers_load_adapter`). Keys the model itself declares
 optional (``_keys_to_ignore_on_load_missing``), tied weights and non-persistent
 buffers are not reported by transformers, so they are never refused.
 """
@@ -15,10 +17,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
+import sys
 from typing import Any
 
 from .. import guard
-from . import Patches, version_tuple
+from . import Patches, loader_label, version_tuple
+from .peft import wrap_transformers_load_adapter
 
 DISTRIBUTION = "transformers"
 SUPPORTED = "transformers >= 4.40"
@@ -44,6 +48,9 @@ def patch(module: Any) -> None:
     """Called for ``transformers.modeling_utils`` and ``transformers.tokenization_utils_base``."""
     if module.__name__.endswith(".modeling_utils"):
         _patches.replace(module.PreTrainedModel, "from_pretrained", _wrap_from_pretrained)
+        mixin = getattr(sys.modules.get("transformers.integrations.peft"), "PeftAdapterMixin", None)
+        if mixin is not None and "load_adapter" in vars(mixin):
+            _patches.replace(mixin, "load_adapter", wrap_transformers_load_adapter)
     elif module.__name__.endswith(".tokenization_utils_base"):
         _patches.replace(module.PreTrainedTokenizerBase, "from_pretrained", _wrap_tokenizer_from_pretrained)
 
@@ -82,7 +89,7 @@ def _subfolder(name: Any, resolved: Any, kwargs: dict) -> str:
 
 def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], what: str) -> str:
     """Verify before loading; pin a Hub id to the verified revision. Returns the loader label."""
-    label = f"transformers {cls.__name__}.from_pretrained"
+    label = loader_label(f"transformers {cls.__name__}.from_pretrained")
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         return label
     asked = kwargs.get("revision")
