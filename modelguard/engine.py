@@ -23,9 +23,10 @@ from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .remedy import fetch_command
-from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport
+from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
 from .statcache import open_cache
+from .statindex import folder_view
 
 
 # --------------------------------------------------------------------------- engine
@@ -47,8 +48,10 @@ class _Checker:
         self.directory = directory
         self.roots = containing_roots(directory)
         self._root_text = os.fspath(self.roots[0]).rstrip(os.sep)
+        self._dir_text = os.fspath(directory)
+        self._plain_dirs: set[str] = set()  # folders below the root found to be plain folders
         self.all_digests = all_digests
-        self.cache = open_cache(cache, rehash=rehash)
+        self.cache = folder_view(open_cache(cache, rehash=rehash), self._root_text)
         self.remedy = remedy
         self.progress = progress
 
@@ -60,11 +63,8 @@ class _Checker:
             expected = {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests)
         if status == FAILED and remedy is None:
             remedy = self.remedy(entry, diagnosis)
-        return FileResult(
-            path=entry.path, component=entry.component, required=comp.required, status=status,
-            diagnosis=diagnosis, message=message, expected=expected, actual=actual or {},
-            remedy=remedy, cached=cached,
-        )
+        return new_file_result(entry.path, entry.component, comp.required, status, diagnosis, message, expected,
+                               actual or {}, remedy, cached)
 
     def algorithms_for(self, entry: FileEntry) -> tuple[str, ...]:
         if self.all_digests:
@@ -82,11 +82,11 @@ class _Checker:
     def locate(self, entry: FileEntry, *, use_cache: bool = True) -> FileResult | tuple[Path, Path]:
         """Every check that needs no read of the content (links, existence, type, cache
         hit): a result, or ``(path, resolved path)`` of a file whose bytes must be read."""
-        path = self.directory / entry.path
         plain = self._plain_file(entry.path)
         if plain is not None:
             resolved, st = plain
-            return self._cached_or_read(entry, path, resolved, st, use_cache)
+            return self._cached_or_read(entry, None, resolved, st, use_cache)
+        path = self.directory / entry.path
         # Symlinks: a link may only resolve inside the model directory (or, for a
         # Hugging Face cache snapshot, into that repository's blobs folder).
         try:
@@ -120,36 +120,48 @@ class _Checker:
             )
         return self._cached_or_read(entry, path, resolved, st, use_cache)
 
-    def _plain_file(self, relative: str) -> tuple[Path, os.stat_result] | None:
+    def _plain_file(self, relative: str) -> tuple[str, os.stat_result] | None:
         """``(resolved path, stat)`` of a regular file reached from the resolved model
         directory through no symlink (then its real path needs no resolving): one lstat per
-        path component. None when anything differs; the general way then decides."""
-        current = self._root_text
-        parts = relative.split("/")
-        try:
-            for i, part in enumerate(parts):
+        path component, each folder once per verify. None when anything differs; the general
+        way then decides."""
+        folder, _, name = relative.rpartition("/")
+        if folder and folder not in self._plain_dirs:
+            current = self._root_text
+            for part in folder.split("/"):
                 if part in ("", ".", ".."):
                     return None
                 current = current + os.sep + part
-                st = os.lstat(current)
-                if not (stat.S_ISDIR(st.st_mode) if i < len(parts) - 1 else stat.S_ISREG(st.st_mode)):
+                try:
+                    if not stat.S_ISDIR(os.lstat(current).st_mode):
+                        return None
+                except OSError:
                     return None
+            self._plain_dirs.add(folder)
+        if name in ("", ".", ".."):
+            return None
+        path = f"{self._root_text}{os.sep}{relative}"
+        try:
+            st = os.lstat(path)
         except OSError:
             return None
-        return Path(current), st
+        return (path, st) if stat.S_ISREG(st.st_mode) else None
 
-    def _cached_or_read(self, entry: FileEntry, path: Path, resolved: Path, st: os.stat_result,
-                        use_cache: bool) -> FileResult | tuple[Path, Path]:
+    def _cached_or_read(self, entry: FileEntry, path: Path | None, resolved: str | Path, st: os.stat_result,
+                        use_cache: bool) -> FileResult | tuple[str | Path, str | Path]:
         if use_cache and entry.size in (None, st.st_size):
             hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
             if hit is not None:
-                cached = self._compare(entry, st.st_size, hit, None, cached=True)
-                if cached.ok:
-                    return cached
+                expected = entry.digests
+                for algorithm, value in hit.items():
+                    if expected.get(algorithm) != value:
+                        break
+                else:
+                    return self._ok(entry, st.st_size, hit, True)
                 # a mismatch is diagnosed from the bytes themselves (zero fill, error page)
-        return path, resolved
+        return (os.path.join(self._dir_text, entry.path) if path is None else path), resolved
 
-    def read_and_compare(self, entry: FileEntry, path: Path, resolved: Path) -> FileResult:
+    def read_and_compare(self, entry: FileEntry, path: str | Path, resolved: str | Path) -> FileResult:
         """Open, size, content sniff and digests of a file :meth:`locate` passed on."""
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
@@ -272,14 +284,19 @@ class _Checker:
             actual=actual,
         )
 
+    def _ok(self, entry: FileEntry, size: int, digests: Mapping[str, str], cached: bool) -> FileResult:
+        # the result built directly: a warm verify builds one per file
+        expected = {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests)
+        return new_file_result(entry.path, entry.component, self.manifest.components[entry.component].required, OK,
+                               "ok", f"ok ({human_size(size)}, {'+'.join(digests)}{', cached' if cached else ''})",
+                               expected, {"size": size, **digests}, None, cached)
+
     def _compare(self, entry: FileEntry, size: int, digests: Mapping[str, str], fd: int | None,
                  cached: bool = False) -> FileResult:
         mismatched = {a: v for a, v in digests.items() if entry.digests.get(a) != v}
-        actual = {"size": size, **digests}
         if not mismatched:
-            names = "+".join(digests)
-            return self.result(entry, "ok", f"ok ({human_size(size)}, {names}{', cached' if cached else ''})",
-                               status=OK, actual=actual, cached=cached)
+            return self._ok(entry, size, digests, cached)
+        actual = {"size": size, **digests}
         detail = "; ".join(f"{a}: expected {entry.digests[a]}, got {v}" for a, v in mismatched.items())
         if fd is not None and entry.size is None:
             # No size to compare first (expectations from content addresses): tell the stub,
@@ -413,9 +430,14 @@ def verify_directory(
                 yield (e, *located)
 
     workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
-    for result in run_parallel(to_read(), lambda item: checker.read_and_compare(*item), workers=workers,
-                               thread_name="modelguard-verify"):
-        results[result.path] = result
+    try:
+        for result in run_parallel(to_read(), lambda item: checker.read_and_compare(*item), workers=workers,
+                                   thread_name="modelguard-verify"):
+            results[result.path] = result
+    finally:
+        finish = getattr(checker.cache, "finish", None)
+        if finish is not None:
+            finish()  # the folder's digest index, when this verify changed it
     ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
     extra = list_extra_files(manifest, root) if components is None else ()
     return VerifyReport(
