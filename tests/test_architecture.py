@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "manifests and hashing": ("modelguard.manifest_schema", "modelguard.manifest", "modelguard.registry",
                               "modelguard.hashing", "modelguard.statcache", "modelguard.statindex",
                               "modelguard.hflisting"),
-    "verify engine": ("modelguard.report", "modelguard.engine", "modelguard.pickle_gate", "modelguard.pickle_containers",
+    "verify engine": ("modelguard.report", "modelguard.diagnosis", "modelguard.engine", "modelguard.pickle_gate", "modelguard.pickle_containers",
                       "modelguard.safety"),
     "resolution": ("modelguard.resolve",),
     "features": ("modelguard.verifying", "modelguard.policy", "modelguard.randominit", "modelguard.importhooks",
