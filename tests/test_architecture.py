@@ -25,7 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                       "modelguard.safety"),
     "resolution": ("modelguard.resolve",),
     "features": ("modelguard.verifying", "modelguard.policy", "modelguard.randominit", "modelguard.importhooks",
-                 "modelguard.preload", "modelguard.guard", "modelguard.hooks", "modelguard.hub",
+                 "modelguard.overlap", "modelguard.preload", "modelguard.guard", "modelguard.hooks", "modelguard.hub",
                  "modelguard.hub.client", "modelguard.hub.place", "modelguard.hub.download", "modelguard.hub.scan",
                  "modelguard.hub.metadata", "modelguard.build", "modelguard.auditing", "modelguard.audit_report",
                  "modelguard.probing",
