@@ -14,6 +14,7 @@ import pytest
 from modelguard import verify
 from modelguard.statcache import StatCache
 
+from modelguard.errors import ManifestError
 from modelguard.manifest import parse_manifest_text
 
 
@@ -21,13 +22,18 @@ from modelguard.manifest import parse_manifest_text
 def model(tmp_path):
     files = {f"part-{i}.bin": os.urandom(3000 + i) for i in range(6)}
     files["sub/dir/tokenizer.json"] = b'{"model": "x"}\n'
-    lines = ["modelguard: 1", "model: local/tiny", "components:", "  weights: {required: true}", "files:"]
     for name, data in files.items():
         (tmp_path / "model" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "model" / name).write_bytes(data)
+    return parse_manifest_text(manifest_text(files), "tiny.yaml"), tmp_path / "model", files
+
+
+def manifest_text(files: dict[str, bytes]) -> str:
+    lines = ["modelguard: 1", "model: local/tiny", "components:", "  weights: {required: true}", "files:"]
+    for name, data in files.items():
         lines += [f"- path: {name}", f"  size: {len(data)}", "  component: weights",
                   f"  sha256: {hashlib.sha256(data).hexdigest()}"]
-    return parse_manifest_text("\n".join(lines) + "\n", "tiny.yaml"), tmp_path / "model", files
+    return "\n".join(lines) + "\n"
 
 
 def settled_cache(tmp_path, **kw) -> StatCache:
@@ -220,3 +226,27 @@ def test_clear_removes_indexes(tmp_path, model):
     assert cache.clear() == len(manifest.files) + 1
     assert index_files(cache) == []
     assert not any(r.cached for r in verify(manifest, directory, cache=cache).files)
+
+
+# --------------------------------------------------------------------------- the manifest on the warm path
+
+
+def test_a_manifest_file_read_again_unchanged_is_not_parsed_again(tmp_path, model, monkeypatch):
+    from modelguard import manifest as manifest_module
+
+    _, directory, files = model
+    path = tmp_path / "tiny.yaml"
+    path.write_text(manifest_text(files))
+    parsed = []
+    real = manifest_module.parse_manifest_text
+    monkeypatch.setattr(manifest_module, "parse_manifest_text", lambda *a, **k: parsed.append(1) or real(*a, **k))
+    first = manifest_module.load_manifest(path)
+    assert manifest_module.load_manifest(path) is first and len(parsed) == 1
+    path.write_text(manifest_text(files).replace("model: local/tiny", "model: local/other"))
+    assert manifest_module.load_manifest(path).model == "local/other" and len(parsed) == 2
+    path.write_text(manifest_text(files).replace("  size:", "  sise:", 1))
+    with pytest.raises(ManifestError, match="sise"):
+        manifest_module.load_manifest(path)
+    with pytest.raises(ManifestError, match="sise"):  # errors are never remembered
+        manifest_module.load_manifest(path)
+
