@@ -9,23 +9,29 @@ directory apply is decided before, by :mod:`modelguard.resolve`.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
 from pathlib import Path
-from shlex import quote
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import UsageError
 from .fs import (access_detail, containing_roots, file_type_name, human_size, opened_path, walk_files, within,
                  zero_region)
+from .diagnosis import wrong_size
 from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .remedy import fetch_command
-from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport
+from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
 from .statcache import open_cache
+from .statindex import folder_view
+
+BATCH_BYTES = 1 << 20  # small files handed to a reader thread together, up to this many bytes
+BATCH_FILES = 64
+_O_READ = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 # --------------------------------------------------------------------------- engine
@@ -47,10 +53,21 @@ class _Checker:
         self.directory = directory
         self.roots = containing_roots(directory)
         self._root_text = os.fspath(self.roots[0]).rstrip(os.sep)
+        self._dir_text = os.fspath(directory)
+        self._plain_dirs: set[str] = set()  # folders below the root found to be plain folders
+        try:  # files straight in the model folder are opened relative to it
+            self._root_fd: int | None = os.open(self._root_text, _O_READ | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            self._root_fd = None
         self.all_digests = all_digests
-        self.cache = open_cache(cache, rehash=rehash)
+        self.cache = folder_view(open_cache(cache, rehash=rehash), self._root_text)
         self.remedy = remedy
         self.progress = progress
+
+    def close(self) -> None:
+        fd, self._root_fd = self._root_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def result(self, entry: FileEntry, diagnosis: str, message: str, *, status: str = FAILED,
                expected: Mapping[str, Any] | None = None, actual: Mapping[str, Any] | None = None,
@@ -60,11 +77,8 @@ class _Checker:
             expected = {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests)
         if status == FAILED and remedy is None:
             remedy = self.remedy(entry, diagnosis)
-        return FileResult(
-            path=entry.path, component=entry.component, required=comp.required, status=status,
-            diagnosis=diagnosis, message=message, expected=expected, actual=actual or {},
-            remedy=remedy, cached=cached,
-        )
+        return new_file_result(entry.path, entry.component, comp.required, status, diagnosis, message, expected,
+                               actual or {}, remedy, cached)
 
     def algorithms_for(self, entry: FileEntry) -> tuple[str, ...]:
         if self.all_digests:
@@ -82,11 +96,11 @@ class _Checker:
     def locate(self, entry: FileEntry, *, use_cache: bool = True) -> FileResult | tuple[Path, Path]:
         """Every check that needs no read of the content (links, existence, type, cache
         hit): a result, or ``(path, resolved path)`` of a file whose bytes must be read."""
-        path = self.directory / entry.path
         plain = self._plain_file(entry.path)
         if plain is not None:
             resolved, st = plain
-            return self._cached_or_read(entry, path, resolved, st, use_cache)
+            return self._cached_or_read(entry, None, resolved, st, use_cache)
+        path = self.directory / entry.path
         # Symlinks: a link may only resolve inside the model directory (or, for a
         # Hugging Face cache snapshot, into that repository's blobs folder).
         try:
@@ -120,60 +134,83 @@ class _Checker:
             )
         return self._cached_or_read(entry, path, resolved, st, use_cache)
 
-    def _plain_file(self, relative: str) -> tuple[Path, os.stat_result] | None:
+    def _plain_file(self, relative: str) -> tuple[str, os.stat_result] | None:
         """``(resolved path, stat)`` of a regular file reached from the resolved model
         directory through no symlink (then its real path needs no resolving): one lstat per
-        path component. None when anything differs; the general way then decides."""
-        current = self._root_text
-        parts = relative.split("/")
-        try:
-            for i, part in enumerate(parts):
+        path component, each folder once per verify. None when anything differs; the general
+        way then decides."""
+        folder, _, name = relative.rpartition("/")
+        if folder and folder not in self._plain_dirs:
+            current = self._root_text
+            for part in folder.split("/"):
                 if part in ("", ".", ".."):
                     return None
                 current = current + os.sep + part
-                st = os.lstat(current)
-                if not (stat.S_ISDIR(st.st_mode) if i < len(parts) - 1 else stat.S_ISREG(st.st_mode)):
+                try:
+                    if not stat.S_ISDIR(os.lstat(current).st_mode):
+                        return None
+                except OSError:
                     return None
+            self._plain_dirs.add(folder)
+        if name in ("", ".", ".."):
+            return None
+        path = f"{self._root_text}{os.sep}{relative}"
+        try:
+            st = os.lstat(path)
         except OSError:
             return None
-        return Path(current), st
+        return (path, st) if stat.S_ISREG(st.st_mode) else None
 
-    def _cached_or_read(self, entry: FileEntry, path: Path, resolved: Path, st: os.stat_result,
-                        use_cache: bool) -> FileResult | tuple[Path, Path]:
+    def _cached_or_read(self, entry: FileEntry, path: Path | None, resolved: str | Path, st: os.stat_result,
+                        use_cache: bool) -> FileResult | tuple[str | Path, str | Path]:
         if use_cache and entry.size in (None, st.st_size):
             hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
             if hit is not None:
-                cached = self._compare(entry, st.st_size, hit, None, cached=True)
-                if cached.ok:
-                    return cached
+                expected = entry.digests
+                for algorithm, value in hit.items():
+                    if expected.get(algorithm) != value:
+                        break
+                else:
+                    return self._ok(entry, st.st_size, hit, True)
                 # a mismatch is diagnosed from the bytes themselves (zero fill, error page)
         return path, resolved
 
-    def read_and_compare(self, entry: FileEntry, path: Path, resolved: Path) -> FileResult:
-        """Open, size, content sniff and digests of a file :meth:`locate` passed on."""
+    def read_and_compare(self, entry: FileEntry, path: Path | None, resolved: str | Path) -> FileResult:
+        """Open, size, content sniff and digests of a file :meth:`locate` passed on (``path``
+        None: a file reached through no link, ``resolved`` its path)."""
+        shown = os.path.join(self._dir_text, entry.path) if path is None else path
+        # A file straight in the model folder is opened relative to it without following a
+        # link: it is inside whatever happened since locate(), with nothing to resolve.
+        direct = path is None and self._root_fd is not None and "/" not in entry.path
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+            if direct:
+                fd = os.open(entry.path, _O_READ | getattr(os, "O_NOFOLLOW", 0), dir_fd=self._root_fd)
+            else:
+                fd = os.open(shown, _O_READ)
         except PermissionError:
-            return self.result(entry, "unreadable", "permission denied: this user cannot read it" + access_detail(path),
-                               remedy=f"make {path} readable by this user (chmod/chown), then verify again")
+            return self.result(entry, "unreadable", "permission denied: this user cannot read it" + access_detail(shown),
+                               remedy=f"make {shown} readable by this user (chmod/chown), then verify again")
         except OSError as exc:
+            if direct and exc.errno == errno.ELOOP:  # became a link since locate(): judged as one
+                located = self.locate(entry, use_cache=False)
+                return located if isinstance(located, FileResult) else self.read_and_compare(entry, *located)
             return self.result(entry, "unreadable", f"cannot open: {exc.strerror}")
         try:
             # A link swapped between locate() and open() must not take the read outside.
-            real = opened_path(fd)
+            real = None if direct else opened_path(fd)
             if real is not None and not within(real, self.roots):
                 return self.result(
                     entry, "symlink_escape",
                     f"links outside the model directory (to {real}, swapped while verifying); not read",
                     actual={"resolves_to": str(real)},
-                    remedy=f"replace {path} with the real file; modelguard does not follow links out of the model directory",
+                    remedy=f"replace {shown} with the real file; modelguard does not follow links out of the model directory",
                 )
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 kind = file_type_name(st.st_mode)
                 return self.result(entry, "not_a_file", f"is a {kind}, not a regular file", actual={"type": kind})
             if entry.size is not None and st.st_size != entry.size:
-                return self._wrong_size(entry, fd, st.st_size)
+                return wrong_size(self, entry, fd, st.st_size)
             try:
                 digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st)
             except FileChangedError as exc:
@@ -182,7 +219,8 @@ class _Checker:
             except OSError as exc:
                 return self.result(entry, "unreadable", f"read error: {exc.strerror or exc}")
             try:  # the path must still name the file that was read (not renamed over or removed)
-                now = stat_key(os.stat(path))
+                now = stat_key(os.stat(entry.path, dir_fd=self._root_fd, follow_symlinks=False) if direct
+                               else os.stat(shown))
             except OSError:
                 now = None
             if now != stat_key(st):
@@ -210,76 +248,19 @@ class _Checker:
                            f"missing: not in {self.directory} (required component '{entry.component}')",
                            actual={"exists": False})
 
-    def _wrong_size(self, entry: FileEntry, fd: int, size: int) -> FileResult:
-        head = os.pread(fd, SNIFF_BYTES, 0)
-        actual: dict[str, Any] = {"size": size}
-        pointer = parse_lfs_pointer(head)
-        if pointer is not None:
-            actual["lfs_oid_sha256"] = pointer["oid_sha256"]
-            actual["lfs_size"] = pointer["size"]
-            expected_sha = entry.digests.get("sha256")
-            if self.manifest.origin != "manifest":
-                # A cache download, not a git clone: the fix is to download the file again.
-                same = pointer["size"] == entry.size and pointer["oid_sha256"] == expected_sha
-                return self.result(
-                    entry, "lfs_pointer",
-                    f"is a Git LFS pointer stub ({size} bytes), not the file"
-                    + ("" if same else f" (to a different file: oid {pointer['oid_sha256']}, size {pointer['size']})"),
-                    actual=actual,
-                )
-            if pointer["size"] == entry.size and (expected_sha is None or pointer["oid_sha256"] == expected_sha):
-                detail = ("this is the pointer to the right file: run `git lfs pull`" if expected_sha
-                          else "its size matches the manifest: run `git lfs pull`")
-                return self.result(
-                    entry, "lfs_pointer",
-                    f"is a Git LFS pointer stub ({size} bytes), not the file; {detail}",
-                    actual=actual,
-                    remedy=f"cd {quote(str(self.directory))} && git lfs pull --include {quote(entry.path)}",
-                )
-            return self.result(
-                entry, "lfs_pointer",
-                f"is a Git LFS pointer stub ({size} bytes) to a DIFFERENT file "
-                f"(oid {pointer['oid_sha256']}, size {pointer['size']}); the clone is at another revision",
-                actual=actual,
-                remedy=(f"check out revision {quote(self.manifest.revision)} and run `git lfs pull`"
-                        if self.manifest.revision else "check out the manifest's revision and run `git lfs pull`"),
-            )
-        page = sniff_error_page(head)
-        # An HTML/XML page is never a model file; a JSON error body only counts when it is
-        # shorter than the file (a config.json may legitimately hold an "error" key).
-        if page is not None and (size < entry.size or page != "JSON"):
-            actual["content"] = f"{page} error page"
-            return self.result(
-                entry, "error_page",
-                f"is {article(page)} {page} error page saved in place of the file ({size} bytes, expected "
-                f"{entry.size}; starts: {first_line(head)!r}): the download saved the server's error response",
-                actual=actual,
-            )
-        if size == 0:
-            return self.result(entry, "empty", f"is empty (0 bytes), expected {entry.size} bytes", actual=actual)
-        if size < entry.size:
-            pct = 100.0 * size / entry.size
-            return self.result(
-                entry, "truncated",
-                f"truncated: {size} of {entry.size} bytes present ({pct:.1f}%, {human_size(entry.size - size)} short); "
-                "the download or copy stopped early",
-                actual=actual,
-            )
-        return self.result(
-            entry, "oversized",
-            f"larger than expected: {size} bytes, expected {entry.size} (+{size - entry.size} bytes); "
-            "a different file, or data appended to it",
-            actual=actual,
-        )
+    def _ok(self, entry: FileEntry, size: int, digests: Mapping[str, str], cached: bool) -> FileResult:
+        # the result built directly: a warm verify builds one per file
+        expected = {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests)
+        return new_file_result(entry.path, entry.component, self.manifest.components[entry.component].required, OK,
+                               "ok", f"ok ({human_size(size)}, {'+'.join(digests)}{', cached' if cached else ''})",
+                               expected, {"size": size, **digests}, None, cached)
 
     def _compare(self, entry: FileEntry, size: int, digests: Mapping[str, str], fd: int | None,
                  cached: bool = False) -> FileResult:
         mismatched = {a: v for a, v in digests.items() if entry.digests.get(a) != v}
-        actual = {"size": size, **digests}
         if not mismatched:
-            names = "+".join(digests)
-            return self.result(entry, "ok", f"ok ({human_size(size)}, {names}{', cached' if cached else ''})",
-                               status=OK, actual=actual, cached=cached)
+            return self._ok(entry, size, digests, cached)
+        actual = {"size": size, **digests}
         detail = "; ".join(f"{a}: expected {entry.digests[a]}, got {v}" for a, v in mismatched.items())
         if fd is not None and entry.size is None:
             # No size to compare first (expectations from content addresses): tell the stub,
@@ -402,20 +383,36 @@ def verify_directory(
     # an unchanged model costs a stat per file and starts no thread. A file whose bytes
     # must be read goes at once to the reader threads (hashlib releases the GIL), so these
     # checks overlap the hashing; largest files first so the readers do not end on one big file.
+    # Small files go to a reader in batches (up to BATCH_BYTES), each file read once.
     results: dict[str, FileResult] = {}
 
-    def to_read() -> Iterable[tuple[FileEntry, Path, Path]]:
+    def to_read() -> Iterable[list[tuple[FileEntry, Any, Any]]]:
+        batch: list[tuple[FileEntry, Any, Any]] = []
+        size = 0
         for e in sorted(entries, key=lambda e: -(e.size or 0)):
             located = checker.locate(e)
             if isinstance(located, FileResult):
                 results[e.path] = located
-            else:
-                yield (e, *located)
+                continue
+            batch.append((e, *located))
+            size += e.size or BATCH_BYTES
+            if size >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
 
     workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
-    for result in run_parallel(to_read(), lambda item: checker.read_and_compare(*item), workers=workers,
-                               thread_name="modelguard-verify"):
-        results[result.path] = result
+    try:
+        for batch in run_parallel(to_read(), lambda batch: [checker.read_and_compare(*item) for item in batch],
+                                  workers=workers, thread_name="modelguard-verify"):
+            for result in batch:
+                results[result.path] = result
+    finally:
+        checker.close()
+        finish = getattr(checker.cache, "finish", None)
+        if finish is not None:
+            finish()  # the folder's digest index, when this verify changed it
     ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
     extra = list_extra_files(manifest, root) if components is None else ()
     return VerifyReport(

@@ -114,7 +114,9 @@ def _read_serial(fd: int, size: int, updates: Sequence[Callable[[Any], None]],
     total = 0
     try:
         while total < size:
-            n = os.preadv(fd, [buf], total)
+            # ask for no more than is left: a read into a buffer much larger than the file
+            # costs more on some kernels (gVisor maps the whole buffer)
+            n = os.preadv(fd, [view[:size - total]] if size - total < chunk_size else [buf], total)
             if not n:
                 break
             chunk = view[:n]

@@ -265,7 +265,22 @@ def load_manifest(path: str | Path) -> Manifest:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"manifest {p} cannot be read: {exc.strerror}", path=p) from None
-    return parse_manifest_text(raw, source=str(p))
+    import hashlib
+
+    # The same text at the same path was parsed and validated already in this process (a
+    # program loading a model again, a warm verify): the frozen Manifest is reused.
+    key = (str(p), hashlib.sha256(raw).digest())
+    manifest = _parsed.get(key)
+    if manifest is None:
+        manifest = parse_manifest_text(raw, source=str(p))
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.pop(next(iter(_parsed)), None)
+        _parsed[key] = manifest
+    return manifest
+
+
+_parsed: dict[tuple[str, bytes], Manifest] = {}
+_PARSED_MAX = 32
 
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from shlex import quote
 from typing import Any, Iterable, Iterator
 
-from . import engine, hfcache, registry
+from . import engine, hfcache, overlap, registry
 from .errors import ManifestNotFoundError, ModelGuardError, OfflineError, VerificationError
 from .hashing import stat_key
 from .hflisting import checked_components
@@ -41,6 +41,8 @@ _verified: contextvars.ContextVar[frozenset[tuple[str, str]] | None] = contextva
 _resolutions: contextvars.ContextVar[dict[tuple[Any, ...], Any] | None] = contextvars.ContextVar(
     "modelguard_resolutions", default=None
 )
+# Verifications running while the current load call runs (modelguard.overlap).
+_pending: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("modelguard_pending", default=None)
 # Files scanned during the current load call: realpath -> (stat key, finding).
 _scanned: contextvars.ContextVar[dict[str, tuple[Any, SafetyFinding]] | None] = contextvars.ContextVar(
     "modelguard_scanned", default=None
@@ -126,7 +128,17 @@ def check_before_load(
     done = _verified.get()
     if done is not None and (key in done or (key[0], "*") in done):
         return resolved
-    report = fetched if fetched is not None else _verify(manifest, directory, wanted)
+    # Within a guarded load, safetensors weights are hashed while the library reads them
+    # (modelguard.overlap); everything else, and every stat-level check, comes first.
+    pendings = _pending.get()
+    parts = (overlap.split(manifest, directory, wanted) if fetched is None and pendings is not None
+             and on_failure in ("refuse", "warn") else None)
+    if fetched is not None:
+        report = fetched
+    elif parts is not None:
+        report = _verify(parts[0], directory, wanted if wanted is not None else sorted(manifest.components))
+    else:
+        report = _verify(manifest, directory, wanted)
     if not report.ok:
         if on_failure == "repair" and not policy.effective_offline() and manifest.origin == "manifest":
             repair(manifest, directory, wanted, report)
@@ -137,7 +149,25 @@ def check_before_load(
                 warnings.warn(str(error), GuardWarning, stacklevel=3)
             else:
                 raise error
-    _refuse_unsafe_files(manifest, directory, wanted, on_failure)
+    pending = None
+    if parts is not None:
+        offline = policy.effective_offline()
+
+        def on_verdict(failed: VerifyReport) -> None:
+            error = verification_error(resolved, failed, loader, on_failure, offline)
+            if on_failure != "warn":
+                raise error
+            warnings.warn(str(error), GuardWarning, stacklevel=2)
+
+        pending = overlap.start(parts[1], directory, wanted, rehash=policy.effective_rehash(), on_verdict=on_verdict)
+        pendings.append(pending)
+    try:
+        _refuse_unsafe_files(manifest, directory, wanted, on_failure)
+    except ModelGuardError as exc:
+        if pending is not None:  # a damaged header: the digests say what happened to the file
+            pendings.remove(pending)
+            overlap.join([pending], exc)
+        raise
     if done is not None:
         _verified.set(done | {key})
     return resolved
@@ -227,16 +257,28 @@ def in_loader_scope() -> bool:
 @contextlib.contextmanager
 def verified_scope() -> Iterator[None]:
     """Within this block, directories verified once are not hashed again by nested loaders,
-    and files scanned once are not scanned again."""
+    and files scanned once are not scanned again. Files hashed while the library loads
+    (:mod:`modelguard.overlap`) are judged when the outermost block ends: a failure raises
+    there, so the model built inside is never returned."""
     current = _verified.get()
     token = _verified.set(frozenset() if current is None else current)
     memo = _resolutions.get()
     memo_token = _resolutions.set({} if memo is None else memo)
     scanned = _scanned.get()
     scanned_token = _scanned.set({} if scanned is None else scanned)
+    pendings = _pending.get()
+    pending_token = _pending.set([] if pendings is None else pendings)
     try:
-        yield
+        try:
+            yield
+        except BaseException as exc:
+            if pendings is None:  # the outermost load: its verdicts before anything is returned
+                overlap.join(_pending.get(), exc)
+            raise
+        if pendings is None:
+            overlap.join(_pending.get(), None)
     finally:
+        _pending.reset(pending_token)
         _scanned.reset(scanned_token)
         _resolutions.reset(memo_token)
         _verified.reset(token)

@@ -86,3 +86,29 @@ def open_private_chain(root: Path, below: tuple[str, ...], create: bool) -> int 
         except OSError:
             pass
         return None
+
+
+def replace_private_file(dir_fd: int, name: str, data: bytes) -> None:
+    """Write ``data`` as ``name`` in the folder ``dir_fd``, readable by this user only
+    whatever the umask: into a new temporary file, then renamed over ``name`` (a reader
+    sees the whole old file or the whole new one)."""
+    import secrets
+
+    tmp = f".tmp-{secrets.token_hex(8)}{os.path.splitext(name)[1]}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise

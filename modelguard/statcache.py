@@ -30,7 +30,8 @@ key is a miss: never an error, never a pass. A file whose timestamps are younger
 unchanged (git's "racily clean" problem).
 
 Store: one small JSON file per entry, named by the sha256 of the file's path, in
-``<cache dir>/digests/v1/``, written to a temporary file and renamed into place.
+``<cache dir>/digests/v1/``, written to a temporary file and renamed into place; plus, per
+model folder, an index of its entries (:mod:`modelguard.statindex`) read once per verify.
 Not sqlite: its WAL mode needs shared memory that network file systems (NFS home
 directories on clusters) do not give, while ``rename`` is atomic on every POSIX file
 system, so several processes can read and write without a lock and a reader sees a whole
@@ -53,7 +54,7 @@ from typing import Any, Iterable, Mapping
 
 from .errors import UsageError
 from .hashing import stat_key
-from .private_dirs import O_NOFOLLOW, open_private_chain, owned_by_us
+from .private_dirs import O_NOFOLLOW, open_private_chain, owned_by_us, replace_private_file
 
 FORMAT_VERSION = 1
 RACY_WINDOW_NS = 2_000_000_000
@@ -62,8 +63,8 @@ ENV_CACHE_DIR = "MODELGUARD_CACHE_DIR"
 ENV_NO_CACHE = "MODELGUARD_NO_CACHE"
 ENV_MAX_AGE = "MODELGUARD_CACHE_MAX_AGE"
 ENV_REHASH = "MODELGUARD_REHASH"
-_DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40}
-_HEX = frozenset("0123456789abcdef")
+DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40}
+HEX = frozenset("0123456789abcdef")
 _MAX_ENTRY_BYTES = 64 * 1024
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _O_ENTRY = (os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
@@ -164,6 +165,8 @@ class StatCache:
     are not stored. ``max_age_s``: entries older than this are a miss (default
     ``$MODELGUARD_CACHE_MAX_AGE`` or a week), so the file is hashed in full again.
     ``rehash``: every lookup is a miss; files that verify are still stored.
+    ``index_settle_ns``: entries younger than this are left out of a folder's index
+    (:mod:`modelguard.statindex`).
     A store folder owned by another user, or writable by group or others, is not used
     (anyone who can write it could make a changed file pass).
     """
@@ -172,13 +175,14 @@ class StatCache:
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *,
                  racy_window_ns: int = RACY_WINDOW_NS, max_age_s: float | None = None,
-                 rehash: bool = False) -> None:
+                 rehash: bool = False, index_settle_ns: int = RACY_WINDOW_NS) -> None:
         root = Path(directory) if directory is not None else default_cache_dir()
         self.root = root
         self.entries = None if root is None else root / "digests" / f"v{FORMAT_VERSION}"
         self.racy_window_ns = racy_window_ns
         self.max_age_s = max_age_from_env() if max_age_s is None else float(max_age_s)
         self.rehash = rehash
+        self.index_settle_ns = index_settle_ns  # entries younger than this stay out of a folder index
         self._fd: int | None = None
         self._lock = threading.Lock()
 
@@ -215,7 +219,7 @@ class StatCache:
     def _entry_file(self, real: str) -> str:
         return os.path.join(self.entries, self._entry_name(real))
 
-    def _store_fd(self, create: bool) -> int | None:
+    def store_fd(self, create: bool) -> int | None:
         """An open descriptor of the entries folder when it, ``digests`` and the root are
         all this user's alone; None otherwise (the cache is then not used)."""
         if self._fd is not None:
@@ -227,9 +231,10 @@ class StatCache:
                 self._fd = open_private_chain(self.root, ("digests", f"v{FORMAT_VERSION}"), create)
             return self._fd
 
-    def _read_entry(self, dir_fd: int, name: str) -> Any:
-        """The parsed entry ``name``, or None: only a regular file of this user's is read,
-        opened without following a link and without blocking (a FIFO is not waited on)."""
+    def read_entry(self, dir_fd: int, name: str) -> tuple[dict, os.stat_result] | None:
+        """``(parsed entry, its stat)`` of entry ``name``, or None: only a regular file of this
+        user's is read, opened without following a link and without blocking (a FIFO is not
+        waited on)."""
         try:
             fd = os.open(name, _O_ENTRY, dir_fd=dir_fd)
         except OSError:
@@ -250,7 +255,7 @@ class StatCache:
         entry = json.loads(raw)
         if not isinstance(entry, dict) or entry.get("format") != FORMAT_VERSION:
             return None
-        return entry
+        return entry, st
 
     def _fresh(self, entry: Mapping[str, Any]) -> bool:
         stored = entry.get("stored_at_ns")
@@ -266,39 +271,44 @@ class StatCache:
         """The cached digests for ``algorithms`` when ``st`` is the stat they were stored
         under and the entry has not expired, else None (a miss). Never raises for a bad
         or missing store."""
+        return self.lookup_entry(path, st, algorithms)[0]
+
+    def lookup_entry(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> tuple[Any, Any]:
+        """``(digests or None, (entry file's stat, entry) or None)``: :meth:`lookup`,
+        plus the entry file it read (for :mod:`modelguard.statindex`)."""
         if self.rehash:
-            return None
+            return None, None
         try:
-            dir_fd = self._store_fd(create=False)
+            dir_fd = self.store_fd(create=False)
             if dir_fd is None:
-                return None
+                return None, None
             real = self._key_path(path)
-            entry = self._read_entry(dir_fd, self._entry_name(real))
-            if entry is None or not self._fresh(entry):
-                return None
-            if entry.get("path") != real or entry.get("key") != list(stat_key(st)):
-                return None
+            name = self._entry_name(real)
+            read = self.read_entry(dir_fd, name)
+            if read is None:
+                return None, None
+            entry, entry_st = read
+            if not self._fresh(entry) or entry.get("path") != real or entry.get("key") != list(stat_key(st)):
+                return None, None
             digests = entry.get("digests")
             if not isinstance(digests, dict):
-                return None
+                return None, None
             out = {}
             for algorithm in algorithms:
                 value = digests.get(algorithm)
-                if not _valid_digest(algorithm, value):
-                    return None
+                if not valid_digest(algorithm, value):
+                    return None, None
                 out[algorithm] = value
-            return out or None
+            return out or None, (entry_st, entry)
         except Exception:  # a cache never fails a verification: anything odd is a miss
-            return None
+            return None, None
 
     def store(self, path: Any, st: os.stat_result, digests: Mapping[str, str]) -> None:
         """Remember ``digests`` (of content that verified) for the file at ``path`` whose
         stat before reading was ``st``. Skipped, silently, when the file is too recently
         modified, has changed since ``st``, or the store cannot be written."""
-        tmp = None
-        dir_fd = None
         try:
-            if not digests or not all(_valid_digest(a, v) for a, v in digests.items()):
+            if not digests or not all(valid_digest(a, v) for a, v in digests.items()):
                 return
             newest = max(st.st_mtime_ns, st.st_ctime_ns)
             if time.time_ns() - newest < self.racy_window_ns:
@@ -307,7 +317,7 @@ class StatCache:
             now = os.stat(real)
             if stat_key(now) != stat_key(st):
                 return
-            dir_fd = self._store_fd(create=True)
+            dir_fd = self.store_fd(create=True)
             if dir_fd is None:
                 return
             name = self._entry_name(real)
@@ -316,42 +326,24 @@ class StatCache:
             if previous:
                 merged = {**previous, **merged}
             import json
-            import secrets
 
             document = {
                 "format": FORMAT_VERSION, "path": real, "key": list(stat_key(st)),
                 "digests": dict(sorted(merged.items())), "stored_at_ns": time.time_ns(),
             }
-            data = json.dumps(document).encode("utf-8")
-            tmp = f".tmp-{secrets.token_hex(8)}.json"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                         0o600, dir_fd=dir_fd)
-            try:
-                os.fchmod(fd, 0o600)  # readable by this user whatever the umask
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            tmp = None
+            replace_private_file(dir_fd, name, json.dumps(document).encode("utf-8"))
         except Exception:
             return
-        finally:
-            if tmp is not None and dir_fd is not None:
-                try:
-                    os.unlink(tmp, dir_fd=dir_fd)
-                except OSError:
-                    pass
 
     def _read_same_key(self, dir_fd: int, name: str, real: str, st: os.stat_result) -> dict[str, str] | None:
         """Digests already stored for this very key and not expired (to keep md5 when
         sha256 is added)."""
         try:
-            entry = self._read_entry(dir_fd, name)
+            read = self.read_entry(dir_fd, name)
+            entry = read[0] if read is not None else None
             if (entry is not None and self._fresh(entry) and entry.get("path") == real
                     and entry.get("key") == list(stat_key(st))):
-                return {a: v for a, v in entry["digests"].items() if _valid_digest(a, v)}
+                return {a: v for a, v in entry["digests"].items() if valid_digest(a, v)}
         except Exception:
             return None
         return None
@@ -359,7 +351,7 @@ class StatCache:
     def clear(self) -> int:
         """Remove every entry of this format version; returns how many were removed."""
         removed = 0
-        dir_fd = self._store_fd(create=False)
+        dir_fd = self.store_fd(create=False)
         if dir_fd is None:
             return 0
         try:
@@ -367,7 +359,7 @@ class StatCache:
         except OSError:
             return 0
         for name in names:
-            if name.endswith(".json"):
+            if name.endswith((".json", ".idx")):
                 try:
                     os.unlink(name, dir_fd=dir_fd)
                     removed += 1
@@ -376,9 +368,9 @@ class StatCache:
         return removed
 
 
-def _valid_digest(algorithm: Any, value: Any) -> bool:
-    length = _DIGEST_LENGTHS.get(algorithm)
-    return length is not None and isinstance(value, str) and len(value) == length and _HEX.issuperset(value)
+def valid_digest(algorithm: Any, value: Any) -> bool:
+    length = DIGEST_LENGTHS.get(algorithm)
+    return length is not None and isinstance(value, str) and len(value) == length and HEX.issuperset(value)
 
 
 def open_cache(cache: Any, *, rehash: bool | None = None) -> Any:

@@ -68,7 +68,9 @@ def test_a_broken_component_is_named_before_the_pipeline_is_built(damage, pipe_d
     with pytest.raises(VerificationError) as info:
         diffusers.DDPMPipeline.from_pretrained(pipe_dir)
     text = str(info.value)
-    assert built == []
+    # a changed byte in a file of the right size is found while the pipeline loads (modelguard.overlap):
+    # what was built is dropped; every other damage is refused before anything is built
+    assert built == ([1] if damage == "flipped" else [])
     assert f"modelguard refused to load acme/tiny-ddpm (diffusers DDPMPipeline.from_pretrained) from {pipe_dir}" in text
     assert f"broken component(s): unet ({UNET_WEIGHTS}: " in text
     assert f"FAIL {UNET_WEIGHTS} [model]: " in text and diagnosis in text

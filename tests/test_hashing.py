@@ -257,18 +257,26 @@ def test_benchmark_runs_and_cleans_up(tmp_path):
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "bench.py"), "--quick", "--size-gb", "0.004", "--scale", "0.0005",
-         "--small-files", "4", "--small-kb", "16", "--repeat", "1", "--import-repeat", "1",
-         "--dir", str(tmp_path), "--json", str(out_json)],
+         "--small-files", "4", "--shards", "2", "--shard-gb", "0.002", "--repeat", "1", "--import-repeat", "1",
+         "--no-loads", "--dir", str(tmp_path), "--json", str(out_json)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for heading in ("(a) one 0.004 GiB file", "(b) bge-m3-shaped directory (12 files", "(c) 4 files of 16 KiB",
-                    "warm verify (stat cache hit", "import time", "targets (issue 5)"):
+    for heading in ("(a) one 0.004 GiB file", "(b) bge-m3-shaped directory (12 files", "(c) 4 files of 4-64 KiB",
+                    "(d) sharded model, 2 x 0.002 GiB", "warm verify (stat cache hit", "import time",
+                    "targets (issues 5 and 15)"):
         assert heading in proc.stdout
     assert "files are in the page cache" in proc.stdout
     results = json.loads(out_json.read_text())
     assert set(results["large"]) >= {"modelguard verify sha256 (cold)", "huggingface_hub sha_fileobj (sha256)"}
     assert results["warm"]["(b) bge-m3-shaped dir, manifest file"]["warm_ms"] > 0
+    assert results["warm"]["(c) 4 small files"]["us_per_file"] > 0
+    targets = results["targets"]
+    assert "(c) 4 small files cold vs one-thread loop >= 1.5x" in targets
+    assert all(set(t) == {"value", "reference", "met"} for t in targets.values())
+    verdicts = [line.rsplit(" ", 1)[-1] for line in proc.stdout.split("targets (issues 5 and 15)")[1].splitlines()
+                if line.strip().endswith(("met", "NOT MET"))]
+    assert len(verdicts) == len(targets)
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"], "benchmark data left behind"
 
 

@@ -80,22 +80,22 @@ def _wrap_pipeline_from_pretrained(original: Any) -> Any:
     def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
         name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         label = f"diffusers {cls.__name__}.from_pretrained"
-        with guard.verified_scope():
-            if isinstance(name, (str, os.PathLike)) and os.fspath(name):
-                asked = kwargs.get("revision")
-                try:
+        try:  # also the verdict on weights hashed while the pipeline loaded (at the end of the scope)
+            with guard.verified_scope():
+                if isinstance(name, (str, os.PathLike)) and os.fspath(name):
+                    asked = kwargs.get("revision")
                     resolved = guard.check_before_load(
                         name, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
                         local_files_only=bool(kwargs.get("local_files_only")),
                     )
                     _require_component_files(resolved, label)
-                except VerificationError as exc:
-                    raise name_components(exc) from None
-                if asked is None and resolved.how in ("hub-id", "lock") and resolved.revision:
-                    kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
-                if resolved.directory is not None and os.path.isdir(resolved.directory):
-                    mark_verified(resolved.directory, unknown=resolved.manifest is None)
-            return func(cls, *args, **kwargs)
+                    if asked is None and resolved.how in ("hub-id", "lock") and resolved.revision:
+                        kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
+                    if resolved.directory is not None and os.path.isdir(resolved.directory):
+                        mark_verified(resolved.directory, unknown=resolved.manifest is None)
+                return func(cls, *args, **kwargs)
+        except VerificationError as exc:
+            raise name_components(exc) from exc.__cause__
 
     return classmethod(from_pretrained)
 

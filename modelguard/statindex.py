@@ -1,0 +1,142 @@
+"""A model folder's index in the digest cache: its files' entries read in one go.
+
+A warm verify costs a stat per file and one read of this index, instead of an open, read
+and parse of one :mod:`modelguard.statcache` entry per file. Each record is a copy of an
+entry (path, stat key, digests, when stored), trusted as entries are: the index lives in
+the same private folder, is opened relative to it without following links and without
+blocking, must be a regular file of this user's that group and others cannot write, and is
+bounded in size; anything odd reads as an empty index. A record counts only for the stat
+key it holds and until it expires (``MODELGUARD_CACHE_MAX_AGE``); with ``rehash`` no index
+is read. A record that misses is dropped and the entry itself is read; a file stored again
+drops its record; entries read that way are copied into the index. Only entries older than
+the cache's ``index_settle_ns`` are copied, so an entry is in an index only once it has
+stood unchanged for that long.
+
+Name: ``<sha256 of the folder's absolute path>.idx`` beside the entries; written (temporary
+file, renamed into place) at the end of a verify that added or dropped records.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import Any, Iterable, Mapping
+
+from .private_dirs import O_NOFOLLOW, owned_by_us, replace_private_file
+from .statcache import DIGEST_LENGTHS as _LENGTHS, HEX as _HEX, StatCache
+
+FORMAT = 1
+_MAX_INDEX_BYTES = 64 << 20
+_O_READ = (os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+           | getattr(os, "O_CLOEXEC", 0))
+
+
+def folder_view(cache: Any, folder: str) -> Any:
+    """What the engine looks digests up in for the files of ``folder``: a :class:`FolderView`
+    of a :class:`StatCache`, or ``cache`` itself (no cache, a caller's own object, rehash)."""
+    if type(cache) is StatCache and not cache.rehash:
+        return FolderView(cache, folder)
+    return cache
+
+
+class FolderView:
+    """``lookup``/``store`` of a :class:`StatCache` for one verify of one folder, answered
+    from the folder's index where a record still holds; :meth:`finish` writes the index."""
+
+    def __init__(self, cache: StatCache, folder: str) -> None:
+        import hashlib
+
+        self.cache = cache
+        self.name = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest() + ".idx"
+        self.records: dict[str, Any] = {}
+        now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
+        self._oldest, self._newest = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
+        self.changed = False
+        self.dir_fd: int | None = None
+        try:
+            self.dir_fd = cache.store_fd(create=False)
+            if self.dir_fd is not None:
+                self.records = self._read()
+        except Exception:  # anything odd is an empty index
+            self.records = {}
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            fd = os.open(self.name, _O_READ, dir_fd=self.dir_fd)
+        except OSError:
+            return {}
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or not owned_by_us(st) or st.st_mode & 0o022
+                    or st.st_size > _MAX_INDEX_BYTES):
+                return {}
+            chunks = []
+            left = st.st_size + 1
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+        import json
+
+        doc = json.loads(b"".join(chunks))
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
+            return {}
+        return doc["files"]
+
+    def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
+        records = self.records
+        real = path if type(path) is str and path in records else os.path.abspath(os.fspath(path))
+        record = records.get(real)
+        if record is not None:
+            try:  # the record's stat key, its age, then each digest asked for
+                dev, ino, size, mtime, ctime, stored, digests = record
+                if ((ino, size, mtime, ctime, dev) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev)
+                        and type(stored) is int and self._oldest <= stored <= self._newest):
+                    out = {}
+                    for algorithm in algorithms:
+                        value = digests[algorithm]
+                        if type(value) is not str or len(value) != _LENGTHS[algorithm] or not _HEX.issuperset(value):
+                            break
+                        out[algorithm] = value
+                    else:
+                        if out:
+                            return out
+            except Exception:  # a malformed record: a miss
+                pass
+            del records[real]
+            self.changed = True
+        digests, read = self.cache.lookup_entry(real, st, algorithms)
+        if read is not None:
+            entry_st, entry = read
+            if time.time_ns() - max(entry_st.st_mtime_ns, entry_st.st_ctime_ns) >= self.cache.index_settle_ns:
+                records[real] = [*entry["key"], entry["stored_at_ns"], entry["digests"]]
+                self.changed = True
+        return digests
+
+    def store(self, path: Any, st: os.stat_result, digests: Mapping[str, str]) -> None:
+        """Store the entry; the file's record is dropped (the entry is copied in again once settled)."""
+        self.cache.store(path, st, digests)
+        if self.records.pop(os.path.abspath(os.fspath(path)), None) is not None:
+            self.changed = True
+
+    def finish(self) -> None:
+        """Write the index when this verify added or dropped records. Never raises."""
+        if not self.changed:
+            return
+        try:
+            import json
+
+            dir_fd = self.cache.store_fd(create=True)
+            if dir_fd is None:
+                return
+            data = json.dumps({"format": FORMAT, "files": self.records}, separators=(",", ":")).encode()
+            if len(data) <= _MAX_INDEX_BYTES:
+                replace_private_file(dir_fd, self.name, data)
+                self.changed = False
+        except Exception:
+            return
