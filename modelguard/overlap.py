@@ -16,6 +16,10 @@ verification error and the half-built model is dropped; when the library itself 
 first (on the bad bytes, say), the verification error is raised with the library's error
 chained. Under the ``warn`` policy the failure is a warning. Under ``repair`` nothing
 overlaps: a broken file must be replaced before the library reads it.
+
+``MODELGUARD_VERIFY_FIRST=1`` turns the overlap off: every file is verified before the
+library builds anything (a same-size corruption is then refused before construction, at the
+cost of hashing before loading on a cold start).
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ from .fs import containing_roots, within
 from .manifest import Manifest
 
 DEFERRED_SUFFIXES = (".safetensors",)
+ENV_VERIFY_FIRST = "MODELGUARD_VERIFY_FIRST"
+
+
+def enabled() -> bool:
+    """False when ``$MODELGUARD_VERIFY_FIRST`` asks for every file to be verified before loading."""
+    return os.environ.get(ENV_VERIFY_FIRST, "").strip().lower() not in ("1", "true", "yes", "on")
 
 
 @dataclasses.dataclass

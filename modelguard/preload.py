@@ -132,7 +132,7 @@ def check_before_load(
     # (modelguard.overlap); everything else, and every stat-level check, comes first.
     pendings = _pending.get()
     parts = (overlap.split(manifest, directory, wanted) if fetched is None and pendings is not None
-             and on_failure in ("refuse", "warn") else None)
+             and on_failure in ("refuse", "warn") and overlap.enabled() else None)
     if fetched is not None:
         report = fetched
     elif parts is not None:
