@@ -9,7 +9,7 @@ from ..engine import verify_directory
 from ..resolve import resolve_verify_target
 from ..safety import scan_manifest_files
 from ._common import Progress, emit_verdict
-from ._signed import run_verify, wants_signature
+from ._signed import add_trust_arguments, run_verify, wants_signature
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("target", metavar="TARGET",
                    help="a manifest file, a model id (BAAI/bge-m3), a Hugging Face cache snapshot / download "
-                        "folder, or a signature (model.sig, with --public-key or --certificate-chain); with no "
+                        "folder, or a signature (model.sig, with --public-key, --certificate-chain or --identity); with no "
                         "manifest, a cached model is checked against the Hub's listing saved at download (else "
                         "its blobs' content addresses)")
     p.add_argument("directory", metavar="DIR", nargs="?",
@@ -43,12 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="hash every file in full even when the verified-digest cache holds it "
                         "(catches in-place writes and bit rot the cache cannot see); still updates the cache")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--public-key", metavar="KEY.pem",
-                   help="TARGET is an OpenSSF model signature: check it with this PEM public key "
-                        "(default for a .sig: $MODELGUARD_PUBLIC_KEY), then every file it lists")
-    p.add_argument("--certificate-chain", metavar="CA.pem", action="append",
-                   help="TARGET is a model signature made with a certificate: check it against this chain "
-                        "(repeatable)")
+    add_trust_arguments(p, "TARGET")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     p.set_defaults(run=run)
 
