@@ -45,8 +45,8 @@ from .signature_bundle import (CACHE_FORMAT, ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATU
                                cached_statement, fingerprint, forget_checked_signatures, library, malformed, read_bytes,
                                short_error, stat_list, store_statement)
 from .signature_sigstore import (ENV_IDENTITY, ENV_IDENTITY_PROVIDER, SigstoreTrust, configured_identity,
-                                 describe_identity, made_with_certificate, make_trust, signing_certificate,
-                                 verify_sigstore)
+                                 describe_identity, forget_verifiers, made_with_certificate, make_trust,
+                                 signing_certificate, verify_sigstore)
 from .signature_writing import sign_directory
 
 __all__ = [
@@ -545,4 +545,5 @@ def clear_cache() -> None:
     """Forget every checked signature and verified folder remembered in this process (the
     durable store stays)."""
     forget_checked_signatures()
+    forget_verifiers()
     _folders.clear()

@@ -243,10 +243,11 @@ def test_identity_excludes_a_key_or_a_chain(signed, other):
     assert f"{other[0]} and --identity, --identity-provider name different kinds of signer" in proc.stderr
 
 
-def test_model_signing_spellings_and_the_environment(signed, monkeypatch):
+def test_model_signing_spellings_get_a_hint_and_the_environment_is_read(signed, monkeypatch):
     spelled = run_cli("verify", str(signed / "model.sig"), "--identity", "alice@example.com",
                       "--identity_provider", ISSUER)
-    assert spelled.returncode == 1 and "expected: alice@example.com" in spelled.stderr
+    assert spelled.returncode == 2
+    assert "unknown option '--identity_provider'; did you mean '--identity-provider'?" in spelled.stderr
     from_env = run_cli("verify", str(signed / "model.sig"),
                        env={"MODELGUARD_IDENTITY": "alice@example.com", "MODELGUARD_IDENTITY_PROVIDER": ISSUER})
     assert from_env.returncode == 1 and "expected: alice@example.com" in from_env.stderr

@@ -17,22 +17,23 @@ from ._common import Progress, emit_verdict
 
 
 def add_trust_arguments(p: argparse.ArgumentParser, what: str) -> None:
-    """The signer options; ``model_signing``'s spellings (``--public_key``...) are accepted too."""
-    p.add_argument("--public-key", "--public_key", dest="public_key", metavar="KEY.pem",
+    """The signer options, named as the ``model_signing`` CLI names them (with hyphens: its
+    ``--identity_provider`` is ``--identity-provider`` here; a mistyped option gets a "did you mean")."""
+    p.add_argument("--public-key", metavar="KEY.pem",
                    help=f"check the OpenSSF model signature {what} with this PEM public key "
                         f"(default for a .sig: ${ENV_PUBLIC_KEY}, else ${ENV_IDENTITY}), then every file it lists")
-    p.add_argument("--certificate-chain", "--certificate_chain", dest="certificate_chain", metavar="CA.pem",
+    p.add_argument("--certificate-chain", metavar="CA.pem",
                    action="append",
                    help=f"check the signature {what}, made with a certificate, against this chain (repeatable)")
     p.add_argument("--identity", metavar="EMAIL_OR_URI",
                    help=f"check the Sigstore (keyless) signature {what}: the identity that must have signed it "
                         "(the certificate's email or URI), with --identity-provider")
-    p.add_argument("--identity-provider", "--identity_provider", dest="identity_provider", metavar="ISSUER_URL",
+    p.add_argument("--identity-provider", metavar="ISSUER_URL",
                    help="the OIDC issuer that vouched for --identity, e.g. https://accounts.google.com or "
                         "https://token.actions.githubusercontent.com")
-    p.add_argument("--use-staging", "--use_staging", dest="use_staging", action="store_true",
+    p.add_argument("--use-staging", action="store_true",
                    help="with --identity: Sigstore's staging instance (test signatures)")
-    p.add_argument("--trust-config", "--trust_config", dest="trust_config", metavar="CONFIG.json",
+    p.add_argument("--trust-config", metavar="CONFIG.json",
                    help="with --identity: a Sigstore client trust configuration instead of the trust root "
                         "fetched from Sigstore over the network")
 
@@ -40,7 +41,7 @@ def add_trust_arguments(p: argparse.ArgumentParser, what: str) -> None:
 def wants_signature(args: argparse.Namespace) -> bool:
     """Whether ``verify`` was asked to check a signature rather than a manifest."""
     return bool(args.public_key or args.certificate_chain or args.identity or args.identity_provider
-                or args.target.endswith(".sig"))
+                or args.use_staging or args.trust_config or args.target.endswith(".sig"))
 
 
 def trust_from_args(args: argparse.Namespace, signature: str) -> dict[str, Any]:

@@ -19,18 +19,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Exit 0 signed, 2 bad invocation or Sigstore unreachable.",
     )
     p.add_argument("directory", metavar="DIR", help="the model folder to sign")
-    p.add_argument("--private-key", "--private_key", dest="private_key", metavar="KEY.pem",
+    p.add_argument("--private-key", metavar="KEY.pem",
                    help="PEM elliptic-curve private key (P-256/P-384/P-521)")
     p.add_argument("--password", help="password of the private key, if it is encrypted")
     p.add_argument("--sigstore", action="store_true",
                    help="sign with Sigstore instead of a key: a short-lived certificate for your identity "
                         "(an identity token, ambient CI credentials, or a browser login), logged publicly; "
                         "needs the network")
-    p.add_argument("--use-staging", "--use_staging", dest="use_staging", action="store_true",
+    p.add_argument("--use-staging", action="store_true",
                    help="with --sigstore: Sigstore's staging instance (test signatures)")
-    p.add_argument("--identity-token", "--identity_token", dest="identity_token", metavar="TOKEN",
+    p.add_argument("--identity-token", metavar="TOKEN",
                    help="with --sigstore: an OIDC identity token to use instead of ambient credentials or a login")
-    p.add_argument("--trust-config", "--trust_config", dest="trust_config", metavar="CONFIG.json",
+    p.add_argument("--trust-config", metavar="CONFIG.json",
                    help="with --sigstore: a Sigstore client trust configuration (another Sigstore instance)")
     p.add_argument("-o", "--output", metavar="SIG", help="where to write the signature (default: DIR/model.sig)")
     p.add_argument("--ignore-paths", metavar="PATH", action="append", default=[],
