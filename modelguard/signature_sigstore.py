@@ -34,6 +34,7 @@ from .signature_bundle import fingerprint, read_bytes, short_error
 
 ENV_IDENTITY = "MODELGUARD_IDENTITY"
 ENV_IDENTITY_PROVIDER = "MODELGUARD_IDENTITY_PROVIDER"
+ENV_TRUST_CONFIG = "MODELGUARD_SIGSTORE_TRUST_CONFIG"
 PRODUCTION_TUF_URL = "https://tuf-repo-cdn.sigstore.dev"
 STAGING_TUF_URL = "https://tuf-repo-cdn.sigstage.dev"
 # Fulcio's certificate extensions: the OIDC issuer (v1: raw string; v2: DER UTF8String) and
@@ -107,15 +108,18 @@ def make_trust(identity: str | None, provider: str | None, *, use_staging: bool 
                          os.fspath(trust_config) if trust_config is not None else None)
 
 
-def configured_identity(identity: str | None = None, provider: str | None = None) -> SigstoreTrust | None:
+def configured_identity(identity: str | None = None, provider: str | None = None,
+                        trust_config: str | None = None) -> SigstoreTrust | None:
     """The identity the guard requires: the arguments (``install(identity=...,
-    identity_provider=...)``), else ``$MODELGUARD_IDENTITY`` and ``$MODELGUARD_IDENTITY_PROVIDER``."""
+    identity_provider=..., sigstore_trust_config=...)``), else ``$MODELGUARD_IDENTITY``,
+    ``$MODELGUARD_IDENTITY_PROVIDER`` and ``$MODELGUARD_SIGSTORE_TRUST_CONFIG``."""
     identity = identity or os.environ.get(ENV_IDENTITY, "").strip() or None
     provider = provider or os.environ.get(ENV_IDENTITY_PROVIDER, "").strip() or None
+    trust_config = trust_config or os.path.expanduser(os.environ.get(ENV_TRUST_CONFIG, "").strip()) or None
     if identity is None and provider is None:
         return None
     try:
-        return make_trust(identity, provider)
+        return make_trust(identity, provider, trust_config=trust_config)
     except UsageError as exc:
         raise UsageError(
             f"the guard's Sigstore identity setting is incomplete: {exc.message}",

@@ -44,7 +44,7 @@ from .signature_bundle import (CACHE_FORMAT, ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATU
                                PREDICATE_KEY, RACY_WINDOW_NS, SIGNATURE_NAME, SIGNED_COMPONENT, SignedStatement,
                                cached_statement, fingerprint, forget_checked_signatures, library, malformed, read_bytes,
                                short_error, stat_list, store_statement)
-from .signature_sigstore import (ENV_IDENTITY, ENV_IDENTITY_PROVIDER, SigstoreTrust, configured_identity,
+from .signature_sigstore import (ENV_IDENTITY, ENV_IDENTITY_PROVIDER, ENV_TRUST_CONFIG, SigstoreTrust, configured_identity,
                                  describe_identity, forget_verifiers, made_with_certificate, make_trust,
                                  signing_certificate, verify_sigstore)
 from .signature_writing import sign_directory
@@ -511,7 +511,8 @@ def enforce_before_load(
         raise SigstoreUnavailableError(
             f"{what}: {exc.message}", expected=exc.expected, actual=exc.actual,
             remedy=f"load it once where Sigstore is reachable (a signature that verified is remembered while the "
-                   f"file is unchanged), or use a model signed with a key and set {ENV_PUBLIC_KEY}",
+                   f"file is unchanged), set {ENV_TRUST_CONFIG} to a Sigstore client trust configuration, or use "
+                   f"a model signed with a key and set {ENV_PUBLIC_KEY}",
         ) from None
     report = _unchanged_report(directory, statement)
     if report is None:

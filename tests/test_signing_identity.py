@@ -11,9 +11,11 @@ once, nothing can hang). What can be shown offline is shown with the real librar
   real `model_signing sign certificate`;
 - a bundle naming the right identity goes on to Sigstore's verifier: without network, the trust
   root cannot be fetched, a clear error (exit 2); with a trust configuration file (the trust root
-  sigstore-python ships), the verifier runs offline and refuses a certificate Sigstore never issued.
-
-A signature that Sigstore really issued cannot be made offline, so its acceptance is not tested.
+  sigstore-python ships), the verifier runs offline and refuses a certificate Sigstore never issued;
+- acceptance: a Sigstore instance of the tests' own (helpers/sigstore_instance.py: a CA, a CT log
+  and a transparency log) issues the certificate and logs the signature; with its trust
+  configuration, sigstore-python verifies the bundle as it verifies the public instance's (and
+  `model_signing verify sigstore` accepts it), at the command line and under the guard.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from helpers.requires import need
 
 import modelguard
 from modelguard import guard, signing
-from modelguard.errors import SignatureError, SigstoreUnavailableError, UsageError
+from modelguard.errors import SignatureError, SigstoreUnavailableError, UsageError, VerificationError
 
 from test_signing import make_key_pair, model_signing_cli, openssl, write_model
 
@@ -218,6 +220,102 @@ def test_with_a_trust_configuration_the_verifier_runs_offline_and_refuses_a_fore
     assert f"trust configuration {broken} cannot be read" in bad.stderr
 
 
+# --------------------------------------------------------------------------- a Sigstore instance of our own
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory):
+    """The tests' Sigstore instance and its client trust configuration file."""
+    from helpers.sigstore_instance import SigstoreInstance
+
+    inst = SigstoreInstance()
+    store = Path(sigstore.__file__).parent / "_store" / "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev"
+    config = tmp_path_factory.mktemp("instance") / "trust_config.json"
+    config.write_text(json.dumps(inst.trust_config(json.loads((store / "signing_config.v0.2.json").read_text()))))
+    return inst, config
+
+
+def sign_as(instance, directory: Path, identity: str, issuer: str = ISSUER) -> Path:
+    """Sign ``directory`` as ``identity``: the instance's CA issues the certificate,
+    `model_signing sign certificate` signs, the instance's log records it."""
+    from cryptography.hazmat.primitives import serialization
+
+    inst, _ = instance
+    key, cert = inst.issue(identity, issuer)
+    folder = directory.parent / f"{directory.name}-signer"
+    folder.mkdir()
+    paths = {"key": folder / "leaf.key", "cert": folder / "leaf.crt", "ca": folder / "ca.crt"}
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["ca"].write_bytes(inst.ca_cert.public_bytes(serialization.Encoding.PEM))
+    sig = sign_with_certificate(directory, paths)
+    sig.write_text(json.dumps(inst.log_bundle(json.loads(sig.read_text()), cert)))
+    return sig
+
+
+@pytest.fixture
+def genuine(instance, tmp_path):
+    return sign_as(instance, write_model(tmp_path / "tiny-model"), "alice@example.com")
+
+
+def test_a_genuine_sigstore_signature_verifies_with_its_trust_configuration(genuine, instance):
+    _, config = instance
+    proc = verify_identity(genuine, "alice@example.com", ISSUER, "--trust-config", str(config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (f"signature ok: {genuine} signed by Sigstore identity alice@example.com "
+                        f"(identity provider {ISSUER}) (4 file(s))")
+    assert lines[-1] == "verified: 4 file(s) of tiny-model match the manifest"
+    # the same bundle is what model_signing itself accepts
+    accepted = model_signing_cli("verify", "sigstore", str(genuine.parent), "--signature", str(genuine),
+                                 "--identity", "alice@example.com", "--identity_provider", ISSUER,
+                                 "--trust_config", str(config))
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "Verification succeeded" in accepted.stdout + accepted.stderr
+
+
+def test_genuine_signature_refusals(genuine, instance):
+    _, config = instance
+    other = verify_identity(genuine, "bob@example.com", ISSUER, "--trust-config", str(config))
+    assert other.returncode == 1 and "actual:   alice@example.com (identity provider" in other.stderr
+    offline = verify_identity(genuine, "alice@example.com")  # Sigstore's public instance: needs its trust root
+    assert offline.returncode == 2 and "Sigstore's trust root could not be fetched" in offline.stderr
+    weights = genuine.parent / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[7] ^= 0x01
+    weights.write_bytes(bytes(data))
+    tampered = verify_identity(genuine, "alice@example.com", ISSUER, "--trust-config", str(config), "--json")
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
+    doc = json.loads(tampered.stdout)
+    assert doc["signature"]["signer"] == f"Sigstore identity alice@example.com (identity provider {ISSUER})"
+    result = {f["path"]: f for f in doc["files"]}["model.safetensors"]
+    assert result["status"] == "failed" and result["diagnosis"] == "digest_mismatch"
+
+
+def test_an_altered_statement_in_a_sigstore_bundle_does_not_verify(genuine, instance):
+    _, config = instance
+    bundle = json.loads(genuine.read_text())
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    statement["subject"][0]["digest"]["sha256"] = "0" * 64
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    genuine.write_text(json.dumps(bundle))
+    proc = verify_identity(genuine, "alice@example.com", ISSUER, "--trust-config", str(config))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"signature {genuine} does not verify as signed by Sigstore identity alice@example.com" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_build_from_a_sigstore_signature(genuine, instance, tmp_path):
+    _, config = instance
+    out = tmp_path / "m.yaml"
+    proc = run_cli("build", "--from-signature", str(genuine), "--identity", "alice@example.com",
+                   "--identity-provider", ISSUER, "--trust-config", str(config), "--model", "acme/m", "-o", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"wrote {out}: signed by Sigstore identity alice@example.com")
+    assert run_cli("verify", str(out), str(genuine.parent), "--quiet").returncode == 0
+
+
 # --------------------------------------------------------------------------- verify: options
 
 
@@ -374,6 +472,32 @@ def test_required_signature_with_only_an_identity_refuses_an_unsigned_copy(bert,
     assert constructions == []
     assert "MODELGUARD_REQUIRE_SIGNATURE is set and" in caught.value.message
     assert caught.value.expected == "a model.sig signed by the trusted key or identity"
+
+
+def test_guard_loads_a_model_signed_by_the_trusted_identity_and_refuses_it_tampered(
+        instance, tmp_path, monkeypatch, guarded, constructions):
+    from helpers.tiny_bert import save_tiny_bert
+
+    _, config = instance
+    directory = save_tiny_bert(tmp_path / "tiny-bert")
+    sign_as(instance, directory, "alice@example.com")
+    constructions.clear()  # the model saved above was built too
+    monkeypatch.setenv("MODELGUARD_IDENTITY", "alice@example.com")
+    monkeypatch.setenv("MODELGUARD_IDENTITY_PROVIDER", ISSUER)
+    monkeypatch.setenv("MODELGUARD_SIGSTORE_TRUST_CONFIG", str(config))
+    modelguard.install(unknown="refuse")
+    transformers.BertModel.from_pretrained(directory)
+    assert constructions == ["BertModel"]
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    signing.clear_cache()
+    with pytest.raises(VerificationError) as caught:
+        transformers.BertModel.from_pretrained(directory)
+    assert constructions == ["BertModel"]
+    assert f"files do not match the signature {directory / 'model.sig'} (Sigstore identity alice@example.com" \
+        in caught.value.message
 
 
 def test_identity_without_its_provider_is_a_usage_error_at_load(bert, monkeypatch, guarded, constructions):
