@@ -306,6 +306,30 @@ def test_an_altered_statement_in_a_sigstore_bundle_does_not_verify(genuine, inst
     assert "Traceback" not in proc.stderr
 
 
+def test_a_verified_sigstore_signature_is_remembered_so_no_trust_root_is_needed_again(genuine, instance,
+                                                                                       monkeypatch):
+    import time
+
+    from modelguard import signature_sigstore
+
+    _, config = instance
+    time.sleep(signing.RACY_WINDOW_NS / 1e9 + 0.1)  # the signature file is older than the racy window
+    trust = {"identity": "alice@example.com", "identity_provider": ISSUER, "trust_config": config}
+    first = signing.read_signature(genuine, **trust)
+    assert first.cached is False and first.signer.startswith("Sigstore identity alice@example.com")
+    signing.clear_cache()  # this process forgets; the durable store remains
+
+    def no_trust_root(*args, **kwargs):
+        raise AssertionError("a remembered signature made a Sigstore verifier (which fetches the trust root)")
+
+    monkeypatch.setattr(signature_sigstore, "_verifier", no_trust_root)
+    again = signing.read_signature(genuine, **trust)
+    assert again.cached is True and again.digests == first.digests
+    # another identity is not answered from what was remembered for this one
+    with pytest.raises(SignatureError, match="was not made by the trusted identity"):
+        signing.read_signature(genuine, identity="bob@example.com", identity_provider=ISSUER, trust_config=config)
+
+
 def test_build_from_a_sigstore_signature(genuine, instance, tmp_path):
     _, config = instance
     out = tmp_path / "m.yaml"
