@@ -80,7 +80,8 @@ def make_trust(identity: str | None, provider: str | None, *, use_staging: bool 
         return None
     if not identity:
         raise UsageError(
-            "--identity-provider, --use-staging and --trust-config describe a Sigstore signer, but no identity is given",
+            "--identity-provider, --use-staging and --trust-config describe a Sigstore signer, "
+            "but no identity is given",
             expected="--identity EMAIL_OR_URI --identity-provider ISSUER_URL",
             actual=f"identity provider {provider!r}" if provider else "no identity",
             remedy="pass the signer's identity with --identity (or set "

@@ -44,14 +44,16 @@ from .signature_bundle import (CACHE_FORMAT, ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATU
                                PREDICATE_KEY, RACY_WINDOW_NS, SIGNATURE_NAME, SIGNED_COMPONENT, SignedStatement,
                                cached_statement, fingerprint, forget_checked_signatures, library, malformed, read_bytes,
                                short_error, stat_list, store_statement)
-from .signature_sigstore import (ENV_IDENTITY, ENV_IDENTITY_PROVIDER, ENV_TRUST_CONFIG, SigstoreTrust, configured_identity,
-                                 describe_identity, forget_verifiers, made_with_certificate, make_trust,
-                                 signing_certificate, verify_sigstore)
+from .signature_sigstore import (ENV_IDENTITY, ENV_IDENTITY_PROVIDER, ENV_TRUST_CONFIG, SigstoreTrust,
+                                 configured_identity, describe_identity, forget_verifiers, made_with_certificate,
+                                 make_trust, signing_certificate, verify_sigstore)
 from .signature_writing import sign_directory
 
 __all__ = [
-    "CACHE_FORMAT", "ENV_IDENTITY", "ENV_IDENTITY_PROVIDER", "ENV_PUBLIC_KEY", "ENV_REQUIRE_SIGNATURE", "GIT_PATHS", "INSTALL_HINT", "PREDICATE_KEY",
-    "RACY_WINDOW_NS", "SIGNATURE_NAME", "SIGNED_COMPONENT", "SignedStatement", "SigstoreTrust", "clear_cache", "configured_identity", "configured_public_key",
+    "CACHE_FORMAT", "ENV_IDENTITY", "ENV_IDENTITY_PROVIDER", "ENV_PUBLIC_KEY", "ENV_REQUIRE_SIGNATURE",
+    "ENV_TRUST_CONFIG", "GIT_PATHS", "INSTALL_HINT", "PREDICATE_KEY", "RACY_WINDOW_NS", "SIGNATURE_NAME",
+    "SIGNED_COMPONENT", "SignedStatement", "SigstoreTrust", "clear_cache", "configured_identity",
+    "configured_public_key",
     "enforce_before_load", "explain", "format_signature", "read_signature", "sign_directory", "signature_required",
     "verify_signed",
 ]
@@ -171,7 +173,8 @@ def _check(path: Path, public_key: str | os.PathLike[str] | None, chain: list[st
     sizes = _signed_sizes(statement, digests)
     return SignedStatement(
         signature=str(path), model_name=str(parsed.model_name),
-        signer=describe_identity(signing_certificate(bundle)) if sigstore else _describe_signer(bundle, public_key, chain),
+        signer=(describe_identity(signing_certificate(bundle)) if sigstore
+                else _describe_signer(bundle, public_key, chain)),
         serialization=serialization, ignore_paths=tuple(str(p) for p in serialization.get("ignore_paths", ())),
         digests=digests, sizes=sizes,
     )

@@ -21,9 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("target", metavar="TARGET",
                    help="a manifest file, a model id (BAAI/bge-m3), a Hugging Face cache snapshot / download "
-                        "folder, or a signature (model.sig, with --public-key, --certificate-chain or --identity); with no "
-                        "manifest, a cached model is checked against the Hub's listing saved at download (else "
-                        "its blobs' content addresses)")
+                        "folder, or a signature (model.sig, with --public-key, --certificate-chain or --identity); "
+                        "with no manifest, a cached model is checked against the Hub's listing saved at download "
+                        "(else its blobs' content addresses)")
     p.add_argument("directory", metavar="DIR", nargs="?",
                    help="model directory (default: the model's snapshot in the Hugging Face cache)")
     p.add_argument("--revision", help="with a model id: the revision whose manifest applies")
