@@ -4,7 +4,6 @@ are not there); keys made here with openssl, signatures by the real model-signin
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path

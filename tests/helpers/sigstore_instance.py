@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import json
 import struct
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
