@@ -18,7 +18,7 @@ _LAZY = {
     "UnsafePathError": "errors", "VerificationError": "errors", "MissingHeadError": "errors",
     "RandomInitError": "errors", "UnsafeFileError": "errors", "DownloadError": "errors",
     "OfflineError": "errors", "UsageError": "errors", "SignatureError": "errors",
-    "SignatureFormatError": "errors",
+    "SignatureFormatError": "errors", "SigstoreUnavailableError": "errors",
     # manifests
     "Manifest": "manifest", "FileEntry": "manifest", "Component": "manifest", "TensorSpec": "manifest",
     "load_manifest": "manifest", "parse_manifest_text": "manifest", "dump_manifest": "manifest",

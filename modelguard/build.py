@@ -2,7 +2,9 @@
 
 Every file gets its size, md5 and sha256 (one read each); components are
 assigned by a rule set: bge-m3's (dense / sparse / colbert / tokenizer / onnx)
-when the model looks like bge-m3, a generic one otherwise.
+when the model looks like bge-m3, a generic one otherwise. :func:`build_from_digests`
+takes the sha256 of each file from digests already checked (a verified signature's)
+instead of hashing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from .errors import UsageError
 from .fs import containing_roots, walk_files, within
@@ -198,6 +200,35 @@ def build_manifest(
                          digests=digests)
 
     entries = run_parallel(paths, one, workers=min(len(paths), usable_cpus(), 8))
+    used = {e.component for e in entries}
+    components = {name: comp for name, comp in rule_set.components.items() if name in used}
+    return Manifest(model=model, revision=revision, components=components, files=tuple(entries))
+
+
+def build_from_digests(
+    directory: str | os.PathLike[str],
+    model: str,
+    revision: str | None,
+    digests: Mapping[str, str],
+    *,
+    rules: str | RuleSet | None = None,
+    exclude: Iterable[str] = (),
+) -> Manifest:
+    """A manifest of the files ``digests`` names (relative path -> sha256), each with its size on
+    disk and the component ``rules`` assign; nothing is hashed. The caller vouches that the
+    files match: ``modelguard build --from-signature`` passes the digests of a signature whose
+    files it verified."""
+    root = Path(directory)
+    paths = filter_paths(sorted(digests), None, exclude)
+    if not paths:
+        raise UsageError(f"no files to put in a manifest: every signed file of {root} is excluded", path=root,
+                         remedy="drop the --exclude patterns that match every file")
+    rule_set = resolve_rules(rules, model, paths)
+    entries = []
+    for path in paths:
+        check_relative_path(path, source=str(root))
+        entries.append(FileEntry(path=path, size=(root / path).stat().st_size, component=rule_set.component_for(path),
+                                 digests={"sha256": digests[path]}))
     used = {e.component for e in entries}
     components = {name: comp for name, comp in rule_set.components.items() if name in used}
     return Manifest(model=model, revision=revision, components=components, files=tuple(entries))

@@ -131,3 +131,8 @@ class SignatureError(VerificationError):
 
 class SignatureFormatError(ManifestError):
     """A signature file cannot be read as a model signature (exit 2)."""
+
+
+class SigstoreUnavailableError(ModelGuardError):
+    """Sigstore cannot be used from here: its trust root (fetched from its TUF repository) or,
+    for signing, its certificate authority, log or identity provider cannot be reached (exit 2)."""

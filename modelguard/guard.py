@@ -75,6 +75,9 @@ def install(
     unknown: str | None = None,
     public_key: str | os.PathLike[str] | None = None,
     require_signature: bool | None = None,
+    identity: str | None = None,
+    identity_provider: str | None = None,
+    sigstore_trust_config: str | os.PathLike[str] | None = None,
     all_files: bool | None = None,
     rehash: bool | None = None,
 ) -> None:
@@ -85,13 +88,18 @@ def install(
     ``warn`` | ``refuse`` | ``allow``; ``manifest_dirs`` are searched before
     ``$MODELGUARD_MANIFEST_PATH``; ``offline`` overrides ``HF_HUB_OFFLINE``;
     ``public_key`` (a PEM file) overrides ``$MODELGUARD_PUBLIC_KEY`` and
-    ``require_signature`` ``$MODELGUARD_REQUIRE_SIGNATURE`` (see :mod:`modelguard.signing`).
+    ``require_signature`` ``$MODELGUARD_REQUIRE_SIGNATURE`` (see :mod:`modelguard.signing`);
+    ``identity`` and ``identity_provider`` (``$MODELGUARD_IDENTITY``,
+    ``$MODELGUARD_IDENTITY_PROVIDER``) the Sigstore signer a keyless signature must name, and
+    ``sigstore_trust_config`` (``$MODELGUARD_SIGSTORE_TRUST_CONFIG``) a Sigstore client trust
+    configuration to check it with instead of the trust root fetched from Sigstore.
     ``all_files``
     (``$MODELGUARD_ALL_FILES``) checks every file of a cache listing, not only what loaders read.
     ``rehash=True`` (or ``MODELGUARD_REHASH=1``) hashes every file in full before each
     load instead of trusting the verified-digest cache.
     """
     _settings.set_signing_settings(public_key, require_signature)
+    _settings.set_identity_settings(identity, identity_provider, sigstore_trust_config)
     new = _settings.make_policy(policy, manifest_dirs=manifest_dirs, offline=offline, unknown=unknown,
                                 all_files=all_files, rehash=rehash)
     if not is_installed():
@@ -107,6 +115,7 @@ def uninstall() -> None:
     remove_finder()
     _settings.set_policy(Policy())
     _settings.set_signing_settings(None, None, keep=False)
+    _settings.set_identity_settings(None, None, None, keep=False)
 
 
 def __getattr__(name: str) -> object:

@@ -14,7 +14,10 @@ Configuration, by argument or environment (arguments win):
 - offline, ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``: never download;
 - public_key, ``MODELGUARD_PUBLIC_KEY``: a folder holding ``model.sig`` is loaded only if
   that OpenSSF model signature verifies with this key and every file it lists matches
-  (:mod:`modelguard.signing`, needs ``modelguard[signing]``); require_signature,
+  (:mod:`modelguard.signing`, needs ``modelguard[signing]``); identity and identity_provider,
+  ``MODELGUARD_IDENTITY`` and ``MODELGUARD_IDENTITY_PROVIDER``: the same for a Sigstore
+  signature, which must name that signer (sigstore_trust_config,
+  ``MODELGUARD_SIGSTORE_TRUST_CONFIG``: the Sigstore instance, default production); require_signature,
   ``MODELGUARD_REQUIRE_SIGNATURE=1``: refuse a model without such a signature;
 - all_files, ``MODELGUARD_ALL_FILES``: for a model that no manifest describes but the
   Hugging Face cache does (:mod:`modelguard.hflisting`), check every listed file, not only
@@ -122,6 +125,9 @@ _policy = Policy()
 directory_map: dict[str, tuple[str, str | None]] = {}
 # install(public_key=..., require_signature=...); None: read from the environment at each check.
 _signing_settings: tuple[str | None, bool | None] = (None, None)
+# install(identity=..., identity_provider=..., sigstore_trust_config=...): the Sigstore signer required
+# and the instance that vouches for it; None: the environment decides.
+_identity_settings: tuple[str | None, str | None, str | None] = (None, None, None)
 
 
 def current_policy() -> Policy:
@@ -141,6 +147,23 @@ def set_signing_settings(public_key: str | os.PathLike[str] | None, require_sign
         old = _signing_settings if keep else (None, None)
         _signing_settings = (os.fspath(public_key) if public_key is not None else old[0],
                              require_signature if require_signature is not None else old[1])
+
+
+def identity_settings() -> tuple[str | None, str | None, str | None]:
+    """``(identity, identity_provider, sigstore_trust_config)`` given to install(); None where the
+    environment decides."""
+    return _identity_settings
+
+
+def set_identity_settings(identity: str | None, provider: str | None, trust_config: str | os.PathLike[str] | None,
+                          *, keep: bool = True) -> None:
+    """Set the Sigstore identity settings; with ``keep``, a None argument keeps the current value."""
+    global _identity_settings
+    with _lock:
+        old = _identity_settings if keep else (None, None, None)
+        _identity_settings = (identity if identity is not None else old[0],
+                              provider if provider is not None else old[1],
+                              os.fspath(trust_config) if trust_config is not None else old[2])
 
 
 def set_policy(policy: Policy) -> None:

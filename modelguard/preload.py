@@ -25,12 +25,12 @@ from .hflisting import checked_components
 from .hub import fetch, repair_files
 from .manifest import Manifest
 from .policy import (ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map,
-                     signing_settings)
+                     identity_settings, signing_settings)
 from .remedy import fetch_command
 from .report import VerifyReport, format_report
 from .resolve import LOCAL_MANIFEST_NAME, Resolution, resolve
 from .safety import SafetyFinding, require_safe, scan_file, scan_manifest_files
-from .signing import configured_public_key, enforce_before_load, signature_required
+from .signing import configured_identity, configured_public_key, enforce_before_load, signature_required
 
 # Directories verified during the current load call: a loader that calls another
 # guarded loader (sentence-transformers -> transformers) hashes the files once.
@@ -174,12 +174,13 @@ def check_before_load(
 
 
 def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_failure: str) -> bool:
-    """With a signing key or the signature requirement configured, check ``model.sig`` (once
-    per load). True when a signature verified with every file it lists."""
+    """With a signing key or identity, or the signature requirement configured, check
+    ``model.sig`` (once per load). True when a signature verified with every file it lists."""
     key_setting, require_setting = signing_settings()
     public_key = configured_public_key(key_setting)
+    identity = configured_identity(*identity_settings())
     require = signature_required(require_setting)
-    if public_key is None and not require:
+    if public_key is None and identity is None and not require:
         return False
     directory = resolved.directory
     if directory is not None and not Path(directory).is_dir():
@@ -192,7 +193,8 @@ def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_fa
                                 for path, kind in done):
         return True  # this folder, or the signed folder holding it, verified in this load
     statement = enforce_before_load(directory, public_key=public_key, require=require, loader=loader,
-                                    target=resolved.model_id or os.fspath(name_or_path), on_failure=on_failure)
+                                    target=resolved.model_id or os.fspath(name_or_path), on_failure=on_failure,
+                                    identity=identity)
     if statement is None:
         return False
     if done is not None:

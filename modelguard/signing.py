@@ -16,8 +16,9 @@ checked by modelguard's verify engine, with its diagnoses, reports and digest ca
 - :func:`enforce_before_load` is what the loader guard runs for a folder holding ``model.sig``.
 
 Only the ``files`` serialization with sha256 is accepted (``model_signing``'s default):
-a ``shards`` signature or another hash is refused with a message (exit 2). Keyless
-Sigstore signatures need the network and are not read here.
+a ``shards`` signature or another hash is refused with a message (exit 2). Keyless Sigstore
+signatures are checked against an identity and its provider (:mod:`modelguard.signature_sigstore`);
+Sigstore's trust root comes from the network, so offline they fail with a clear error (exit 2).
 
 ``model_signing`` is imported only when a signature is checked without a cache hit or
 written, never by ``import modelguard``. Install it with ``pip install 'modelguard[signing]'``.
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .engine import verify_directory
-from .errors import SignatureError, UsageError, VerificationError
+from .errors import SignatureError, SigstoreUnavailableError, UsageError, VerificationError
 from .fs import IGNORED_NAMES
 from .policy import GuardWarning
 from .report import format_report
@@ -43,11 +44,16 @@ from .signature_bundle import (CACHE_FORMAT, ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATU
                                PREDICATE_KEY, RACY_WINDOW_NS, SIGNATURE_NAME, SIGNED_COMPONENT, SignedStatement,
                                cached_statement, fingerprint, forget_checked_signatures, library, malformed, read_bytes,
                                short_error, stat_list, store_statement)
+from .signature_sigstore import (ENV_IDENTITY, ENV_IDENTITY_PROVIDER, ENV_TRUST_CONFIG, SigstoreTrust,
+                                 configured_identity, describe_identity, forget_verifiers, made_with_certificate,
+                                 make_trust, signing_certificate, verify_sigstore)
 from .signature_writing import sign_directory
 
 __all__ = [
-    "CACHE_FORMAT", "ENV_PUBLIC_KEY", "ENV_REQUIRE_SIGNATURE", "GIT_PATHS", "INSTALL_HINT", "PREDICATE_KEY",
-    "RACY_WINDOW_NS", "SIGNATURE_NAME", "SIGNED_COMPONENT", "SignedStatement", "clear_cache", "configured_public_key",
+    "CACHE_FORMAT", "ENV_IDENTITY", "ENV_IDENTITY_PROVIDER", "ENV_PUBLIC_KEY", "ENV_REQUIRE_SIGNATURE",
+    "ENV_TRUST_CONFIG", "GIT_PATHS", "INSTALL_HINT", "PREDICATE_KEY", "RACY_WINDOW_NS", "SIGNATURE_NAME",
+    "SIGNED_COMPONENT", "SignedStatement", "SigstoreTrust", "clear_cache", "configured_identity",
+    "configured_public_key",
     "enforce_before_load", "explain", "format_signature", "read_signature", "sign_directory", "signature_required",
     "verify_signed",
 ]
@@ -62,28 +68,40 @@ def read_signature(
     *,
     public_key: str | os.PathLike[str] | None = None,
     certificate_chain: Iterable[str | os.PathLike[str]] = (),
+    identity: str | None = None,
+    identity_provider: str | None = None,
+    use_staging: bool = False,
+    trust_config: str | os.PathLike[str] | None = None,
     cache: bool = True,
 ) -> SignedStatement:
     """Verify the bundle ``signature`` cryptographically and return what it signs.
 
-    Exactly one of ``public_key`` (a PEM elliptic-curve public key, as ``model_signing
-    verify key`` takes) or ``certificate_chain`` (PEM certificates, as ``model_signing verify
-    certificate``) is needed. Raises :class:`SignatureError` (exit 1) for a signature that
-    does not verify (tampered statement, another key, untrusted certificate),
-    :class:`SignatureFormatError` (exit 2) for a file that is not a readable signature, and
-    :class:`UsageError` (exit 2) for a bad key or an unsupported serialization.
+    Exactly one source of trust is needed: ``public_key`` (a PEM elliptic-curve public key,
+    as ``model_signing verify key`` takes), ``certificate_chain`` (PEM certificates, as
+    ``model_signing verify certificate``), or a Sigstore ``identity`` with its
+    ``identity_provider`` (the OIDC issuer URL; ``use_staging`` or a client ``trust_config``
+    file choose the instance, as ``model_signing verify sigstore`` takes them). Raises
+    :class:`SignatureError` (exit 1) for a signature that does not verify (tampered
+    statement, another key, untrusted certificate, another identity),
+    :class:`SignatureFormatError` (exit 2) for a file that is not a readable signature,
+    :class:`SigstoreUnavailableError` (exit 2) when Sigstore's trust root cannot be fetched,
+    and :class:`UsageError` (exit 2) for a bad key or an unsupported serialization.
 
     With ``cache`` (default), a signature already checked with the same key and unchanged
     since (same stat) is not checked again: the answer is remembered in this process and
     in the user's modelguard cache folder, so ``model_signing`` is not even imported.
     """
     chain = [os.fspath(c) for c in certificate_chain]
-    if (public_key is None) == (not chain):
+    sigstore = make_trust(identity, identity_provider, use_staging=use_staging, trust_config=trust_config)
+    given = [name for name, value in (("a public key", public_key is not None), ("a certificate chain", chain),
+                                      ("a Sigstore identity", sigstore is not None)) if value]
+    if len(given) != 1:
         raise UsageError(
-            "checking a signature needs a public key or a certificate chain (one of the two)",
-            expected="--public-key KEY.pem, or --certificate-chain CA.pem",
-            actual="both" if public_key is not None else "neither",
-            remedy=f"pass the public key of the signer (or set {ENV_PUBLIC_KEY}=KEY.pem)",
+            "checking a signature needs a public key, a certificate chain or a Sigstore identity (one of them)",
+            expected="--public-key KEY.pem, --certificate-chain CA.pem, or --identity ID --identity-provider URL",
+            actual=" and ".join(given) if given else "neither",
+            remedy=f"pass the public key of the signer (or set {ENV_PUBLIC_KEY}=KEY.pem)" if not given
+            else "pass only the one the signer used",
         )
     path = Path(signature)
     try:
@@ -94,7 +112,9 @@ def read_signature(
             expected="a model.sig file written by `model_signing sign` or `modelguard sign`",
             remedy="check the path; sign the model with: modelguard sign DIR --private-key KEY.pem",
         ) from None
-    if public_key is not None:
+    if sigstore is not None:
+        trust: tuple[Any, ...] = sigstore.cache_token()
+    elif public_key is not None:
         trust = ("key", fingerprint(read_bytes(public_key, "public key")))
     else:
         trust = ("chain", fingerprint(*(read_bytes(c, "certificate chain file") for c in chain)))
@@ -103,15 +123,16 @@ def read_signature(
         hit = cached_statement(key)
         if hit is not None:
             return hit
-    statement = _check(path, public_key, chain)
+    statement = _check(path, public_key, chain, sigstore)
     if cache:
         store_statement(key, st, statement)
     return statement
 
 
-def _check(path: Path, public_key: str | os.PathLike[str] | None, chain: list[str]) -> SignedStatement:
+def _check(path: Path, public_key: str | os.PathLike[str] | None, chain: list[str],
+           sigstore: SigstoreTrust | None = None) -> SignedStatement:
     sign_certificate, sign_ec_key, sign_sigstore_pb, signing = library()
-    verifier = _verifier(sign_certificate, sign_ec_key, public_key, chain)
+    verifier = None if sigstore is not None else _verifier(sign_certificate, sign_ec_key, public_key, chain)
     try:
         bundle = sign_sigstore_pb.Signature.read(path)
     except UnicodeDecodeError:
@@ -120,7 +141,10 @@ def _check(path: Path, public_key: str | os.PathLike[str] | None, chain: list[st
         raise malformed(path, short_error(exc)) from None
     except (KeyError, TypeError, AttributeError) as exc:
         raise malformed(path, f"a required field is missing or of the wrong type ({short_error(exc)})") from None
-    payload_type, payload = _verify_bundle(verifier, bundle, path, public_key, chain)
+    if sigstore is not None:
+        payload_type, payload = verify_sigstore(path, bundle, sigstore)
+    else:
+        payload_type, payload = _verify_bundle(verifier, bundle, path, public_key, chain)
     if payload_type != signing._IN_TOTO_JSON_PAYLOAD_TYPE:
         raise malformed(path, f"the envelope holds {payload_type!r}, not an in-toto statement")
     import json
@@ -148,7 +172,9 @@ def _check(path: Path, public_key: str | os.PathLike[str] | None, chain: list[st
         digests[str(descriptor.identifier)] = descriptor.digest.digest_hex
     sizes = _signed_sizes(statement, digests)
     return SignedStatement(
-        signature=str(path), model_name=str(parsed.model_name), signer=_describe_signer(bundle, public_key, chain),
+        signature=str(path), model_name=str(parsed.model_name),
+        signer=(describe_identity(signing_certificate(bundle)) if sigstore
+                else _describe_signer(bundle, public_key, chain)),
         serialization=serialization, ignore_paths=tuple(str(p) for p in serialization.get("ignore_paths", ())),
         digests=digests, sizes=sizes,
     )
@@ -271,12 +297,17 @@ def verify_signed(
     *,
     public_key: str | os.PathLike[str] | None = None,
     certificate_chain: Iterable[str | os.PathLike[str]] = (),
+    identity: str | None = None,
+    identity_provider: str | None = None,
+    use_staging: bool = False,
+    trust_config: str | os.PathLike[str] | None = None,
     strict_extra: bool = False,
     all_digests: bool = False,
     cache: Any = True,
     progress: Any = None,
 ) -> tuple[SignedStatement, Any]:
-    """Check the signature, then every file it lists in ``directory`` with the verify engine.
+    """Check the signature (trusting what :func:`read_signature` takes), then every file it
+    lists in ``directory`` with the verify engine.
 
     Returns ``(statement, report)``; ``report.extra_files`` are the files the signature
     does not cover (the paths its signer ignored, such as ``.git`` and the signature
@@ -289,7 +320,8 @@ def verify_signed(
             path=root, expected="the folder the signature was made for",
         )
     statement = read_signature(signature, public_key=public_key, certificate_chain=certificate_chain,
-                               cache=cache is not False)
+                               identity=identity, identity_provider=identity_provider, use_staging=use_staging,
+                               trust_config=trust_config, cache=cache is not False)
     manifest = statement.manifest(root)
     report = verify_directory(manifest, root, strict_extra=strict_extra, all_digests=all_digests, cache=cache,
                     progress=progress)
@@ -431,10 +463,13 @@ def enforce_before_load(
     loader: str,
     target: str,
     on_failure: str = "refuse",
+    identity: SigstoreTrust | None = None,
 ) -> SignedStatement | None:
     """What the guard does before building a model from ``directory``.
 
-    A ``model.sig`` there is checked with ``public_key`` and every file it lists is verified;
+    A ``model.sig`` there is checked with ``public_key`` or, for a signature made with a
+    certificate, against the Sigstore ``identity`` (with both configured, the signature's
+    kind chooses), and every file it lists is verified;
     failures raise (:class:`SignatureError`, :class:`VerificationError`; with ``on_failure``
     ``warn`` they warn instead). Files the signature does not cover are refused when
     ``require`` is set (the loader could read them), else a warning. With ``require``, a
@@ -450,28 +485,41 @@ def enforce_before_load(
             raise SignatureError(
                 f"{what}: {ENV_REQUIRE_SIGNATURE} is set and {where}",
                 path=directory if directory is not None else target,
-                expected=f"a {SIGNATURE_NAME} signed by the trusted key", actual="no signature",
+                expected=f"a {SIGNATURE_NAME} signed by the trusted key or identity", actual="no signature",
                 remedy=(f"get the model with its signature from the publisher, or sign a folder you trust: "
                         f"modelguard sign {quote(str(directory)) if directory else 'DIR'} --private-key KEY.pem; "
                         f"unset {ENV_REQUIRE_SIGNATURE} to load unsigned models"),
             )
         return None
-    if public_key is None:
+    if public_key is None and identity is None:
         if require:
             raise UsageError(
-                f"{what}: {ENV_REQUIRE_SIGNATURE} is set but no key to check signatures with is configured",
-                expected=f"{ENV_PUBLIC_KEY}=PATH/TO/public.pem, or modelguard.install(public_key=...)",
+                f"{what}: {ENV_REQUIRE_SIGNATURE} is set but no key or identity to check signatures with is configured",
+                expected=f"{ENV_PUBLIC_KEY}=PATH/TO/public.pem, or {ENV_IDENTITY} and {ENV_IDENTITY_PROVIDER} "
+                         "(or modelguard.install(public_key=...) / install(identity=..., identity_provider=...))",
                 remedy=f"export {ENV_PUBLIC_KEY}=public.pem",
             )
         return None
+    if identity is not None and (public_key is None or made_with_certificate(sig)):
+        trust: dict[str, Any] = {"identity": identity.identity, "identity_provider": identity.provider,
+                                 "use_staging": identity.use_staging, "trust_config": identity.trust_config}
+    else:
+        trust = {"public_key": public_key}
     try:
-        statement = read_signature(sig, public_key=public_key)
+        statement = read_signature(sig, **trust)
     except SignatureError as exc:
         raise SignatureError(f"{what}: {exc.message}", path=exc.path, expected=exc.expected,
                              actual=exc.actual, remedy=exc.remedy) from None
+    except SigstoreUnavailableError as exc:
+        raise SigstoreUnavailableError(
+            f"{what}: {exc.message}", expected=exc.expected, actual=exc.actual,
+            remedy=f"load it once where Sigstore is reachable (a signature that verified is remembered while the "
+                   f"file is unchanged), set {ENV_TRUST_CONFIG} to a Sigstore client trust configuration, or use "
+                   f"a model signed with a key and set {ENV_PUBLIC_KEY}",
+        ) from None
     report = _unchanged_report(directory, statement)
     if report is None:
-        _, report = verify_signed(sig, directory, public_key=public_key)
+        _, report = verify_signed(sig, directory, **trust)
         if report.ok:
             _remember_folder(directory, statement, report)
     if not report.ok:
@@ -501,4 +549,5 @@ def clear_cache() -> None:
     """Forget every checked signature and verified folder remembered in this process (the
     durable store stays)."""
     forget_checked_signatures()
+    forget_verifiers()
     _folders.clear()

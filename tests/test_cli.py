@@ -195,9 +195,8 @@ def test_model_id_finds_its_manifest_and_its_hf_cache_snapshot(tiny, isolated_en
         ("verify without target", ["verify"], "verify needs a TARGET, or --lock to verify every locked model"),
         ("unknown option", ["verify", "--frobnicate", "x"],
          "unknown option '--frobnicate'; modelguard verify takes: --all-digests, --all-files, --cache-dir, "
-         "--certificate-chain, --components, --help, --json, --local-dir, --lock, --no-cache, --public-key, --quiet, "
-         "--rehash, --revision, "
-         "--scan, --strict"),
+         "--certificate-chain, --components, --help, --identity, --identity-provider, --json, --local-dir, --lock, "
+         "--no-cache, --public-key, --quiet, --rehash, --revision, --scan, --strict, --trust-config, --use-staging"),
         ("mistyped option", ["verify", "{manifest}", "{root}", "--strcit"], "unknown option '--strcit'; did you mean '--strict'?"),
         ("mistyped option with a value", ["build", "{root}", "--modle=org/x"], "unknown option '--modle'; did you mean '--model'?"),
         ("mistyped option of scan", ["scan", "--cache-dri", "{tmp}"], "unknown option '--cache-dri'; did you mean '--cache-dir'?"),

@@ -191,7 +191,7 @@ def test_install_argument_and_required_signature_without_key(models, keys, monke
     assert constructions == ["BertModel"]
     guard.uninstall()
     modelguard.install(unknown="allow", require_signature=True)
-    with pytest.raises(UsageError, match="MODELGUARD_REQUIRE_SIGNATURE is set but no key to check signatures"):
+    with pytest.raises(UsageError, match="MODELGUARD_REQUIRE_SIGNATURE is set but no key or identity to check signatures"):
         transformers.BertForSequenceClassification.from_pretrained(models["bert"])
 
 

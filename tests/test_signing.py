@@ -197,7 +197,7 @@ def test_bundle_without_envelope_signatures_is_malformed(signed, keys):
 def test_usage_errors_are_exit_2(signed, keys, tmp_path):
     no_key = run_cli("verify", str(signed / "model.sig"), str(signed))
     assert no_key.returncode == 2
-    assert "is a signature: checking it needs the signer's public key" in no_key.stderr
+    assert "is a signature: checking it needs to know who must have signed it" in no_key.stderr
     not_a_key = tmp_path / "key.pem"
     not_a_key.write_text("hello\n")
     bad_key = verify_cli(signed, not_a_key)
@@ -298,9 +298,9 @@ def test_checked_signature_is_remembered_across_processes(signed, keys, isolated
 
 
 def test_signing_needs_a_key_and_one_source_of_trust(signed, keys):
-    with pytest.raises(UsageError, match="needs a public key or a certificate chain"):
+    with pytest.raises(UsageError, match="needs a public key, a certificate chain or a Sigstore identity"):
         signing.read_signature(signed / "model.sig")
-    with pytest.raises(UsageError, match="needs a public key or a certificate chain"):
+    with pytest.raises(UsageError, match="needs a public key, a certificate chain or a Sigstore identity"):
         signing.read_signature(signed / "model.sig", public_key=keys["public"], certificate_chain=[keys["public"]])
     with pytest.raises(SignatureError, match="was made by another key"):
         signing.read_signature(signed / "model.sig", public_key=keys["other_public"], cache=False)

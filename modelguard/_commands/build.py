@@ -1,17 +1,22 @@
-"""``modelguard build DIR --model ID [--revision REV] [-o FILE]``."""
+"""``modelguard build DIR --model ID [--revision REV] [-o FILE]``; ``--from-hub MODEL``;
+``--from-signature model.sig`` (the signed digests, once the files verified against them)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
 from pathlib import Path
 
-from ..build import build_manifest
-from ..errors import UsageError
+from ..build import build_from_digests, build_manifest
+from ..errors import UsageError, VerificationError
 from ..hub import build_from_hub
 from ..manifest import dump_manifest, save_manifest
+from ..report import format_report
+from ..signing import verify_signed
+from ._signed import add_trust_arguments, trust_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,10 +40,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "--revision (branch, tag or commit, default main) is resolved and the commit pinned")
     p.add_argument("--hash-small", action="store_true",
                    help="with --from-hub: also download the small (non-LFS) files to record their sha256 and md5")
+    p.add_argument("--from-signature", metavar="SIG",
+                   help="take each file's sha256 from this OpenSSF model signature (model.sig) instead of hashing: "
+                        "the signature is checked (--public-key, --certificate-chain or --identity), then the "
+                        "files against it (the digest cache spares files verified before); a file that does "
+                        "not match is refused. DIR defaults to the signature's folder")
+    add_trust_arguments(p, "SIG")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "from_signature", None):
+        return _run_from_signature(args)
+    trust_flags = [flag for flag, value in (("--public-key", args.public_key),
+                                            ("--certificate-chain", args.certificate_chain),
+                                            ("--identity", args.identity),
+                                            ("--identity-provider", args.identity_provider),
+                                            ("--use-staging", args.use_staging),
+                                            ("--trust-config", args.trust_config)) if value]
+    if trust_flags:
+        raise UsageError(f"{', '.join(trust_flags)} {'applies' if len(trust_flags) == 1 else 'apply'} to "
+                         "--from-signature only",
+                         remedy="add --from-signature DIR/model.sig, or leave them out")
     if getattr(args, "from_hub", None):
         return _run_from_hub(args)
     if not args.directory:
@@ -70,6 +93,36 @@ def _run_from_hub(args: argparse.Namespace) -> int:
         exclude=args.exclude, hash_small=args.hash_small,
     )
     return _write(manifest, out, f"{manifest.model} @ {manifest.revision}, ")
+
+
+def _run_from_signature(args: argparse.Namespace) -> int:
+    if args.from_hub:
+        raise UsageError("pass either --from-signature or --from-hub, not both",
+                         remedy="--from-signature for a local signed folder, --from-hub for the Hub's listing")
+    signature = args.from_signature
+    directory = Path(args.directory) if args.directory else Path(os.path.dirname(os.path.abspath(signature)))
+    if not args.model:
+        raise UsageError("build needs --model", expected="--model ORG/NAME, e.g. --model BAAI/bge-m3",
+                         remedy=f"modelguard build {shlex.quote(str(directory))} --from-signature "
+                                f"{shlex.quote(signature)} --model ORG/NAME")
+    out = _output_path(args)
+    trust = trust_from_args(args, signature)
+    statement, report = verify_signed(signature, directory, **trust)
+    if not report.ok:
+        raise VerificationError(
+            f"build refused: files of {directory} do not match the signature {signature} ({statement.signer}); "
+            "a manifest would record digests of bytes that are not there\n"
+            + "\n".join("  " + line for line in format_report(report, quiet=True).splitlines()),
+            report=report, path=directory,
+            remedy="; ".join(dict.fromkeys(r.remedy for r in report.failures if r.remedy)) or None,
+        )
+    if report.extra_files:
+        shown = ", ".join(report.extra_files[:10]) + (" ..." if len(report.extra_files) > 10 else "")
+        sys.stderr.write(f"modelguard: note: {len(report.extra_files)} file(s) of {directory} are not covered by the "
+                         f"signature and are left out of the manifest: {shown}\n")
+    manifest = build_from_digests(directory, args.model, args.revision, statement.digests,
+                                  rules=None if args.rules == "auto" else args.rules, exclude=args.exclude)
+    return _write(manifest, out, f"signed by {statement.signer}, ")
 
 
 def _write(manifest, out: Path | None, what: str) -> int:

@@ -11,7 +11,7 @@ from ..safety import scan_manifest_files
 from ..errors import UsageError
 from ._common import Progress, emit_verdict
 from ._locked import check_dirs, emit_outcomes, read_lock, verify_locked
-from ._signed import run_verify, wants_signature
+from ._signed import add_trust_arguments, run_verify, wants_signature
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("target", metavar="TARGET", nargs="?",
                    help="a manifest file, a model id (BAAI/bge-m3), a Hugging Face cache snapshot / download "
-                        "folder, or a signature (model.sig, with --public-key or --certificate-chain); with no "
-                        "manifest, a cached model is checked against the Hub's listing saved at download (else "
-                        "its blobs' content addresses)")
+                        "folder, or a signature (model.sig, with --public-key, --certificate-chain or --identity); "
+                        "with no manifest, a cached model is checked against the Hub's listing saved at download "
+                        "(else its blobs' content addresses)")
     p.add_argument("directory", metavar="DIR", nargs="?",
                    help="model directory (default: the model's snapshot in the Hugging Face cache)")
     p.add_argument("--revision", help="with a model id: the revision whose manifest applies")
@@ -45,12 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="hash every file in full even when the verified-digest cache holds it "
                         "(catches in-place writes and bit rot the cache cannot see); still updates the cache")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--public-key", metavar="KEY.pem",
-                   help="TARGET is an OpenSSF model signature: check it with this PEM public key "
-                        "(default for a .sig: $MODELGUARD_PUBLIC_KEY), then every file it lists")
-    p.add_argument("--certificate-chain", metavar="CA.pem", action="append",
-                   help="TARGET is a model signature made with a certificate: check it against this chain "
-                        "(repeatable)")
+    add_trust_arguments(p, "TARGET")
     p.add_argument("--lock", metavar="FILE", nargs="?", const="",
                    help="verify every model of the project lock (FILE, else $MODELGUARD_LOCK, else modelguard.lock "
                         "in the working directory or above) in one report: each model's cache snapshot at the "
@@ -95,7 +90,9 @@ def run_lock(args: argparse.Namespace) -> int:
     if args.lock is None:
         raise UsageError("--local-dir belongs to --lock", remedy="add --lock, or pass the folder as DIR")
     for name, value in (("TARGET", args.target), ("DIR", args.directory), ("--revision", args.revision),
-                        ("--components", args.components), ("--public-key", args.public_key)):
+                        ("--components", args.components), ("--public-key", args.public_key),
+                        ("--certificate-chain", args.certificate_chain), ("--identity", args.identity),
+                        ("--identity-provider", args.identity_provider), ("--trust-config", args.trust_config)):
         if value is not None:
             raise UsageError(f"verify --lock checks every locked model; {name} does not go with it",
                              actual=str(value), remedy="drop it, or verify one model without --lock")
