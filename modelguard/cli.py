@@ -1,4 +1,4 @@
-"""Command line: ``modelguard verify | build | fetch | scan | audit | probe | sign``.
+"""Command line: ``modelguard verify | build | fetch | scan | audit | probe | sign | lock | sync``.
 
 Exit codes: 0 verified, 1 verification failed, 2 bad invocation or bad manifest.
 A user mistake never ends in a traceback.
@@ -18,7 +18,7 @@ from .version import __version__
 __all__ = ["COMMANDS", "build_parser", "emit_json", "entry_point", "main", "report_error"]
 
 # Each command lives in modelguard/_commands/<name>.py with add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("verify", "build", "fetch", "scan", "audit", "probe", "sign", "run")
+COMMANDS = ("verify", "build", "fetch", "scan", "audit", "probe", "sign", "lock", "sync", "run")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

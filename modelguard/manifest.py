@@ -31,8 +31,8 @@ from .manifest_schema import (
 
 __all__ = [
     "DIGEST_ALGORITHMS", "DIGEST_LENGTHS", "IMPLICIT_COMPONENT", "SCHEMA_VERSION", "Component", "FileEntry", "Manifest", "TensorSpec",
-    "check_relative_path", "dump_manifest", "load_manifest", "parse_manifest_text", "save_manifest",
-    "validate_manifest",
+    "check_relative_path", "dump_manifest", "dump_yaml", "load_manifest", "load_yaml_text", "parse_manifest_text",
+    "save_manifest", "validate_manifest", "write_text_atomic",
 ]
 
 # A 100,000-file manifest with sha256 and md5 is about 25 MB; this leaves room for 250,000.
@@ -127,25 +127,33 @@ def _refuse_duplicate_keys(node: Any) -> None:
 
 def parse_manifest_text(text: str | bytes, source: str = "<manifest>") -> Manifest:
     """Parse and validate manifest YAML text. Raises :class:`ManifestError`."""
+    return validate_manifest(load_yaml_text(text, source), source=source)
+
+
+def load_yaml_text(text: str | bytes, source: str, what: str = "manifest") -> Any:
+    """Plain data from YAML text with the manifest loader's rules and limits: UTF-8, at most
+    :data:`MAX_MANIFEST_BYTES`, no tags, anchors, aliases or duplicate keys, nesting and node
+    count bounded; libyaml when PyYAML has it. ``what`` names the document in messages
+    ("manifest", "lock file"). Raises :class:`ManifestError`; validating the data is the caller's job."""
     import yaml
 
     if isinstance(text, bytes):
         if len(text) > MAX_MANIFEST_BYTES:
             raise ManifestError(
-                f"manifest {source} is too large to be a manifest",
+                f"{what} {source} is too large to be a {what}",
                 path=source, expected=f"at most {MAX_MANIFEST_BYTES} bytes", actual=f"{len(text)} bytes",
             )
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ManifestError(
-                f"manifest {source} is not UTF-8 text (byte {exc.start}: {text[exc.start:exc.start + 1]!r})",
+                f"{what} {source} is not UTF-8 text (byte {exc.start}: {text[exc.start:exc.start + 1]!r})",
                 path=source, expected="UTF-8 encoded YAML", actual="undecodable bytes",
-                remedy="save the manifest as UTF-8",
+                remedy=f"save the {what} as UTF-8",
             ) from None
     if len(text) > MAX_MANIFEST_BYTES:
         raise ManifestError(
-            f"manifest {source} is too large to be a manifest",
+            f"{what} {source} is too large to be a {what}",
             path=source, expected=f"at most {MAX_MANIFEST_BYTES} characters", actual=f"{len(text)} characters",
         )
     try:
@@ -158,10 +166,10 @@ def parse_manifest_text(text: str | bytes, source: str = "<manifest>") -> Manife
             finally:
                 loader.dispose()
     except yaml.YAMLError as exc:
-        raise _yaml_error(exc, source) from None
+        raise _yaml_error(exc, source, what) from None
     except (RecursionError, ValueError, OverflowError) as exc:
-        raise ManifestError(f"manifest {source} cannot be parsed: {exc}", path=source) from None
-    return validate_manifest(data, source=source)
+        raise ManifestError(f"{what} {source} cannot be parsed: {exc}", path=source) from None
+    return data
 
 
 _SLOW = object()
@@ -217,7 +225,7 @@ def _fast_load(text: str) -> Any:
         loader.dispose()
 
 
-def _yaml_error(exc: Any, source: str) -> ManifestError:
+def _yaml_error(exc: Any, source: str, what: str = "manifest") -> ManifestError:
     """A ManifestError naming the line, column and problem of a YAML error."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -226,16 +234,16 @@ def _yaml_error(exc: Any, source: str) -> ManifestError:
     if tag:
         shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
         return ManifestError(
-            f"manifest {source}{where}: YAML tag '{shown}' is not allowed: a manifest holds only plain data "
+            f"{what} {source}{where}: YAML tag '{shown}' is not allowed: a {what} holds only plain data "
             "(strings, numbers, booleans, lists, mappings)",
             path=source, expected="plain YAML without tags", actual=shown,
-            remedy="remove the tag; modelguard reads manifests with a safe loader and never builds objects from them",
+            remedy=f"remove the tag; modelguard reads {what}s with a safe loader and never builds objects from them",
         )
     context = getattr(exc, "context", None)
     if context and context not in problem:
         problem = f"{problem} ({context})"
     return ManifestError(
-        f"manifest {source} is not valid YAML{where}: {problem}",
+        f"{what} {source} is not valid YAML{where}: {problem}",
         path=source, remedy="fix the YAML at the line and column shown",
     )
 
@@ -266,6 +274,12 @@ def load_manifest(path: str | Path) -> Manifest:
 
 def dump_manifest(manifest: Manifest) -> str:
     """Stable, sorted, diff-friendly YAML for ``manifest``."""
+    header = "# modelguard manifest (schema 1). Regenerate with `modelguard build`.\n"
+    return dump_yaml(manifest.to_dict(), header)
+
+
+def dump_yaml(data: Any, header: str = "") -> str:
+    """``header`` then ``data`` as block YAML in the order given (lists of integers in flow style)."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
@@ -277,13 +291,16 @@ def dump_manifest(manifest: Manifest) -> str:
         return dumper.represent_sequence("tag:yaml.org,2002:seq", data)
 
     Dumper.add_representer(list, flow_list)
-    data = manifest.to_dict()
-    header = "# modelguard manifest (schema 1). Regenerate with `modelguard build`.\n"
     return header + yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
 def save_manifest(manifest: Manifest, path: str | Path) -> Path:
-    """Write ``manifest`` to ``path`` atomically (temp file + rename).
+    """Write ``manifest`` to ``path`` atomically (temp file + rename); see :func:`write_text_atomic`."""
+    return write_text_atomic(path, dump_manifest(manifest))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file + rename).
 
     The file gets the mode any program's new file gets (0666 less the umask), or keeps the mode
     of the file it replaces; not the 0600 of the temporary file.
@@ -300,7 +317,7 @@ def save_manifest(manifest: Manifest, path: str | Path) -> Path:
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dump_manifest(manifest))
+            fh.write(text)
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -6,10 +6,24 @@ CLI, :func:`modelguard.verify`, the loader guard and its hooks, ``audit``, ``pro
 ``fetch``) asks here and gets a frozen :class:`Resolution`: model id, revision, directory,
 the manifest that applies (or None) and how it was found (:meth:`Resolution.describe`).
 
-Sources, strongest first: a manifest the caller names (a :class:`Manifest` or a file);
-for a directory, its cache snapshot path, its own ``modelguard.yaml``, the user's directory
-mapping, then identification by file names and sizes; for a model id, the manifest search
-path (:mod:`modelguard.registry`). Nothing here downloads or hashes.
+Sources, strongest first:
+
+1. a manifest the caller names (a :class:`Manifest` or a file);
+2. the project's lock (:mod:`modelguard.lockfile`: ``$MODELGUARD_LOCK``, else ``modelguard.lock``
+   in the working directory or above) when it has an entry for the model id: the model id a
+   loader is given, the model of a cache snapshot path, or the model a directory is mapped to.
+   The entry pins the revision too: a snapshot of another commit, or a ``revision`` naming
+   another commit (a branch or tag the cache resolves elsewhere, or cannot resolve), is refused
+   with :class:`~modelguard.errors.VerificationError` naming the lock entry and the fix;
+3. for a directory: its own ``modelguard.yaml``, the user's directory mapping, identification
+   by file names and sizes; for a model id or cache snapshot: the manifest search path
+   (:mod:`modelguard.registry`);
+4. what the Hugging Face cache recorded (:mod:`modelguard.hflisting`);
+5. nothing: ``how == "unknown"`` (the unknown-model policy applies).
+
+A folder's own ``modelguard.yaml`` is what the folder says it is and is not checked against
+the lock (the lock names model ids, not folders). Nothing here downloads or hashes; the lock
+is parsed once per process (:func:`modelguard.lockfile.cached_lock`).
 """
 
 from __future__ import annotations
@@ -19,8 +33,8 @@ from pathlib import Path
 from shlex import quote
 from typing import Any, Mapping, NamedTuple
 
-from . import hfcache, hflisting, registry
-from .errors import ManifestNotFoundError, UsageError
+from . import hfcache, hflisting, lockfile, registry
+from .errors import ManifestNotFoundError, UsageError, VerificationError
 from .manifest import Manifest, load_manifest
 from .remedy import fetch_command
 
@@ -39,6 +53,7 @@ HOW = {
     "search-path": "manifest search path",
     "directory": "model directory",
     "hf-listing": "what the Hugging Face cache recorded",
+    "lock": "project lock entry",
     "unknown": "no manifest",
 }
 
@@ -49,7 +64,8 @@ class Resolution(NamedTuple):
     ``model_id`` (str or None), ``revision`` (str or None), ``directory`` (Path, or None: a
     Hub id not in the cache), ``manifest`` (Manifest or None), and ``how``: one of the keys
     of :data:`HOW` (``hub-id``, ``hf-cache-snapshot``, ``local-manifest``, ``user-mapping``,
-    ``identified``, ``given``, ``manifest-file``, ``search-path``, ``directory``, ``unknown``).
+    ``identified``, ``given``, ``manifest-file``, ``search-path``, ``directory``, ``hf-listing``,
+    ``lock``, ``unknown``).
     """
 
     model_id: str | None
@@ -65,9 +81,40 @@ class Resolution(NamedTuple):
         return how + (f" ({self.manifest.source})" if self.manifest is not None and self.manifest.source else "")
 
     def describe(self) -> str:
-        if self.how == "hf-listing" and self.manifest is not None:
+        if self.how in ("hf-listing", "lock") and self.manifest is not None:
             return f"expectations: {self.manifest.source}"
         return f"manifest: {self.source}"
+
+
+# --------------------------------------------------------------------------- the project lock
+
+
+def locked_entry(model: str | None, revision: str | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> lockfile.LockEntry | None:
+    """The lock entry for ``model``, or None (no lock, or the model is not in it). ``revision``
+    (a commit, branch or tag being loaded) must name the locked commit, else
+    :class:`VerificationError` names the entry and the fix."""
+    if not model:
+        return None
+    path = lockfile.find_lock()
+    if path is None:
+        return None
+    entry = lockfile.cached_lock(path).get(model)
+    if entry is None or revision is None or registry.same_revision(revision, entry.revision):
+        return entry
+    commit = hfcache.resolve_ref(model, revision, cache_dir)
+    if commit == entry.revision:
+        return entry
+    seen = f"revision {revision}" + (f" (commit {commit})" if commit and commit != revision else "")
+    if commit is None:
+        seen += " (a branch or tag the Hugging Face cache does not resolve, so its commit is unknown)"
+    raise VerificationError(
+        f"modelguard refused {model} at {seen}: the project lock pins {entry.revision}",
+        path=path, expected=f"{model} at {entry.revision} ({lockfile.lock_source(path, entry)})", actual=seen,
+        remedy=(f"load the locked revision (leave revision= out, or pass revision={quote(entry.revision)}); "
+                f"or, to move the lock to this revision: modelguard lock add {quote(model + '@' + revision)}"
+                f" --lock {quote(str(path))}"),
+    )
 
 
 # --------------------------------------------------------------------------- manifests the caller names
@@ -89,6 +136,9 @@ def resolve_manifest(target: Manifest | str | os.PathLike[str], revision: str | 
         return target
     if looks_like_manifest_file(target):
         return load_manifest(target)
+    entry = locked_entry(os.fspath(target))  # another revision than the locked one: the search path's
+    if entry is not None and (revision is None or registry.same_revision(revision, entry.revision)):
+        return entry.manifest
     return registry.require_manifest(os.fspath(target), revision, extra_dirs=manifest_dirs)
 
 
@@ -114,6 +164,9 @@ def resolve_verify_target(
         manifest, how = load_manifest(target), "manifest-file"
     else:
         text = os.fspath(target)
+        locked = _locked_verify_target(text, directory, revision, cache_dir, how_to_pass)
+        if locked is not None:
+            return locked
         if os.path.isdir(text) and (not cli or not _is_known_model(text, revision)):
             found = hflisting.cache_expectations(text, all_files=all_files)
             if found is None:
@@ -136,6 +189,28 @@ def resolve_verify_target(
     snap = hfcache.require_snapshot(manifest.model, manifest.revision or revision, cache_dir,
                                     how_to_pass=how_to_pass)
     return Resolution(manifest.model, manifest.revision or revision, snap, manifest, how)
+
+
+def _locked_verify_target(text: str, directory: Any, revision: str | None, cache_dir: Any,
+                          how_to_pass: str) -> Resolution | None:
+    """``verify`` of a locked model: a cache snapshot path of it, or its model id (its snapshot at
+    the locked commit, or ``directory``)."""
+    if os.path.isdir(text):
+        parsed = hfcache.parse_snapshot_path(text)
+        entry = locked_entry(parsed[0], parsed[1]) if parsed is not None else None
+        if entry is None:
+            return None
+        root = Path(directory) if directory is not None else hfcache.snapshot_root(text)
+        return Resolution(entry.model_id, entry.revision, root, entry.manifest, "lock")
+    if not registry.looks_like_model_id(text):
+        return None
+    entry = locked_entry(text, revision, cache_dir)
+    if entry is None:
+        return None
+    if directory is not None:
+        return Resolution(text, entry.revision, Path(directory), entry.manifest, "lock")
+    snap = hfcache.require_snapshot(text, entry.revision, cache_dir, how_to_pass=how_to_pass)
+    return Resolution(text, entry.revision, snap, entry.manifest, "lock")
 
 
 def _no_source(text: str, cli: bool) -> Exception:
@@ -203,7 +278,9 @@ def locate(
         chosen = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         how = "given" if isinstance(manifest, Manifest) else "manifest-file"
     elif find and model is not None:
-        chosen = registry.find_manifest(model, commit)
+        entry = locked_entry(model, commit, cache_dir)
+        chosen = entry.manifest if entry is not None else registry.find_manifest(model, commit)
+        how = "lock" if entry is not None else how
     return Resolution(model, commit, directory, chosen, how)
 
 
@@ -222,7 +299,8 @@ def resolve(
     """Which manifest applies to the model a loader is given, and where its files are.
 
     Never raises for an unknown model (``how == "unknown"``, ``manifest`` None); a Hub id
-    with a manifest but not in the cache has ``directory`` None. ``directory_map``: folders
+    with a manifest or lock entry but not in the cache has ``directory`` None. A locked model
+    at another revision raises :class:`VerificationError` (:func:`locked_entry`). ``directory_map``: folders
     the program declared (:func:`modelguard.guard.map_directory`), realpath -> (model, revision).
     """
     extra = list(manifest_dirs)
@@ -233,6 +311,9 @@ def resolve(
         if parsed is not None:
             model, commit = parsed
             root = hfcache.snapshot_root(path)
+            entry = locked_entry(model, commit, cache_dir)
+            if entry is not None:
+                return Resolution(model, commit, root, entry.manifest, "lock")
             manifest = registry.find_manifest(model, commit, extra_dirs=extra)
             if manifest is None:
                 listed = hflisting.cache_expectations(root, all_files=all_files)
@@ -246,6 +327,9 @@ def resolve(
         mapped = mapped_model(path, directory_map or {})
         if mapped is not None:
             model, rev = mapped
+            entry = locked_entry(model, rev, cache_dir)
+            if entry is not None:
+                return Resolution(model, entry.revision, path, entry.manifest, "lock")
             manifest = registry.require_manifest(model, rev, extra_dirs=extra)  # raises with the search path
             return Resolution(model, rev or manifest.revision, path, manifest, "user-mapping")
         manifest = identify(path, extra)
@@ -257,6 +341,10 @@ def resolve(
         return Resolution(None, None, path, None, "unknown")
     if path.exists() or not registry.looks_like_model_id(text):
         return Resolution(None, revision, path if path.exists() else None, None, "unknown")
+    entry = locked_entry(text, revision, cache_dir)
+    if entry is not None:  # loaders are given the locked commit
+        return Resolution(text, entry.revision, hfcache.snapshot_path(text, entry.revision, cache_dir),
+                          entry.manifest, "lock")
     # A branch or tag names whatever commit the cache's refs/ say it is now.
     commit = hfcache.resolve_ref(text, revision, cache_dir) if revision else None
     manifest = registry.find_manifest(text, commit or revision, extra_dirs=extra)

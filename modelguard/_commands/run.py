@@ -20,9 +20,8 @@ from typing import Mapping
 from .._bootstrap import DIRECTORY as BOOTSTRAP_DIRECTORY
 from ..env import OFFLINE_VARIABLES
 from ..errors import UsageError
+from ..lockfile import ENV_LOCK
 from ..policy import ENV_POLICY, ENV_UNKNOWN, POLICIES, UNKNOWN_POLICIES
-
-ENV_LOCK = "MODELGUARD_LOCK"
 
 
 def add_guard_options(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,9 @@ from shlex import quote
 from ..engine import verify_directory
 from ..resolve import resolve_verify_target
 from ..safety import scan_manifest_files
+from ..errors import UsageError
 from ._common import Progress, emit_verdict
+from ._locked import check_dirs, emit_outcomes, read_lock, verify_locked
 from ._signed import run_verify, wants_signature
 
 
@@ -19,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Check every file a model needs: present, complete, the right bytes. "
                     "Exit 0 verified, 1 failed, 2 bad invocation or manifest.",
     )
-    p.add_argument("target", metavar="TARGET",
+    p.add_argument("target", metavar="TARGET", nargs="?",
                    help="a manifest file, a model id (BAAI/bge-m3), a Hugging Face cache snapshot / download "
                         "folder, or a signature (model.sig, with --public-key or --certificate-chain); with no "
                         "manifest, a cached model is checked against the Hub's listing saved at download (else "
@@ -49,11 +51,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--certificate-chain", metavar="CA.pem", action="append",
                    help="TARGET is a model signature made with a certificate: check it against this chain "
                         "(repeatable)")
+    p.add_argument("--lock", metavar="FILE", nargs="?", const="",
+                   help="verify every model of the project lock (FILE, else $MODELGUARD_LOCK, else modelguard.lock "
+                        "in the working directory or above) in one report: each model's cache snapshot at the "
+                        "locked commit, or --local-dir DIR/ORG/NAME; a locked model not present fails")
+    p.add_argument("--local-dir", metavar="DIR", help="with --lock: each locked model in DIR/ORG/NAME")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.lock is not None or args.local_dir is not None:
+        return run_lock(args)
+    if args.target is None:
+        raise UsageError("verify needs a TARGET, or --lock to verify every locked model",
+                         expected="modelguard verify TARGET [DIR], or modelguard verify --lock [FILE]",
+                         remedy="name a model id, manifest or folder; or pass --lock")
     if wants_signature(args):
         return run_verify(args)
     resolution = resolve_verify_target(args.target, args.directory, revision=args.revision, cache_dir=args.cache_dir,
@@ -75,3 +88,17 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "scan", False):
         findings = scan_manifest_files(manifest, directory, components)
     return emit_verdict(args, report, findings)
+
+
+def run_lock(args: argparse.Namespace) -> int:
+    """``verify --lock [FILE]``: every locked model, one report; exit 0 all verified, 1 any failed or absent."""
+    if args.lock is None:
+        raise UsageError("--local-dir belongs to --lock", remedy="add --lock, or pass the folder as DIR")
+    for name, value in (("TARGET", args.target), ("DIR", args.directory), ("--revision", args.revision),
+                        ("--components", args.components), ("--public-key", args.public_key)):
+        if value is not None:
+            raise UsageError(f"verify --lock checks every locked model; {name} does not go with it",
+                             actual=str(value), remedy="drop it, or verify one model without --lock")
+    check_dirs(args)
+    lock = read_lock(args.lock or None)
+    return emit_outcomes(lock, verify_locked(lock, args), args, "verified")

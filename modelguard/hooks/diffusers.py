@@ -91,7 +91,7 @@ def _wrap_pipeline_from_pretrained(original: Any) -> Any:
                     _require_component_files(resolved, label)
                 except VerificationError as exc:
                     raise name_components(exc) from None
-                if asked is None and resolved.how == "hub-id" and resolved.revision:
+                if asked is None and resolved.how in ("hub-id", "lock") and resolved.revision:
                     kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
                 if resolved.directory is not None and os.path.isdir(resolved.directory):
                     mark_verified(resolved.directory, unknown=resolved.manifest is None)
@@ -146,7 +146,7 @@ def _check_model_files(cls: Any, name: Any, kwargs: dict, label: str) -> None:
             )
         except VerificationError as exc:
             raise name_components(exc) from None
-        if asked is None and resolved.how == "hub-id" and resolved.revision:
+        if asked is None and resolved.how in ("hub-id", "lock") and resolved.revision:
             kwargs["revision"] = resolved.revision
         return
     folder = os.path.join(os.fspath(name), subfolder) if subfolder else os.fspath(name)

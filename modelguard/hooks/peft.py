@@ -52,7 +52,7 @@ def _check_adapter(model_id: Any, kwargs: dict, label: str) -> None:
         asked = kwargs.get("revision")
         resolved = guard.check_before_load(model_id, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
                                            local_files_only=bool(kwargs.get("local_files_only")))
-        if asked is None and resolved.how == "hub-id" and resolved.revision:
+        if asked is None and resolved.how in ("hub-id", "lock") and resolved.revision:
             kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
         return
     check_folder(os.path.join(os.fspath(model_id), subfolder) if subfolder else os.fspath(model_id), loader=label)

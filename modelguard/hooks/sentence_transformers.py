@@ -80,7 +80,7 @@ def _wrap_init(original: Any) -> Any:
                     name, revision=asked, cache_dir=cache, loader=f"sentence-transformers {type(self).__name__}",
                     local_files_only=bool(bound.arguments.get("local_files_only")),
                 )
-                if (asked is None and resolved.how in ("hub-id", "hf-listing") and resolved.revision and not os.path.isdir(name)
+                if (asked is None and resolved.how in ("hub-id", "hf-listing", "lock") and resolved.revision and not os.path.isdir(name)
                         and "revision" in signature.parameters):
                     bound.arguments["revision"] = resolved.revision  # load the revision that was verified
             return original(*bound.args, **bound.kwargs)

@@ -96,7 +96,7 @@ def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], w
         name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
         local_files_only=bool(kwargs.get("local_files_only")),
     )
-    if asked is None and resolved.how in ("hub-id", "hf-listing") and resolved.revision and not os.path.isdir(name):
+    if asked is None and resolved.how in ("hub-id", "hf-listing", "lock") and resolved.revision and not os.path.isdir(name):
         kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
     return label
 
