@@ -25,7 +25,8 @@ FORMAT = 1
 class LoadRecord:
     """One guarded load: ``model`` (Hub id or None), ``revision`` (as resolved, or as asked when
     the model was not in the cache yet), ``directory`` (None: not downloaded before the load),
-    ``files`` (relative paths the loader reads; None: not known), ``how`` (the resolution's),
+    ``files`` (relative paths the loader reads; None: not known before the load, such as a model
+    the loader downloads, so whatever its snapshot holds afterwards), ``how`` (the resolution's),
     ``loader``, ``cache_dir`` (the loader's own, if it named one)."""
 
     model: str | None
