@@ -188,3 +188,17 @@ def entry_for_model(spec: str, *, source_dir: str | os.PathLike[str] | None = No
                    f"or lock a local copy: modelguard lock add {quote(spec)} --from DIR",
         )
     return entry_for_snapshot(model, snap)
+
+
+def record_default_branch(model_id: str, commit: str, cache_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Record ``commit`` as the cache's ``refs/main`` of ``model_id`` when the cache has none, so an
+    offline load that names no revision finds the locked snapshot (huggingface_hub resolves the
+    default branch through ``refs/main``). An existing ``refs/main`` is left alone. True when written."""
+    refs = hfcache.repo_folder(model_id, cache_dir) / "refs" / "main"
+    if refs.exists() or not (refs.parent.parent / "snapshots" / commit).is_dir():
+        return False
+    refs.parent.mkdir(parents=True, exist_ok=True)
+    tmp = refs.with_name(f".main.{os.getpid()}.tmp")
+    tmp.write_text(commit)
+    os.replace(tmp, refs)
+    return True

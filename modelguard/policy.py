@@ -22,6 +22,9 @@ Configuration, by argument or environment (arguments win):
 - rehash, ``MODELGUARD_REHASH``: hash every file in full before each load, whatever the
   verified-digest cache holds (for high-assurance loads; see :mod:`modelguard.statcache`).
 
+The project lock (``modelguard.lock``, or ``$MODELGUARD_LOCK``; :mod:`modelguard.lockfile`) is read
+by the resolver, not configured here: a locked model loads only at its locked commit and bytes.
+
 A model in the Hugging Face cache with no manifest is checked against the Hub's listing
 saved at download (else its blobs' content addresses); the unknown-model policy applies
 only where no such source exists.

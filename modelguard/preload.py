@@ -297,7 +297,8 @@ def unknown_model(name_or_path: Any, resolved: Resolution, unknown: str, loader:
              + ", ".join(str(d) for d in registry.search_path(list(current_policy().manifest_dirs)))
     ) + ("; or download it with huggingface_hub's snapshot_download (or `hf download`), which saves the Hub's "
          "listing that the guard then checks the files against"
-         f"; or set {ENV_UNKNOWN}=allow to load unverified models without this message")
+         + (f"; or pin it in the project lock: `modelguard lock add {model}`" if resolved.model_id else "")
+         + f"; or set {ENV_UNKNOWN}=allow to load unverified models without this message")
     message = (f"modelguard: no manifest applies to {target} (loaded by {loader}), "
                "so its files are not verified; random initialization is still refused")
     pinned = _manifest_for_another_revision(resolved)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import DownloadError, OfflineError, UsageError
 from ..hub import MAX_ATTEMPTS, fetch_files
+from ..locking import record_default_branch
 from ._locked import ModelOutcome, add_lock_options, check_dirs, emit_outcomes, local_dir_of, read_lock, sync_command
 
 
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
                 extra={"actions": [a.to_dict() for a in result.actions] if result is not None else [],
                        "error": exc.to_dict()}))
             continue
+        if (local is None and result.ok and record_default_branch(entry.model_id, entry.revision, args.cache_dir)
+                and not args.json):
+            sys.stderr.write(f"  recorded {entry.revision[:12]} as the cache's refs/main (there was none)\n")
         changed = [a for a in result.actions if a.action != "kept"]
         if not args.json:
             for a in changed:

@@ -86,6 +86,10 @@ def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], w
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         return label
     asked = kwargs.get("revision")
+    if getattr(asked, "initial", "") is None:
+        # AutoModel passes the default branch it resolved itself (huggingface_hub's ResolvedRevision,
+        # ``initial`` None): the caller named no revision, so a pinned one (lock, manifest) applies.
+        asked = kwargs["revision"] = None
     resolved = guard.resolve_model(name, asked, cache_dir=kwargs.get("cache_dir"))
     components = None
     if resolved.manifest is not None:
