@@ -141,9 +141,10 @@ def check_before_load(
             else:
                 raise error
     _refuse_unsafe_files(manifest, directory, wanted, on_failure)
-    # Blob names list only what was downloaded so far: the loader may fetch more (None: the snapshot after the run).
-    _record(resolved, [e.path for e in manifest.files if wanted is None or e.component in wanted]
-            if manifest.lists_every_file else None, loader, cache_dir)
+    if report.ok:  # a load let through with failures (policy warn) is not recorded for a lock
+        # Blob names list only what was downloaded so far: the loader may fetch more (None: the snapshot after the run).
+        _record(resolved, [e.path for e in manifest.files if wanted is None or e.component in wanted]
+                if manifest.lists_every_file else None, loader, cache_dir)
     if done is not None:
         _verified.set(done | {key})
     return resolved

@@ -173,3 +173,36 @@ def test_records_are_appended_lines_that_read_back(tmp_path, monkeypatch):
         LoadRecord(None, None, None, None, "unknown", "y", str(tmp_path)),
     ]
     assert read_records(tmp_path / "absent.jsonl") == []
+
+
+def test_a_copy_damaged_after_its_load_is_named_not_locked_and_the_others_are(hub, served, project):
+    snapshot_download(hub, ST_MODEL)  # saved listing; the transformers model comes without one
+    (project / "script.py").write_text(textwrap.dedent(SCRIPT.replace("sys.exit(", """
+import os
+from huggingface_hub import try_to_load_from_cache
+blob = os.path.realpath(try_to_load_from_cache("org/tinybert", "model.safetensors"))
+data = bytearray(open(blob, "rb").read())
+data[-100] ^= 0xFF
+open(blob, "wb").write(bytes(data))  # damaged after the load: the lock must not pin these bytes
+sys.exit(""", 1)))
+    proc = record(project)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "LOADED 16 BertModel" in proc.stdout
+    assert f"not locked: {BERT_MODEL} @ {served[BERT_MODEL]}: " in proc.stderr
+    assert "does not match the content address its blob is named by" in proc.stderr
+    lock = load_lock(project / "modelguard.lock")
+    assert sorted(lock.entries) == [ST_MODEL]
+
+
+def test_a_load_let_through_by_policy_warn_is_not_recorded(hub, served, project):
+    snapshot = snapshot_download(hub, BERT_MODEL)
+    snapshot_download(hub, ST_MODEL)
+    blob = Path(os.path.realpath(snapshot / "model.safetensors"))
+    data = bytearray(blob.read_bytes())
+    data[-100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    proc = record(project, "--policy", "warn", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loading despite failed checks: org/tinybert" in proc.stderr
+    lock = load_lock(project / "modelguard.lock")
+    assert sorted(lock.entries) == [ST_MODEL]

@@ -8,7 +8,8 @@ read (with the files an entry of the same commit already lists), through
 :func:`modelguard.locking.entry_for_snapshot` — offline, from the snapshot's saved listing or
 the digest cache, so nothing is downloaded or hashed twice. The entries are merged into the
 lock; the same loads give the same bytes. The exit code is the command's (the lock is
-written whatever it is: every recorded load passed the guard).
+written whatever it is: every recorded load passed the guard), or 1 when the command
+succeeded but a recorded model could not be locked.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from shlex import quote
 from typing import Any, Iterable
 
 from .. import hfcache
+from ..errors import ModelGuardError
 from ..lockfile import ENV_LOCK, LOCK_NAME, Lock, LockEntry, find_lock, load_lock, write_lock
 from ..locking import entry_for_snapshot
 from ..recording import ENV_RECORD, LoadRecord, read_records
@@ -37,8 +39,8 @@ def add_record_parser(sub: argparse._SubParsersAction) -> None:
         description="Run CMD as `modelguard run` does and add every model the guarded loaders load (model id, the "
                     "commit of its Hugging Face cache snapshot, the files they read) to the lock. modelguard itself "
                     "downloads nothing and hashes a file at most once; recording the same loads again leaves the "
-                    "lock byte-identical. Exit code: the command's; 2 when modelguard cannot start it or cannot "
-                    "write the lock.",
+                    "lock byte-identical. Exit code: the command's; 1 when it succeeded but a model could not be "
+                    "locked; 2 when modelguard cannot start it or cannot write the lock.",
         epilog="example: modelguard lock record -- python train.py --epochs 1",
     )
     p.add_argument("--lock", metavar="FILE",
@@ -62,11 +64,11 @@ def run_record(args: argparse.Namespace) -> int:
         program = find_program(command, env, "lock record")
         code = run_child(program, command, env)
         records = read_records(record)
-    entries, notes = entries_from_records(records, existing)
+    entries, notes, failed = entries_from_records(records, existing)
     if entries:  # only models new to the lock or changed: recording the same loads writes nothing
         write_lock(path, existing.merged(entries))
     sys.stderr.write(summary(path, entries, notes, code))
-    return code
+    return code if code != 0 or not failed else 1
 
 
 def run_child(program: str, command: list[str], env: dict[str, str]) -> int:
@@ -87,9 +89,11 @@ def run_child(program: str, command: list[str], env: dict[str, str]) -> int:
     return 128 - code if code < 0 else code
 
 
-def entries_from_records(records: Iterable[LoadRecord], lock: Lock) -> tuple[list[LockEntry], list[str]]:
-    """Lock entries for the recorded loads (one per model: its snapshot's commit, the files read,
-    plus those the lock's entry for the same commit lists) and notes on loads not locked."""
+def entries_from_records(records: Iterable[LoadRecord], lock: Lock) -> tuple[list[LockEntry], list[str], bool]:
+    """Lock entries for the recorded loads that are new to ``lock`` or differ from its entry (one
+    per model: its snapshot's commit, the files read, plus those the lock's entry for the same
+    commit lists), notes on loads not locked, and whether a model could not be locked (an error,
+    such as a damaged cache copy, named in the notes)."""
     found: dict[str, tuple[str, Path, set[str] | None]] = {}
     notes: list[str] = []
     for record in records:
@@ -112,13 +116,20 @@ def entries_from_records(records: Iterable[LoadRecord], lock: Lock) -> tuple[lis
             files = None if record.files is None else files | set(record.files)
         found[model] = (commit, snapshot, files)
     entries = []
+    failed = False
     for model, (commit, snapshot, files) in sorted(found.items()):
         old = lock.get(model)
         if files is not None and old is not None and old.revision == commit:
             files |= {entry.path for entry in old.manifest.files}
-        entries.append(entry_for_snapshot(model, snapshot, files=None if files is None else sorted(files)))
-    new = [e for e in entries if lock.get(e.model_id) is None or lock.get(e.model_id).to_dict() != e.to_dict()]
-    return new, list(dict.fromkeys(notes))
+        try:
+            entry = entry_for_snapshot(model, snapshot, files=None if files is None else sorted(files))
+        except ModelGuardError as exc:
+            failed = True
+            notes.append(f"not locked: {model} @ {commit}: " + str(exc).replace("\n", "\n  "))
+            continue
+        if old is None or old.to_dict() != entry.to_dict():
+            entries.append(entry)
+    return entries, list(dict.fromkeys(notes)), failed
 
 
 def _snapshot_of(record: LoadRecord) -> tuple[str, str, Path] | None:
