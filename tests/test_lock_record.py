@@ -107,6 +107,19 @@ def test_a_script_run_unchanged_pins_both_models_and_recording_again_changes_not
                       env={"HF_HUB_OFFLINE": "1"})
     assert guarded.returncode == 0, guarded.stderr[-3000:]
     assert "LOADED 16 BertModel" in guarded.stdout
+    # and a locked file damaged in the cache stops the unchanged script before the model is built
+    from huggingface_hub import try_to_load_from_cache
+
+    blob = Path(os.path.realpath(try_to_load_from_cache(BERT_MODEL, "model.safetensors")))
+    data = bytearray(blob.read_bytes())
+    data[-100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    stopped = run_cli("run", "--", sys.executable, str(project / "script.py"), cwd=project,
+                      env={"HF_HUB_OFFLINE": "1"})
+    assert stopped.returncode == 1 and "LOADED" not in stopped.stdout
+    assert f"VerificationError: modelguard refused to load {BERT_MODEL}" in stopped.stderr
+    assert f"modelguard.lock at {lock_path}, entry {BERT_MODEL}@{served[BERT_MODEL]}" in stopped.stderr
+    assert "FAIL model.safetensors" in stopped.stderr
 
 
 def test_a_model_the_script_downloads_itself_is_pinned_and_downloaded_once(hub, served, project):
