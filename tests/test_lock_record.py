@@ -219,3 +219,23 @@ def test_a_load_let_through_by_policy_warn_is_not_recorded(hub, served, project)
     assert "loading despite failed checks: org/tinybert" in proc.stderr
     lock = load_lock(project / "modelguard.lock")
     assert sorted(lock.entries) == [ST_MODEL]
+
+
+def test_loads_that_cannot_become_entries_are_named(tmp_path):
+    from modelguard._commands.lock_record import entries_from_records
+    from modelguard.lockfile import Lock
+
+    folder = tmp_path / "plain-folder"
+    folder.mkdir()
+    records = [
+        LoadRecord("org/absent", None, None, None, "unknown", "transformers BertModel.from_pretrained"),
+        LoadRecord(None, None, str(folder), ("config.json",), "local-manifest", "torch.load"),
+    ]
+    entries, notes, failed = entries_from_records(records, Lock())
+    assert entries == [] and failed is False
+    assert notes == [
+        "not locked: org/absent (loaded by transformers BertModel.from_pretrained) has no snapshot in the Hugging "
+        "Face cache after the run; lock it with `modelguard lock add org/absent`",
+        f"not locked: {folder} (loaded by torch.load) is not a Hugging Face cache snapshot; lock a local folder "
+        f"with `modelguard lock add ORG/NAME --from {folder}`",
+    ]

@@ -99,7 +99,12 @@ def entries_from_records(records: Iterable[LoadRecord], lock: Lock) -> tuple[lis
     for record in records:
         located = _snapshot_of(record)
         if located is None:
-            where = record.directory or record.model or "?"
+            if record.directory is None and record.model is not None:
+                notes.append(f"not locked: {record.model} (loaded by {record.loader}) has no snapshot in the "
+                             "Hugging Face cache after the run; lock it with "
+                             f"`modelguard lock add {quote(record.model)}`")
+                continue
+            where = record.directory or "?"
             notes.append(f"not locked: {where} (loaded by {record.loader}) is not a Hugging Face cache snapshot; "
                          f"lock a local folder with `modelguard lock add ORG/NAME --from {quote(where)}`")
             continue
