@@ -192,10 +192,11 @@ def test_model_id_finds_its_manifest_and_its_hf_cache_snapshot(tiny, isolated_en
         ("build -o exists", ["build", "{root}", "--model", "org/x", "-o", "{manifest}"], "{manifest} exists; not overwritten"),
         ("build -o under a file", ["build", "{root}", "--model", "org/x", "-o", "{manifest}/x.yaml"],
          "cannot write {manifest}/x.yaml: {manifest} is not a directory"),
-        ("verify without target", ["verify"], "the following arguments are required: TARGET"),
+        ("verify without target", ["verify"], "verify needs a TARGET, or --lock to verify every locked model"),
         ("unknown option", ["verify", "--frobnicate", "x"],
          "unknown option '--frobnicate'; modelguard verify takes: --all-digests, --all-files, --cache-dir, "
-         "--certificate-chain, --components, --help, --json, --no-cache, --public-key, --quiet, --rehash, --revision, "
+         "--certificate-chain, --components, --help, --json, --local-dir, --lock, --no-cache, --public-key, --quiet, "
+         "--rehash, --revision, "
          "--scan, --strict"),
         ("mistyped option", ["verify", "{manifest}", "{root}", "--strcit"], "unknown option '--strcit'; did you mean '--strict'?"),
         ("mistyped option with a value", ["build", "{root}", "--modle=org/x"], "unknown option '--modle'; did you mean '--model'?"),

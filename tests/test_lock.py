@@ -314,6 +314,18 @@ def test_a_corrupted_locked_file_is_refused_before_construction(hub, served, pro
     [elsewhere] = load_each(project.parent, (MODEL, ""))
     assert "REFUSED" in elsewhere and "content addresses of the cache's blobs" in elsewhere
 
+    # `verify ORG/NAME` uses the lock entry too; the fix the guard printed repairs the snapshot.
+    verify = cli("verify", MODEL, "--json", cwd=project, offline=True)
+    assert verify.returncode == 1
+    doc = json.loads(verify.stdout)
+    assert doc["manifest"] == f"{LOCK_NAME} at {lock_path}, entry {MODEL}@{served}"
+    fix = f"modelguard fetch {MODEL} --revision {served}"
+    assert f"fix:      {fix}" in line
+    repaired = cli(*fix.split()[1:], cwd=project)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert f"repaired    {WEIGHTS}: repaired (" in repaired.stdout
+    assert load_each(project, (MODEL, "")) == ["LOADED built=1 no-warning"]
+
 
 def test_a_missing_lock_named_by_the_environment_stops_the_guard(hub, served, project):
     download(hub)
@@ -434,3 +446,25 @@ def test_the_readme_lock_example_is_a_valid_lock():
     assert entry.revision == "5f887ac2e39c7875ed2afe5ff671830b2d7811f3"
     assert [f.path for f in entry.manifest.files] == ["README.md", "model.safetensors"]
     assert block.startswith(lockfile.HEADER)
+
+
+def test_a_direct_read_of_a_locked_snapshot_file_is_checked_against_the_lock(hub, served, bert_source_v2, project,
+                                                                              monkeypatch, installed_guard):
+    from safetensors import torch as safetensors_torch
+
+    assert cli("lock", "add", MODEL, cwd=project).returncode == 0
+    old = download(hub)
+    hub.add_directory(MODEL, bert_source_v2)
+    new = download(hub)
+    monkeypatch.chdir(project)
+    assert set(safetensors_torch.load_file(str(old / WEIGHTS)))  # the locked bytes load
+    with pytest.raises(VerificationError) as info:
+        safetensors_torch.load_file(str(new / WEIGHTS))
+    assert info.value.message == (f"modelguard refused {MODEL} at revision {new.name}: "
+                                  f"the project lock pins {served}")
+    flip_byte(old)
+    with pytest.raises(VerificationError) as info:
+        safetensors_torch.load_file(str(old / WEIGHTS))
+    text = str(info.value)
+    assert f"modelguard refused to load {MODEL} (safetensors.torch.load_file)" in text
+    assert f"expectations: {LOCK_NAME} at {project / LOCK_NAME}, entry {MODEL}@{served}" in text

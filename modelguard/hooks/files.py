@@ -6,7 +6,8 @@ covers it, before the caller lets the library read it:
 - a manifest in the file's folder or a parent folder (``modelguard.yaml``, the nearest
   one that lists the file wins);
 - a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/<commit>/...``) whose
-  model has a known manifest;
+  model has an entry in the project lock (a snapshot of another commit is refused) or a
+  known manifest;
 - a folder declared with :func:`modelguard.map_directory` (or the directory map file).
 
 A file that no expectation covers follows the unknown-model policy (warn, refuse or
@@ -32,7 +33,7 @@ from ..manifest import load_manifest
 from ..policy import directory_map
 from ..recording import record_load, recording_path
 from ..registry import LOCAL_MANIFEST_NAME, find_manifest
-from ..resolve import Resolution, mapped_model
+from ..resolve import Resolution, locked_entry, mapped_model
 
 # Parsed local manifests, by path, kept while the file's (inode, size, mtime) is unchanged.
 _manifest_memo: dict[str, tuple[tuple[int, int, int], Any]] = {}
@@ -86,9 +87,11 @@ def _expectations(folder: str) -> Iterable[tuple[Path, Any, str]]:
         if snapshot is not None and candidate == snapshot:
             parsed = hfcache.parse_snapshot_path(candidate)
             if parsed is not None:
-                manifest = find_manifest(parsed[0], parsed[1], extra_dirs=extra)
+                locked = locked_entry(parsed[0], parsed[1])  # another commit than the locked one: refused
+                manifest = locked.manifest if locked is not None else find_manifest(parsed[0], parsed[1],
+                                                                                    extra_dirs=extra)
                 if manifest is not None:
-                    yield candidate, manifest, "hf-cache-snapshot"
+                    yield candidate, manifest, "lock" if locked is not None else "hf-cache-snapshot"
         mapped = mapped_model(candidate, directory_map)
         if mapped is not None:
             manifest = find_manifest(mapped[0], mapped[1], extra_dirs=extra)
