@@ -239,3 +239,20 @@ def test_loads_that_cannot_become_entries_are_named(tmp_path):
         f"not locked: {folder} (loaded by torch.load) is not a Hugging Face cache snapshot; lock a local folder "
         f"with `modelguard lock add ORG/NAME --from {folder}`",
     ]
+
+
+def test_a_file_read_directly_from_a_snapshot_is_recorded(hub, served, project):
+    snapshot_download(hub, BERT_MODEL)
+    (project / "script.py").write_text(textwrap.dedent("""
+        from huggingface_hub import snapshot_download
+        from safetensors.torch import load_file
+
+        folder = snapshot_download("org/tinybert", local_files_only=True)
+        print("TENSORS", len(load_file(folder + "/model.safetensors")))
+    """))
+    proc = record(project, "--unknown", "allow", env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TENSORS" in proc.stdout
+    entry = load_lock(project / "modelguard.lock").get(BERT_MODEL)
+    assert entry.revision == served[BERT_MODEL]
+    assert [f.path for f in entry.manifest.files] == ["model.safetensors"]
