@@ -18,7 +18,7 @@ from .version import __version__
 __all__ = ["COMMANDS", "build_parser", "emit_json", "entry_point", "main", "report_error"]
 
 # Each command lives in modelguard/_commands/<name>.py with add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("verify", "build", "fetch", "scan", "audit", "probe", "sign", "lock", "sync")
+COMMANDS = ("verify", "build", "fetch", "scan", "audit", "probe", "sign", "lock", "sync", "run")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

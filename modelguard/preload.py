@@ -26,6 +26,7 @@ from .hub import fetch, repair_files
 from .manifest import Manifest
 from .policy import (ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map,
                      identity_settings, signing_settings)
+from .recording import record_load, recording_path
 from .remedy import fetch_command
 from .report import VerifyReport, format_report
 from .resolve import LOCAL_MANIFEST_NAME, Resolution, resolve
@@ -100,6 +101,7 @@ def check_before_load(
     manifest = resolved.manifest
     if manifest is None:
         if signed:
+            _record(resolved, None, loader, cache_dir)
             return resolved  # the signature listed every file, and they verified
         if resolved.directory is None and not registry.looks_like_model_id(os.fspath(name_or_path)):
             return resolved  # neither a folder nor a model id: the loader reports its own "not found"
@@ -107,6 +109,7 @@ def check_before_load(
         key = (os.path.realpath(resolved.directory) if resolved.directory else os.fspath(name_or_path), "?")
         if done is None or key not in done:
             unknown_model(name_or_path, resolved, policy.effective_unknown(), loader)
+            _record(resolved, None, loader, cache_dir)
             if done is not None:
                 _verified.set(done | {key})
         return resolved
@@ -168,9 +171,20 @@ def check_before_load(
             pendings.remove(pending)
             overlap.join([pending], exc)
         raise
+    if report.ok:  # a load let through with failures (policy warn) is not recorded for a lock
+        # Blob names list only what was downloaded so far: the loader may fetch more (None: the snapshot after the run).
+        _record(resolved, [e.path for e in manifest.files if wanted is None or e.component in wanted]
+                if manifest.lists_every_file else None, loader, cache_dir)
     if done is not None:
         _verified.set(done | {key})
     return resolved
+
+
+def _record(resolved: Resolution, files: list[str] | None, loader: str, cache_dir: Any) -> None:
+    """For ``modelguard lock record`` (``$MODELGUARD_RECORD``): note the load the guard let through."""
+    if recording_path() is not None:
+        record_load(resolved.model_id, resolved.revision, resolved.directory, files, how=resolved.how,
+                    loader=loader, cache_dir=cache_dir)
 
 
 def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_failure: str) -> bool:

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "modelguard"
 # Lowest first. A module may import modules of its own layer or a lower one.
 LAYERS: dict[str, tuple[str, ...]] = {
     "base": ("modelguard.errors", "modelguard.version", "modelguard.env", "modelguard.fs", "modelguard.sniff",
-             "modelguard.hfcache", "modelguard.dependencies", "modelguard.remedy", "modelguard.private_dirs"),
+             "modelguard.hfcache", "modelguard.dependencies", "modelguard.remedy", "modelguard.private_dirs",
+             "modelguard.recording"),
     "manifests and hashing": ("modelguard.manifest_schema", "modelguard.manifest", "modelguard.registry",
                               "modelguard.hashing", "modelguard.statcache", "modelguard.statindex",
                               "modelguard.hflisting", "modelguard.lockfile"),
@@ -45,7 +46,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
                                        "modelguard._commands.audit", "modelguard._commands.probe",
                                        "modelguard._commands.sign", "modelguard._commands._signed",
                                        "modelguard._commands.lock", "modelguard._commands.sync",
-                                       "modelguard._commands._locked"),
+                                       "modelguard._commands._locked", "modelguard._commands.run",
+                                       "modelguard._commands.lock_record",
+                                       "modelguard._bootstrap", "modelguard._bootstrap.sitecustomize",
+                                       "modelguard.pytest_plugin"),
 }
 LAYER_OF = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 
@@ -53,6 +57,8 @@ LAYER_OF = {module: rank for rank, modules in enumerate(LAYERS.values()) for mod
 # an import cheap (the module loads at program start with ``import modelguard.auto``).
 CHEAP_IMPORTS = {
     ("modelguard.policy", "modelguard.registry"),  # map_directory: the manifest schema loads with the first model
+    # pytest imports the plugin in every run: the guard loads only with --modelguard
+    ("modelguard.pytest_plugin", "modelguard.guard"),
 }
 MAX_LOCAL_IMPORTS = 20
 

@@ -46,6 +46,9 @@ def test_the_probe_sees_a_heavy_import():
         "import modelguard.auto",
         # signatures: the library is imported only when a signature is checked (cache miss) or written
         "import modelguard.signing, modelguard._commands._signed, modelguard._commands.sign",
+        # pytest imports the plugin in every run; `modelguard run` execs the command at once
+        "import modelguard.pytest_plugin",
+        "import modelguard._commands.run, modelguard.recording",
     ],
 )
 def test_import_is_cheap(code):

@@ -91,6 +91,41 @@ def test_installed_wheel_verifies_a_model_by_id(wheel, tmp_path, minilm_dir):
     assert '"manifest": "' + str((target / "modelguard" / "_manifests").resolve()) in json_proc.stdout
 
 
+def test_pyproject_declares_the_pytest_plugin_at_an_importable_module():
+    import importlib
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    plugins = project["entry-points"]["pytest11"]
+    assert plugins == {"modelguard": "modelguard.pytest_plugin"}
+    module = importlib.import_module(plugins["modelguard"])
+    assert callable(module.pytest_addoption) and callable(module.pytest_configure)
+
+
+def test_wheel_carries_the_run_bootstrap_and_the_pytest_entry_point(wheel):
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    assert {"modelguard/_bootstrap/sitecustomize.py", "modelguard/pytest_plugin.py"} <= names
+    entry_points = archive.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    assert "[pytest11]\nmodelguard = modelguard.pytest_plugin" in entry_points
+
+
+def test_installed_wheel_runs_a_program_guarded(wheel, tmp_path):
+    target = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = "import modelguard; from modelguard import guard; print(guard.is_installed(), modelguard.__file__)"
+    proc = subprocess.run([sys.executable, "-m", "modelguard", "run", "--", sys.executable, "-c", code],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    installed, where = proc.stdout.split()
+    assert installed == "True" and Path(where).is_relative_to(target), proc.stdout
+
+
 def test_wheel_builds_without_warnings(wheel):
     """A quiet install: no 'Package ... is absent from the packages configuration', no deprecations."""
     output = BUILD_LOG["output"]

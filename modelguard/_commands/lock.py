@@ -1,4 +1,5 @@
-"""``modelguard lock add ORG/NAME[@REV] ... [--from DIR] [--lock FILE] [--cache-dir DIR] [--json]``."""
+"""``modelguard lock add ORG/NAME[@REV] ... [--from DIR] [--lock FILE] [--cache-dir DIR] [--json]``;
+``modelguard lock record -- CMD ...`` (:mod:`.lock_record`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ..errors import UsageError
 from ..locking import entry_for_model
 from ..lockfile import LOCK_NAME, Lock, dump_lock, find_lock, load_lock, write_lock
 from ..output import emit_json
+from .lock_record import add_record_parser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="Hugging Face hub cache folder for offline locking (default: $HF_HUB_CACHE)")
     add.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     add.set_defaults(run=run_add)
+    add_record_parser(actions)
 
 
 def lock_target(named: str | None) -> Path:

@@ -44,10 +44,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .. import engine, guard
+from .. import engine, guard, hfcache
 from ..errors import ManifestNotFoundError
 from ..hashing import stat_key
 from ..policy import ENV_UNKNOWN
+from ..recording import record_load, recording_path
 from ..registry import LOCAL_MANIFEST_NAME
 from ..resolve import Resolution
 from ..statcache import max_age_from_env
@@ -225,9 +226,24 @@ def _check_paths(paths: list[str | None], loader: str) -> None:
         report = verify_entries(root, manifest, how, entries, loader, policy)
         if trust and report is not None:
             _remember_verified(root, entries, report)
+    if recording_path() is not None:
+        _record_snapshot_files(wanted, loader)
     done = guard.verified_keys()
     if done is not None:
         guard.add_verified({(path, FILE_KEY) for path in wanted} | reported)
+
+
+def _record_snapshot_files(paths: list[str], loader: str) -> None:
+    """For ``modelguard lock record``: the files read from Hugging Face cache snapshots, by snapshot."""
+    found: dict[Path, list[str]] = {}
+    for path in paths:
+        root = hfcache.snapshot_root(os.path.dirname(path))
+        if root is not None and os.path.lexists(path):
+            found.setdefault(root, []).append(os.path.relpath(path, root).replace(os.sep, "/"))
+    for root, files in found.items():
+        parsed = hfcache.parse_snapshot_path(root)
+        if parsed is not None:
+            record_load(parsed[0], parsed[1], root, files, how="hf-cache-snapshot", loader=loader)
 
 
 def _unknown_file(path: str, unknown: str, loader: str) -> None:

@@ -26,3 +26,25 @@ def write_st_shaped_model(root: str | Path, *, weights: bytes, config: str, toke
         else:
             path.write_text(content)
     return root
+
+
+def save_tiny_sentence_transformer(directory: str | Path) -> Path:
+    """A real, loadable sentence-transformers model (tiny BERT, word-level tokenizer, mean
+    pooling) saved with ``SentenceTransformer.save`` into ``directory``."""
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers 6 moved the modules; the old path warns there
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
+
+    from .tiny_bert import save_tiny_bert, save_tiny_tokenizer
+
+    directory = Path(directory)
+    backbone = save_tiny_bert(directory.parent / f"{directory.name}-backbone")
+    save_tiny_tokenizer(backbone)
+    transformer = Transformer(str(backbone))
+    dimension = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+    pooling = Pooling(dimension())
+    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(directory))
+    return directory
