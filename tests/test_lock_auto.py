@@ -1,0 +1,112 @@
+"""Under a lock, the auto classes read every file at the locked commit: AutoModel's own
+AutoConfig (and AutoConfig, AutoTokenizer called directly) get the locked revision before
+config.json is read, so a default branch that moved on cannot lend its config to the locked weights.
+
+The real transformers and huggingface_hub load from the test Hub (tests/hubserver.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import run_cli
+from helpers.requires import need
+
+need("huggingface_hub")
+need("transformers")
+
+MODEL = "org/moving"
+
+LOAD = """
+import json, sys, warnings
+import modelguard
+from modelguard.errors import ModelGuardError
+
+modelguard.install()
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+steps = {
+    "model": lambda: AutoModel.from_pretrained(sys.argv[1]).config.num_hidden_layers,
+    "config": lambda: AutoConfig.from_pretrained(sys.argv[1]).num_hidden_layers,
+    "tokenizer": lambda: AutoTokenizer.from_pretrained(sys.argv[1]).model_max_length,
+}
+out = {}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for name, step in steps.items():
+        try:
+            out[name] = step()
+        except ModelGuardError as exc:
+            out[name] = type(exc).__name__ + ": " + str(exc).replace("\\n", " // ")
+out["warnings"] = sorted({type(w.message).__name__ for w in caught if "modelguard" in type(w.message).__module__})
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory) -> tuple[Path, Path]:
+    """Commit A (2 layers, model_max_length 32) and commit B: the same weights, but config.json
+    says 3 layers and tokenizer_config.json 64."""
+    from helpers.tiny_bert import save_tiny_bert, save_tiny_tokenizer
+
+    a = save_tiny_bert(tmp_path_factory.mktemp("moving-a") / "model")
+    save_tiny_tokenizer(a)
+    tok = json.loads((a / "tokenizer_config.json").read_text())
+    tok["model_max_length"] = 32
+    (a / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+    b = tmp_path_factory.mktemp("moving-b") / "model"
+    shutil.copytree(a, b)
+    config = json.loads((b / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2
+    config["num_hidden_layers"] = 3
+    (b / "config.json").write_text(json.dumps(config, indent=2))
+    tok["model_max_length"] = 64
+    (b / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+    return a, b
+
+
+def load(cwd: Path, *, offline: bool) -> dict:
+    env = {**os.environ, **({"HF_HUB_OFFLINE": "1"} if offline else {})}
+    proc = subprocess.run([sys.executable, "-c", LOAD, MODEL], capture_output=True, text=True, timeout=600,
+                          cwd=cwd, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def download(hub) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(MODEL, cache_dir=os.environ["HF_HUB_CACHE"], endpoint=hub.endpoint))
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_auto_classes_read_the_config_at_the_locked_commit(hub, versions, tmp_path, offline):
+    a, b = versions
+    commit_a = hub.add_directory(MODEL, a)
+    project = tmp_path / "project"
+    project.mkdir()
+    added = run_cli("lock", "add", MODEL, cwd=project)
+    assert added.returncode == 0, added.stderr
+    assert f"locked {MODEL} @ {commit_a}" in added.stdout
+    download(hub)
+    commit_b = hub.add_directory(MODEL, b)  # main moves on, with another config
+    assert download(hub).name == commit_b  # the cache's refs/main now names B
+    refs_main = Path(os.environ["HF_HUB_CACHE"]) / "models--org--moving" / "refs" / "main"
+    assert refs_main.read_text() == commit_b
+
+    locked = load(project, offline=offline)
+    assert locked == {"model": 2, "config": 2, "tokenizer": 32, "warnings": []}
+
+    # Without the lock the same program reads main: B's config and tokenizer config. (B's third
+    # layer has no weights, so the guard refuses the new weights: the mixed load the lock prevents.)
+    unlocked = load(tmp_path, offline=offline)
+    assert unlocked["config"] == 3 and unlocked["tokenizer"] == 64, unlocked
+    assert unlocked["model"].startswith("RandomInitError: "), unlocked
+    assert "encoder.layer.2." in unlocked["model"], unlocked
