@@ -100,24 +100,28 @@ def complete_expectations(resolution: Resolution, *, all_files: bool = False) ->
     fetched now and kept in memory, so files missing from the snapshot are found. When the Hub
     does not answer, the content addresses stay, and their source says why.
 
-    ``verify`` (CLI and Python) asks this; the guard does not (no network call at load time):
-    online, a loader downloads whatever the snapshot lacks itself, so a listing would only turn a
-    partial cache into a refusal, and offline there is nothing to ask."""
-    manifest = resolution.manifest
-    if (manifest is None or manifest.origin != hflisting.BLOBS or not manifest.revision or is_offline()
-            or not registry.looks_like_model_id(manifest.model, namespaced=True)):
+    ``verify`` (CLI and Python) and ``fetch`` ask this; the guard does not (no network call at load
+    time): online, a loader downloads whatever the snapshot lacks itself, so a listing would only
+    turn a partial cache into a refusal, and offline there is nothing to ask."""
+    if resolution.manifest is None:
         return resolution
+    return resolution._replace(manifest=complete_manifest(resolution.manifest, all_files=all_files))
+
+
+def complete_manifest(manifest: Manifest, *, all_files: bool = False) -> Manifest:
+    """``manifest`` itself, or for blob addresses the Hub's listing (see :func:`complete_expectations`)."""
+    if (manifest.origin != hflisting.BLOBS or not manifest.revision or is_offline()
+            or not registry.looks_like_model_id(manifest.model, namespaced=True)):
+        return manifest
     try:
         digests = commit_listing(manifest.model, manifest.revision)
     except ModelGuardError as exc:
         why = str(exc).splitlines()[0]
-        return resolution._replace(manifest=dataclasses.replace(
-            manifest, source=f"{manifest.source}; the Hub's listing could not be fetched: {why}"))
-    listed = hflisting.listing_manifest(
+        return dataclasses.replace(manifest, source=f"{manifest.source}; the Hub's listing could not be fetched: {why}")
+    return hflisting.listing_manifest(
         digests, model=manifest.model, commit=manifest.revision, all_files=all_files, origin=hflisting.FETCHED,
         source=(f"the Hub's listing of commit {manifest.revision}, fetched from {hub_endpoint()} now "
                 "(no listing was saved at download; nothing was written)"))
-    return resolution._replace(manifest=listed)
 
 
 def _hash_small_file(model: str, path: str, commit: str, endpoint: str, git_sha1: str, size: int) -> dict[str, str]:
