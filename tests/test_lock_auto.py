@@ -110,3 +110,45 @@ def test_auto_classes_read_the_config_at_the_locked_commit(hub, versions, tmp_pa
     assert unlocked["config"] == 3 and unlocked["tokenizer"] == 64, unlocked
     assert unlocked["model"].startswith("RandomInitError: "), unlocked
     assert "encoder.layer.2." in unlocked["model"], unlocked
+
+
+ADAPTER_LOAD = """
+import sys, warnings
+import modelguard
+modelguard.install()
+from transformers import AutoModel
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    model = AutoModel.from_pretrained(sys.argv[1])
+print(type(model).__name__, " ".join(sorted({type(m).__module__ + "." + type(m).__name__
+                                             for m in model.modules() if "lora" in type(m).__module__})))
+"""
+
+
+def test_a_locked_peft_adapter_keeps_its_base_model_at_the_base_repos_revision(hub, versions, tmp_path):
+    """AutoModel of an adapter repo loads the base model the adapter names: the adapter's locked
+    commit must not be handed to the base repository."""
+    need("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel as PlainAutoModel
+
+    a, _ = versions
+    hub.add_directory("org/base", a)
+    adapter_dir = tmp_path / "adapter"
+    lora = get_peft_model(PlainAutoModel.from_pretrained(a), LoraConfig(r=2, target_modules=["query", "value"]))
+    lora.save_pretrained(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "org/base"
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
+    adapter_commit = hub.add_directory("org/lora", adapter_dir)
+    project = tmp_path / "project"
+    project.mkdir()
+    added = run_cli("lock", "add", "org/lora", "org/base", cwd=project)
+    assert added.returncode == 0, added.stderr
+    assert f"locked org/lora @ {adapter_commit}" in added.stdout
+
+    proc = subprocess.run([sys.executable, "-c", ADAPTER_LOAD, "org/lora"], capture_output=True, text=True,
+                          timeout=600, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["BertModel", "peft.tuners.lora.layer.Linear"], proc.stdout  # the adapter applied

@@ -114,6 +114,10 @@ def _pin_auto_revision(name: Any, kwargs: dict) -> None:
     if _asked_revision(kwargs) is not None:
         return
     resolved = guard.resolve_model(name, None, cache_dir=kwargs.get("cache_dir"))
+    if resolved.manifest is not None and resolved.manifest.file("adapter_config.json") is not None:
+        # A peft adapter: AutoModel loads the base model it names with the caller's revision, which
+        # must not become the adapter's commit (the loaders' own hooks pin each repository).
+        return
     if resolved.how in PINNED and resolved.revision:
         kwargs["revision"] = resolved.revision
 
