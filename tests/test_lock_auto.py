@@ -152,3 +152,26 @@ def test_a_locked_peft_adapter_keeps_its_base_model_at_the_base_repos_revision(h
                           timeout=600, cwd=project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["BertModel", "peft.tuners.lora.layer.Linear"], proc.stdout  # the adapter applied
+
+
+WRAPPED = """
+import modelguard
+from modelguard import guard
+from modelguard.hooks import is_wrapped
+{before}
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+{after}
+classes = (AutoModel, AutoModelForSequenceClassification, AutoConfig, AutoTokenizer)
+print(*(is_wrapped(c.from_pretrained) for c in classes))
+guard.uninstall()
+print(*(is_wrapped(c.from_pretrained) for c in classes))
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_every_auto_class_is_patched_and_restored_whenever_the_guard_is_installed(when):
+    code = WRAPPED.format(before="modelguard.install()" if when == "before" else "",
+                          after="modelguard.install()" if when == "after" else "")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["True True True True", "False False False False"]

@@ -45,8 +45,9 @@ def supported(version: str) -> bool:
 
 
 # Auto-class modules -> the classes whose from_pretrained reads config files before the loader runs.
+# (Each AutoModel* class holds its own copy of the base class's from_pretrained, made when
+# modeling_auto runs, so each is patched there, not the base class.)
 AUTO_CLASSES = {
-    "auto_factory": "_BaseAutoModelClass",
     "configuration_auto": "AutoConfig",
     "tokenization_auto": "AutoTokenizer",
 }
@@ -55,8 +56,9 @@ PINNED = ("hub-id", "hf-listing", "lock")
 
 
 def patch(module: Any) -> None:
-    """Called for ``transformers.modeling_utils``, ``transformers.tokenization_utils_base`` and the
-    auto-class modules (:data:`AUTO_CLASSES`)."""
+    """Called for ``transformers.modeling_utils``, ``transformers.tokenization_utils_base``,
+    ``transformers.models.auto.modeling_auto`` (every ``AutoModel*`` class) and the modules of
+    :data:`AUTO_CLASSES`."""
     short = module.__name__.rsplit(".", 1)[-1]
     if short == "modeling_utils":
         _patches.replace(module.PreTrainedModel, "from_pretrained", _wrap_from_pretrained)
@@ -64,6 +66,12 @@ def patch(module: Any) -> None:
         _patches.replace(module.PreTrainedTokenizerBase, "from_pretrained", _wrap_tokenizer_from_pretrained)
     elif short in AUTO_CLASSES and hasattr(module, AUTO_CLASSES[short]):
         _patches.replace(getattr(module, AUTO_CLASSES[short]), "from_pretrained", _wrap_auto_from_pretrained)
+    elif short == "modeling_auto":
+        base = getattr(module, "_BaseAutoModelClass", None)
+        for value in list(vars(module).values()):
+            if (isinstance(value, type) and base is not None and issubclass(value, base)
+                    and isinstance(vars(value).get("from_pretrained"), classmethod)):
+                _patches.replace(value, "from_pretrained", _wrap_auto_from_pretrained)
 
 
 def unpatch() -> None:
