@@ -35,7 +35,8 @@ from .manifest import Component, FileEntry, Manifest, check_relative_path
 
 LISTING = "hub-listing"
 BLOBS = "blob-addresses"
-ORIGINS = (LISTING, BLOBS)
+FETCHED = "hub-api"  # the Hub's listing fetched at check time (no saved one), kept in memory
+ORIGINS = (LISTING, BLOBS, FETCHED)
 
 LOADER_COMPONENT = "files"
 ALTERNATIVE_COMPONENT = "alternative-weights"
@@ -227,11 +228,8 @@ def cache_expectations(
             note = f"; the saved listing {listing} was not used: {exc}"
         else:
             commit = listing.stem
-            files, components = _entries(digests, all_files)
-            return Manifest(
-                model=name, revision=commit, components=components, files=files,
-                source=f"the Hub's listing of commit {commit} saved at download ({listing})", origin=LISTING,
-            )
+            return listing_manifest(digests, model=name, commit=commit, all_files=all_files, origin=LISTING,
+                                    source=f"the Hub's listing of commit {commit} saved at download ({listing})")
     if snap is None:
         return None
     digests = _blob_addresses(snap)
@@ -245,6 +243,16 @@ def cache_expectations(
                 f"(no saved listing at {expected_at}, so files missing from the snapshot cannot be known){note}"),
         origin=BLOBS,
     )
+
+
+def listing_manifest(
+    digests: dict[str, dict[str, object]], *, model: str, commit: str, source: str, origin: str = LISTING,
+    all_files: bool = False,
+) -> Manifest:
+    """Expectations from a listing of ``commit`` (``{path: {"size": int, "sha256"|"git_sha1": hex}}``,
+    as :func:`parse_listing` reads a saved one), in the loader/alternative/other components."""
+    files, components = _entries(digests, all_files)
+    return Manifest(model=model, revision=commit, components=components, files=files, source=source, origin=origin)
 
 
 def model_expectations(

@@ -96,8 +96,9 @@ class Manifest:
 
     ``origin`` says what the expectations are: ``manifest`` (a manifest file), or, built by
     :mod:`modelguard.hflisting` from a Hugging Face cache, ``hub-listing`` (the Hub's listing
-    saved at download) or ``blob-addresses`` (the cache's blob names; files missing from the
-    snapshot cannot be known, see :attr:`lists_every_file`).
+    saved at download), ``hub-api`` (the Hub's listing fetched at check time, none being saved) or
+    ``blob-addresses`` (the cache's blob names; files missing from the snapshot cannot be known, see
+    :attr:`lists_every_file`).
     """
 
     model: str

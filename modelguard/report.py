@@ -92,6 +92,9 @@ class VerifyReport:
         if self.expectations == "hub-listing":
             rev = f" of commit {self.revision[:12]}" if self.revision else ""
             return f"the Hub's listing{rev} saved at download"
+        if self.expectations == "hub-api":
+            rev = f" of commit {self.revision[:12]}" if self.revision else ""
+            return f"the Hub's listing{rev} (fetched now, not saved)"
         if self.expectations == "blob-addresses":
             return "their blobs' content addresses (completeness not checked)"
         return "the manifest"

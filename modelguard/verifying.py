@@ -2,7 +2,9 @@
 
 The engine (:func:`modelguard.engine.verify_directory`) takes a Manifest and a directory;
 this is the front door that also accepts a manifest file or a model id and, without a
-directory, checks the model's snapshot in the Hugging Face cache.
+directory, checks the model's snapshot in the Hugging Face cache. A cache snapshot with no saved
+listing is checked against the Hub's listing fetched in memory when the Hub may be reached
+(:func:`modelguard.hub.complete_expectations`), else against its blobs' content addresses.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from typing import Any, Callable, Iterable
 
 from .engine import verify_directory
+from .hub import complete_expectations
 from .manifest import Manifest
 from .report import VerifyReport, format_report
 from .resolve import resolve_verify_target
@@ -41,7 +44,7 @@ def verify(
     in full whatever the cache holds, and store what verifies; default ``MODELGUARD_REHASH``),
     ``progress``, ``max_workers``.
     """
-    resolution = resolve_verify_target(manifest, directory)
+    resolution = complete_expectations(resolve_verify_target(manifest, directory))
     return verify_directory(
         resolution.manifest, resolution.directory, components=components, strict_extra=strict_extra, all_digests=all_digests,
         cache=cache, rehash=rehash, progress=progress, max_workers=max_workers,

@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "to a temporary file and put in place only once they verify; old bytes are kept aside. "
                     "Exit 0 verified, 1 a file could not be obtained with the right bytes, 2 bad invocation.",
     )
-    p.add_argument("model", metavar="MODEL", help="a model id with a known manifest (BAAI/bge-m3), or a manifest file")
+    p.add_argument("model", metavar="MODEL", help="a model id with a known manifest or lock entry (BAAI/bge-m3), or a manifest file; with "
+                        "neither, a model in the Hugging Face cache is fetched by its snapshot's listing (saved at "
+                        "download, else the Hub's)")
     p.add_argument("--revision", help="the revision whose manifest applies (default: the manifest's pinned commit)")
     p.add_argument("--components", help="comma-separated components to fetch (default: the required ones, "
                                          "plus optional ones already present)")

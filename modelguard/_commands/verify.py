@@ -6,6 +6,7 @@ import argparse
 from shlex import quote
 
 from ..engine import verify_directory
+from ..hub import complete_expectations
 from ..resolve import resolve_verify_target
 from ..safety import scan_manifest_files
 from ..errors import UsageError
@@ -25,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a manifest file, a model id (BAAI/bge-m3), a Hugging Face cache snapshot / download "
                         "folder, or a signature (model.sig, with --public-key, --certificate-chain or --identity); "
                         "with no manifest, a cached model is checked against the Hub's listing saved at download "
-                        "(else its blobs' content addresses)")
+                        "(none saved: the Hub's listing fetched now, not saved; offline: its blobs' content addresses)")
     p.add_argument("directory", metavar="DIR", nargs="?",
                    help="model directory (default: the model's snapshot in the Hugging Face cache)")
     p.add_argument("--revision", help="with a model id: the revision whose manifest applies")
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     resolution = resolve_verify_target(args.target, args.directory, revision=args.revision, cache_dir=args.cache_dir,
                                        how_to_pass=f"pass the directory: modelguard verify {quote(args.target)} DIR",
                                        all_files=args.all_files, cli=True)
+    resolution = complete_expectations(resolution, all_files=args.all_files)  # no saved listing: ask the Hub
     manifest, directory = resolution.manifest, resolution.directory
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components else None
     entries = manifest.files if components is None else manifest.files_of(*components)

@@ -34,6 +34,10 @@ HOOKS: dict[str, str] = {
     "transformers.modeling_utils": "modelguard.hooks.transformers",
     "transformers.tokenization_utils_base": "modelguard.hooks.transformers",
     "transformers.dynamic_module_utils": "modelguard.hooks.remote_code",
+    # The auto classes read config.json before the loader: they get the pinned revision first.
+    "transformers.models.auto.modeling_auto": "modelguard.hooks.transformers",
+    "transformers.models.auto.configuration_auto": "modelguard.hooks.transformers",
+    "transformers.models.auto.tokenization_auto": "modelguard.hooks.transformers",
     "sentence_transformers": "modelguard.hooks.sentence_transformers",
     "FlagEmbedding": "modelguard.hooks.flagembedding",
     "torch": "modelguard.hooks.torch_load",

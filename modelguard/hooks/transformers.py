@@ -2,7 +2,11 @@
 
 Before the model is built, the files transformers reads (config and weights of the
 manifest's components that hold them) are verified; ``from_pretrained`` of a
-tokenizer verifies the components holding the tokenizer files. After it is built, every weight
+tokenizer verifies the components holding the tokenizer files. The auto classes (``AutoModel*``,
+``AutoConfig``, ``AutoTokenizer``) read config.json (and tokenizer_config.json) before they pick
+the loader: given a Hub id and no revision, they are handed the pinned one (a lock entry's commit,
+a manifest's revision) first, so every file of the load comes from the commit that is verified,
+not from wherever the default branch points now. After it is built, every weight
 reported missing from the checkpoint (or re-initialized because of a size mismatch)
 raises :class:`~modelguard.errors.RandomInitError`, unless
 :func:`modelguard.allow_random_init` names it. ``model.load_adapter(path)`` (transformers'
@@ -44,15 +48,37 @@ def supported(version: str) -> bool:
     return len(release) >= 2 and release >= (4, 40)
 
 
+# Auto-class modules -> the classes whose from_pretrained reads config files before the loader runs.
+# (Each AutoModel* class holds its own copy of the base class's from_pretrained, made when
+# modeling_auto runs, so each is patched there, not the base class.)
+AUTO_CLASSES = {
+    "configuration_auto": "AutoConfig",
+    "tokenization_auto": "AutoTokenizer",
+}
+# Resolutions whose revision the loader is given when the caller names none.
+PINNED = ("hub-id", "hf-listing", "lock")
+
+
 def patch(module: Any) -> None:
-    """Called for ``transformers.modeling_utils`` and ``transformers.tokenization_utils_base``."""
-    if module.__name__.endswith(".modeling_utils"):
+    """Called for ``transformers.modeling_utils``, ``transformers.tokenization_utils_base``,
+    ``transformers.models.auto.modeling_auto`` (every ``AutoModel*`` class) and the modules of
+    :data:`AUTO_CLASSES`."""
+    short = module.__name__.rsplit(".", 1)[-1]
+    if short == "modeling_utils":
         _patches.replace(module.PreTrainedModel, "from_pretrained", _wrap_from_pretrained)
         mixin = getattr(sys.modules.get("transformers.integrations.peft"), "PeftAdapterMixin", None)
         if mixin is not None and "load_adapter" in vars(mixin):
             _patches.replace(mixin, "load_adapter", wrap_transformers_load_adapter)
-    elif module.__name__.endswith(".tokenization_utils_base"):
+    elif short == "tokenization_utils_base":
         _patches.replace(module.PreTrainedTokenizerBase, "from_pretrained", _wrap_tokenizer_from_pretrained)
+    elif short in AUTO_CLASSES and hasattr(module, AUTO_CLASSES[short]):
+        _patches.replace(getattr(module, AUTO_CLASSES[short]), "from_pretrained", _wrap_auto_from_pretrained)
+    elif short == "modeling_auto":
+        base = getattr(module, "_BaseAutoModelClass", None)
+        for value in list(vars(module).values()):
+            if (isinstance(value, type) and base is not None and issubclass(value, base)
+                    and isinstance(vars(value).get("from_pretrained"), classmethod)):
+                _patches.replace(value, "from_pretrained", _wrap_auto_from_pretrained)
 
 
 def unpatch() -> None:
@@ -87,16 +113,36 @@ def _subfolder(name: Any, resolved: Any, kwargs: dict) -> str:
     return "/".join(parts)
 
 
+def _asked_revision(kwargs: dict) -> Any:
+    """The revision the caller named (None: none). An auto class passes the default branch it
+    resolved itself (huggingface_hub's ResolvedRevision, ``initial`` None): that names none."""
+    asked = kwargs.get("revision")
+    if getattr(asked, "initial", "") is None:
+        asked = kwargs["revision"] = None
+    return asked
+
+
+def _pin_auto_revision(name: Any, kwargs: dict) -> None:
+    """Before an auto class reads config.json: a Hub id loaded with no revision gets the pinned one."""
+    if not isinstance(name, (str, os.PathLike)) or not os.fspath(name) or os.path.isdir(name):
+        return
+    if _asked_revision(kwargs) is not None:
+        return
+    resolved = guard.resolve_model(name, None, cache_dir=kwargs.get("cache_dir"))
+    if resolved.manifest is not None and resolved.manifest.file("adapter_config.json") is not None:
+        # A peft adapter: AutoModel loads the base model it names with the caller's revision, which
+        # must not become the adapter's commit (the loaders' own hooks pin each repository).
+        return
+    if resolved.how in PINNED and resolved.revision:
+        kwargs["revision"] = resolved.revision
+
+
 def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], what: str) -> str:
     """Verify before loading; pin a Hub id to the verified revision. Returns the loader label."""
     label = loader_label(f"transformers {cls.__name__}.from_pretrained")
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         return label
-    asked = kwargs.get("revision")
-    if getattr(asked, "initial", "") is None:
-        # AutoModel passes the default branch it resolved itself (huggingface_hub's ResolvedRevision,
-        # ``initial`` None): the caller named no revision, so a pinned one (lock, manifest) applies.
-        asked = kwargs["revision"] = None
+    asked = _asked_revision(kwargs)
     resolved = guard.resolve_model(name, asked, cache_dir=kwargs.get("cache_dir"))
     components = None
     if resolved.manifest is not None:
@@ -107,7 +153,7 @@ def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], w
         name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
         local_files_only=bool(kwargs.get("local_files_only")),
     )
-    if asked is None and resolved.how in ("hub-id", "hf-listing", "lock") and resolved.revision and not os.path.isdir(name):
+    if asked is None and resolved.how in PINNED and resolved.revision and not os.path.isdir(name):
         kwargs["revision"] = resolved.revision  # load exactly the revision that was verified
     return label
 
@@ -130,6 +176,19 @@ def _wrap_from_pretrained(original: Any) -> Any:
                 new_keys = _model_names(model, new_keys)
                 guard.refuse_random_init(new_keys, model=os.fspath(name) if name else cls.__name__, loader=label)
         return (model, info) if want_info else model
+
+    return classmethod(from_pretrained)
+
+
+def _wrap_auto_from_pretrained(original: Any) -> Any:
+    func = original.__func__
+
+    @functools.wraps(func)
+    def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        with guard.verified_scope():
+            _pin_auto_revision(name, kwargs)
+            return func(cls, *args, **kwargs)
 
     return classmethod(from_pretrained)
 

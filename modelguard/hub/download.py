@@ -17,17 +17,18 @@ import re
 from shlex import quote
 from typing import Any, Iterable
 
-from .. import hfcache, registry
+from .. import hfcache, hflisting, registry
 from ..engine import verify_directory
 from ..env import hub_endpoint, is_offline
-from ..errors import DownloadError, OfflineError, UsageError
+from ..errors import DownloadError, ManifestNotFoundError, OfflineError, UsageError
 from ..fs import human_size
 from ..hashing import hash_file
 from ..manifest import FileEntry, Manifest
 from ..remedy import fetch_command
 from ..report import FAILED, SKIPPED, VerifyReport
-from ..resolve import resolve_manifest
+from ..resolve import looks_like_manifest_file, resolve_manifest
 from .client import COMMIT, SHA256, hub_error, resolve_commit, retry_backoff, same_origin_key
+from .metadata import complete_manifest
 from .place import (Target, cache_target, install_file, local_target, make_dirs, remove_empty_target, remove_if_empty,
                     remove_stale_temp_files, safe_name)
 
@@ -149,6 +150,37 @@ def _fetchable_manifest(model: str | Manifest, revision: str | None) -> Manifest
     return manifest
 
 
+def _manifest_or_listing(model: str | Manifest, revision: str | None, cache_dir: Any,
+                         local_dir: Any) -> tuple[Manifest, Path | None]:
+    """The manifest (or lock entry) named by ``model``; with none, for a model id in the Hugging
+    Face cache, the Hub's listing of its snapshot's commit: the one saved at download, else
+    fetched now (online). Returns it and the snapshot it describes (None for a manifest)."""
+    try:
+        return _fetchable_manifest(model, revision), None
+    except ManifestNotFoundError:
+        if not isinstance(model, str) or local_dir is not None or looks_like_manifest_file(model):
+            raise
+        found = hflisting.model_expectations(model, revision, cache_dir)
+        if found is None:
+            raise
+        listed, snap = complete_manifest(found[0]), found[1]
+        if listed.lists_every_file:
+            return listed, snap
+    # Content addresses alone carry no sizes and miss absent files: not enough to download by.
+    why = ("HF_HUB_OFFLINE is set" if is_offline()
+           else listed.source.rpartition("; ")[2] if "could not be fetched" in (listed.source or "")
+           else "the Hub gave no listing")
+    raise ManifestNotFoundError(
+        f"no manifest or lock entry describes {model}, and its snapshot {snap} has no listing saved at "
+        f"download to fetch by ({why})",
+        path=snap, expected="a manifest, a lock entry, or the Hub's listing of the snapshot's commit",
+        actual=f"{snap.parent.parent / 'trees' / (snap.name + '.json')} absent",
+        remedy=(f"unset HF_HUB_OFFLINE, then run `modelguard fetch {quote(model)}` (the Hub's listing of commit "
+                f"{snap.name} is used)" if is_offline() else
+                f"check that {hub_endpoint()} serves {model}, or pin it: modelguard lock add {quote(model)}"),
+    )
+
+
 def _wanted(manifest: Manifest, components: Iterable[str] | None) -> list[str] | None:
     if components is None:
         return None
@@ -183,9 +215,12 @@ def fetch_files(
 ) -> FetchResult:
     """Like :func:`fetch`, but returns what was done per file as well.
 
-    A :class:`DownloadError` raised here carries the :class:`FetchResult` as ``.result``.
+    A :class:`DownloadError` raised here carries the :class:`FetchResult` as ``.result``. A model
+    id no manifest or lock describes, in the Hugging Face cache, is fetched by the Hub's listing
+    of its snapshot's commit (saved at download, else fetched now).
     """
-    manifest = _fetchable_manifest(model, revision)
+    manifest, listed_snapshot = _manifest_or_listing(model, revision, cache_dir, local_dir)
+    _snapshot = _snapshot or listed_snapshot
     wanted = _wanted(manifest, components)
     rev = manifest.revision or revision or "main"
     endpoint = hub_endpoint()

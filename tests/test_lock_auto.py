@@ -1,0 +1,177 @@
+"""Under a lock, the auto classes read every file at the locked commit: AutoModel's own
+AutoConfig (and AutoConfig, AutoTokenizer called directly) get the locked revision before
+config.json is read, so a default branch that moved on cannot lend its config to the locked weights.
+
+The real transformers and huggingface_hub load from the test Hub (tests/hubserver.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import run_cli
+from helpers.requires import need
+
+need("huggingface_hub")
+need("transformers")
+
+MODEL = "org/moving"
+
+LOAD = """
+import json, sys, warnings
+import modelguard
+from modelguard.errors import ModelGuardError
+
+modelguard.install()
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+steps = {
+    "model": lambda: AutoModel.from_pretrained(sys.argv[1]).config.num_hidden_layers,
+    "config": lambda: AutoConfig.from_pretrained(sys.argv[1]).num_hidden_layers,
+    "tokenizer": lambda: AutoTokenizer.from_pretrained(sys.argv[1]).model_max_length,
+}
+out = {}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for name, step in steps.items():
+        try:
+            out[name] = step()
+        except ModelGuardError as exc:
+            out[name] = type(exc).__name__ + ": " + str(exc).replace("\\n", " // ")
+out["warnings"] = sorted({type(w.message).__name__ for w in caught if "modelguard" in type(w.message).__module__})
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory) -> tuple[Path, Path]:
+    """Commit A (2 layers, model_max_length 32) and commit B: the same weights, but config.json
+    says 3 layers and tokenizer_config.json 64."""
+    from helpers.tiny_bert import save_tiny_bert, save_tiny_tokenizer
+
+    a = save_tiny_bert(tmp_path_factory.mktemp("moving-a") / "model")
+    save_tiny_tokenizer(a)
+    tok = json.loads((a / "tokenizer_config.json").read_text())
+    tok["model_max_length"] = 32
+    (a / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+    b = tmp_path_factory.mktemp("moving-b") / "model"
+    shutil.copytree(a, b)
+    config = json.loads((b / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2
+    config["num_hidden_layers"] = 3
+    (b / "config.json").write_text(json.dumps(config, indent=2))
+    tok["model_max_length"] = 64
+    (b / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+    return a, b
+
+
+def load(cwd: Path, *, offline: bool) -> dict:
+    env = {**os.environ, **({"HF_HUB_OFFLINE": "1"} if offline else {})}
+    proc = subprocess.run([sys.executable, "-c", LOAD, MODEL], capture_output=True, text=True, timeout=600,
+                          cwd=cwd, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def download(hub) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(MODEL, cache_dir=os.environ["HF_HUB_CACHE"], endpoint=hub.endpoint))
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_auto_classes_read_the_config_at_the_locked_commit(hub, versions, tmp_path, offline):
+    a, b = versions
+    commit_a = hub.add_directory(MODEL, a)
+    project = tmp_path / "project"
+    project.mkdir()
+    added = run_cli("lock", "add", MODEL, cwd=project)
+    assert added.returncode == 0, added.stderr
+    assert f"locked {MODEL} @ {commit_a}" in added.stdout
+    download(hub)
+    commit_b = hub.add_directory(MODEL, b)  # main moves on, with another config
+    assert download(hub).name == commit_b  # the cache's refs/main now names B
+    refs_main = Path(os.environ["HF_HUB_CACHE"]) / "models--org--moving" / "refs" / "main"
+    assert refs_main.read_text() == commit_b
+
+    locked = load(project, offline=offline)
+    assert locked == {"model": 2, "config": 2, "tokenizer": 32, "warnings": []}
+
+    # Without the lock the same program reads main: B's config and tokenizer config. (B's third
+    # layer has no weights, so the guard refuses the new weights: the mixed load the lock prevents.)
+    unlocked = load(tmp_path, offline=offline)
+    assert unlocked["config"] == 3 and unlocked["tokenizer"] == 64, unlocked
+    assert unlocked["model"].startswith("RandomInitError: "), unlocked
+    assert "encoder.layer.2." in unlocked["model"], unlocked
+
+
+ADAPTER_LOAD = """
+import sys, warnings
+import modelguard
+modelguard.install()
+from transformers import AutoModel
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    model = AutoModel.from_pretrained(sys.argv[1])
+print(type(model).__name__, " ".join(sorted({type(m).__module__ + "." + type(m).__name__
+                                             for m in model.modules() if "lora" in type(m).__module__})))
+"""
+
+
+def test_a_locked_peft_adapter_keeps_its_base_model_at_the_base_repos_revision(hub, versions, tmp_path):
+    """AutoModel of an adapter repo loads the base model the adapter names: the adapter's locked
+    commit must not be handed to the base repository."""
+    need("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel as PlainAutoModel
+
+    a, _ = versions
+    hub.add_directory("org/base", a)
+    adapter_dir = tmp_path / "adapter"
+    lora = get_peft_model(PlainAutoModel.from_pretrained(a), LoraConfig(r=2, target_modules=["query", "value"]))
+    lora.save_pretrained(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "org/base"
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
+    adapter_commit = hub.add_directory("org/lora", adapter_dir)
+    project = tmp_path / "project"
+    project.mkdir()
+    added = run_cli("lock", "add", "org/lora", "org/base", cwd=project)
+    assert added.returncode == 0, added.stderr
+    assert f"locked org/lora @ {adapter_commit}" in added.stdout
+
+    proc = subprocess.run([sys.executable, "-c", ADAPTER_LOAD, "org/lora"], capture_output=True, text=True,
+                          timeout=600, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["BertModel", "peft.tuners.lora.layer.Linear"], proc.stdout  # the adapter applied
+
+
+WRAPPED = """
+import modelguard
+from modelguard import guard
+from modelguard.hooks import is_wrapped
+{before}
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+{after}
+classes = (AutoModel, AutoModelForSequenceClassification, AutoConfig, AutoTokenizer)
+print(*(is_wrapped(c.from_pretrained) for c in classes))
+guard.uninstall()
+print(*(is_wrapped(c.from_pretrained) for c in classes))
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_every_auto_class_is_patched_and_restored_whenever_the_guard_is_installed(when):
+    code = WRAPPED.format(before="modelguard.install()" if when == "before" else "",
+                          after="modelguard.install()" if when == "after" else "")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["True True True True", "False False False False"]
