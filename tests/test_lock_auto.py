@@ -175,3 +175,21 @@ def test_every_auto_class_is_patched_and_restored_whenever_the_guard_is_installe
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == ["True True True True", "False False False False"]
+
+
+def test_a_locked_model_loads_online_into_an_empty_cache(hub, versions, tmp_path):
+    """The first load on a new machine: the auto class downloads config.json of the locked commit,
+    then the guard completes the partial snapshot (the files the library would fetch next), verifies
+    it against the lock entry, and the model loads."""
+    a, _ = versions
+    commit_a = hub.add_directory(MODEL, a)
+    project = tmp_path / "project"
+    project.mkdir()
+    assert run_cli("lock", "add", MODEL, cwd=project).returncode == 0
+    snapshot = Path(os.environ["HF_HUB_CACHE"]) / "models--org--moving" / "snapshots" / commit_a
+    shutil.rmtree(Path(os.environ["HF_HUB_CACHE"]) / "models--org--moving", ignore_errors=True)
+    locked = load(project, offline=False)
+    assert locked == {"model": 2, "config": 2, "tokenizer": 32, "warnings": []}
+    assert (snapshot / "model.safetensors").is_file()
+    verified = run_cli("verify", "--lock", cwd=project, env={"HF_HUB_OFFLINE": "1"})
+    assert verified.returncode == 0, verified.stdout + verified.stderr
