@@ -51,6 +51,7 @@ class Pending:
     manifest: Manifest
     directory: Path
     on_verdict: Callable[[Any], None]  # called with a failed report (raises or warns)
+    on_success: Callable[[], None] | None = None  # called when every file verified
     thread: threading.Thread | None = None
     report: Any = None
     error: BaseException | None = None
@@ -61,7 +62,7 @@ class Pending:
         except BaseException as exc:  # raised where the verdict is joined
             self.error = exc
 
-    def wait(self) -> None:
+    def wait(self, load_succeeded: bool = True) -> None:
         if self.thread is not None:
             self.thread.join()
             self.thread = None
@@ -71,6 +72,10 @@ class Pending:
         if self.report is not None and not self.report.ok:
             report, self.report = self.report, None
             self.on_verdict(report)
+        elif self.report is not None:
+            self.report = None
+            if self.on_success is not None and load_succeeded:
+                self.on_success()
 
 
 def split(manifest: Manifest, directory: Path, components: list[str] | None) -> tuple[Manifest, Manifest] | None:
@@ -113,7 +118,7 @@ def join(pendings: list[Pending], raised: BaseException | None) -> None:
     first: BaseException | None = None
     for pending in pendings:
         try:
-            pending.wait()
+            pending.wait(load_succeeded=raised is None)
         except BaseException as exc:
             first = first or exc
     pendings.clear()

@@ -176,8 +176,12 @@ def check_before_load(
         raise
     if report.ok:  # a load let through with failures (policy warn) is not recorded for a lock
         # Blob names list only what was downloaded so far: the loader may fetch more (None: the snapshot after the run).
-        _record(resolved, [e.path for e in manifest.files if wanted is None or e.component in wanted]
-                if manifest.lists_every_file else None, loader, cache_dir)
+        files = [e.path for e in manifest.files if wanted is None or e.component in wanted] \
+            if manifest.lists_every_file else None
+        if pending is None:
+            _record(resolved, files, loader, cache_dir)
+        else:  # the weights hashed while loading must verify too
+            pending.on_success = lambda: _record(resolved, files, loader, cache_dir)
     if done is not None:
         _verified.set(done | {key})
     return resolved

@@ -161,9 +161,6 @@ def test_pickle_weights_are_verified_before_torch_reads_them(checkpoint, tmp_pat
     from safetensors.torch import load_file
 
     torch.save(load_file(checkpoint / "model.safetensors"), src / "pytorch_model.bin")  # a pickle-based checkpoint
-    modelguard.install(unknown="refuse")
-    d = with_manifest(src, tmp_path / "bin")
-    assert (d / "pytorch_model.bin").is_file() and not (d / "model.safetensors").exists()
     events = []
     real_load = torch.load
 
@@ -171,7 +168,12 @@ def test_pickle_weights_are_verified_before_torch_reads_them(checkpoint, tmp_pat
         events.append(("torch.load", Path(f).name if isinstance(f, (str, Path)) else "?"))
         return real_load(f, *args, **kwargs)
 
+    # The spy goes in before the guard wraps torch.load, so uninstalling the guard and undoing the
+    # monkeypatch each restore what they replaced (the other order would leave the guard's wrapper behind).
     monkeypatch.setattr(torch, "load", spy_load)
+    modelguard.install(unknown="refuse")
+    d = with_manifest(src, tmp_path / "bin")
+    assert (d / "pytorch_model.bin").is_file() and not (d / "model.safetensors").exists()
     model = transformers.BertModel.from_pretrained(d)
     assert isinstance(model, transformers.BertModel)
     assert hashed_by["pytorch_model.bin"] != "modelguard-overlap"
