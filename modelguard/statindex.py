@@ -51,7 +51,7 @@ class FolderView:
         self.name = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest() + ".idx"
         self.records: dict[str, Any] = {}
         now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
-        self._oldest, self._newest = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
+        self.oldest_ns, self.newest_ns = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
         self.changed = False
         self.dir_fd: int | None = None
         try:
@@ -96,7 +96,7 @@ class FolderView:
             try:  # the record's stat key, its age, then each digest asked for
                 dev, ino, size, mtime, ctime, stored, digests = record
                 if ((ino, size, mtime, ctime, dev) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev)
-                        and type(stored) is int and self._oldest <= stored <= self._newest):
+                        and type(stored) is int and self.oldest_ns <= stored <= self.newest_ns):
                     out = {}
                     for algorithm in algorithms:
                         value = digests[algorithm]
