@@ -22,6 +22,7 @@ import hashlib
 import os
 import stat
 import weakref
+from types import MappingProxyType
 from typing import Any, Iterable
 
 from .fs import human_size
@@ -52,8 +53,8 @@ def ok_result(entry: Any, required: bool, size: int, digests: dict[str, str], ca
 
 
 def _templates(manifest: Any, all_digests: bool) -> dict[str, tuple]:
-    """Per manifest file, what a cache hit needs: the digests to compare and the result's
-    fields (a hit's result is the same every time the file is unchanged). Kept for the last few
+    """Per manifest file, what a cache hit needs: the digests to compare and the result (a
+    hit's result is the same every time the file is unchanged). Kept for the last few
     manifests verified (a frozen :class:`Manifest` does not change)."""
     key = (id(manifest), all_digests)
     held = _MEMO.get(key)
@@ -115,7 +116,7 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
                     result = ok_result(entry, checker.manifest.components[entry.component].required, size,
                                        dict(wanted), True)
                 else:
-                    result = _copy(fields)
+                    result = fields  # the same every time: one object, read-only mappings
                 results[relative] = result
                 continue
         except Exception:  # a malformed record: the general lookup drops it
@@ -124,14 +125,18 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
     return rest
 
 
-def _template(checker: Any, entry: Any) -> tuple[dict[str, str], dict[str, Any] | None, dict[str, Any] | None]:
-    """The digests to compare, and the fields of the result of a cache hit and of a read."""
+def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, dict[str, Any] | None]:
+    """The digests to compare; the result of a cache hit (frozen, its mappings read-only, so
+    the reports of every verify that finds the file unchanged share it); the fields of the
+    result of a read."""
     wanted = {a: entry.digests[a] for a in checker.algorithms_for(entry)}
     if entry.size is None:
         return wanted, None, None
     required = checker.manifest.components[entry.component].required
-    return (wanted, ok_result(entry, required, entry.size, dict(wanted), True).__dict__,
-            ok_result(entry, required, entry.size, dict(wanted), False).__dict__)
+    hit = ok_result(entry, required, entry.size, dict(wanted), True)
+    _SET(hit, "expected", MappingProxyType(hit.expected))
+    _SET(hit, "actual", MappingProxyType(hit.actual))
+    return wanted, hit, ok_result(entry, required, entry.size, dict(wanted), False).__dict__
 
 
 def _copy(fields: dict[str, Any]) -> FileResult:
