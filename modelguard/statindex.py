@@ -28,6 +28,10 @@ from .statcache import DIGEST_LENGTHS as _LENGTHS, HEX as _HEX, StatCache
 
 FORMAT = 1
 _MAX_INDEX_BYTES = 64 << 20
+# The records of the indexes last decoded, by name, with the bytes they were decoded from: a
+# verify still reads its index (opened and checked as always) and decodes it only when its bytes
+# differ. Records are never changed in place (a verify replaces or drops them in its own copy).
+_DECODED: dict[str, tuple[bytes, dict[str, Any]]] = {}
 _O_READ = (os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
            | getattr(os, "O_CLOEXEC", 0))
 
@@ -81,12 +85,19 @@ class FolderView:
                 left -= len(chunk)
         finally:
             os.close(fd)
+        data = b"".join(chunks)
+        last = _DECODED.get(self.name)
+        if last is not None and last[0] == data:  # the same bytes as last read: the same records
+            return dict(last[1])
         import json
 
-        doc = json.loads(b"".join(chunks))
+        doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
             return {}
-        return doc["files"]
+        if len(_DECODED) >= 4:
+            _DECODED.clear()
+        _DECODED[self.name] = (data, doc["files"])
+        return dict(doc["files"])
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
         records = self.records
