@@ -152,29 +152,34 @@ def _copy(fields: dict[str, Any]) -> FileResult:
 def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResult]:
     """Results for a batch of ``(entry, path, resolved)`` the engine's ``locate`` passed on, or
     ``(entry, None, None)``: a file straight in the model folder not located yet (no cache to
-    look in), which the open without following links and the ``fstat`` locate here."""
+    look in), located here by an ``lstat`` (what is not a regular file is left to the general
+    checks, unopened), the open without following links and the ``fstat``."""
     out = []
     root_fd = checker.root_fd
     cache = checker.cache
     store = None if type(cache) is NoCache else cache.store
     progress = checker.progress
     memo = _templates(checker.manifest, checker.all_digests)
+    lstat, is_reg = os.lstat, stat.S_ISREG
+    prefix = checker.root_text + os.sep
     buf = view = None
     for item in batch:
         entry, path, resolved = item
         relative = entry.path
         size = entry.size
         if path is not None or root_fd is None or size is None or size > SMALL_BYTES or "/" in relative:
-            out.append(checker.read_and_compare(*item))
+            out.append(checker.check(entry) if path is None and resolved is None else checker.read_and_compare(*item))
             continue
         if buf is None:
             buf = spare_buffer()  # hashing's read buffers, reused
             view = memoryview(buf)
-        result = None
+        result = fd = None
         try:
-            fd = os.open(relative, _O_READ, dir_fd=root_fd)
+            # not located yet: what is not a regular file is never opened (locate says what it is)
+            if resolved is not None or is_reg(lstat(prefix + relative).st_mode):
+                fd = os.open(relative, _O_READ, dir_fd=root_fd)
         except OSError:
-            fd = None
+            pass
         if fd is not None:
             try:
                 st = os.fstat(fd)
@@ -189,14 +194,14 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
                         if (hasher(chunk) if hasher else _hasher(algorithm, size, chunk)).hexdigest() != value:
                             same = False  # the general read hashes again and diagnoses
                             break
-                    now = os.stat(relative, dir_fd=root_fd, follow_symlinks=False)
+                    now = lstat(prefix + relative)  # the same stat key: the same file, unchanged
                     if (same and now.st_ino == st.st_ino and now.st_mtime_ns == st.st_mtime_ns
                             and now.st_size == size and now.st_ctime_ns == st.st_ctime_ns and now.st_dev == st.st_dev):
                         if progress is not None:
                             progress(size)
                         result = _copy(held[2])
                         if store is not None:
-                            store(resolved or checker.root_text + os.sep + relative, st, dict(held[0]))
+                            store(resolved or prefix + relative, st, dict(held[0]))
             except OSError:
                 result = None
             finally:
