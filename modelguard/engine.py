@@ -23,10 +23,11 @@ from .diagnosis import wrong_size
 from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
+from .quickpath import SMALL_BYTES, cached_hits, read_batch
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
-from .statcache import open_cache
+from .statcache import NoCache, open_cache
 from .statindex import folder_view
 
 BATCH_BYTES = 1 << 20  # small files handed to a reader thread together, up to this many bytes
@@ -52,20 +53,20 @@ class _Checker:
         self.manifest = manifest
         self.directory = directory
         self.roots = containing_roots(directory)
-        self._root_text = os.fspath(self.roots[0]).rstrip(os.sep)
+        self.root_text = os.fspath(self.roots[0]).rstrip(os.sep)
         self._dir_text = os.fspath(directory)
-        self._plain_dirs: set[str] = set()  # folders below the root found to be plain folders
+        self.plain_dirs: set[str] = set()  # folders below the root found to be plain folders
         try:  # files straight in the model folder are opened relative to it
-            self._root_fd: int | None = os.open(self._root_text, _O_READ | getattr(os, "O_DIRECTORY", 0))
+            self.root_fd: int | None = os.open(self.root_text, _O_READ | getattr(os, "O_DIRECTORY", 0))
         except OSError:
-            self._root_fd = None
+            self.root_fd = None
         self.all_digests = all_digests
-        self.cache = folder_view(open_cache(cache, rehash=rehash), self._root_text)
+        self.cache = folder_view(open_cache(cache, rehash=rehash), self.root_text)
         self.remedy = remedy
         self.progress = progress
 
     def close(self) -> None:
-        fd, self._root_fd = self._root_fd, None
+        fd, self.root_fd = self.root_fd, None
         if fd is not None:
             os.close(fd)
 
@@ -96,7 +97,7 @@ class _Checker:
     def locate(self, entry: FileEntry, *, use_cache: bool = True) -> FileResult | tuple[Path, Path]:
         """Every check that needs no read of the content (links, existence, type, cache
         hit): a result, or ``(path, resolved path)`` of a file whose bytes must be read."""
-        plain = self._plain_file(entry.path)
+        plain = self.plain_file(entry.path)
         if plain is not None:
             resolved, st = plain
             return self._cached_or_read(entry, None, resolved, st, use_cache)
@@ -134,14 +135,14 @@ class _Checker:
             )
         return self._cached_or_read(entry, path, resolved, st, use_cache)
 
-    def _plain_file(self, relative: str) -> tuple[str, os.stat_result] | None:
+    def plain_file(self, relative: str) -> tuple[str, os.stat_result] | None:
         """``(resolved path, stat)`` of a regular file reached from the resolved model
         directory through no symlink (then its real path needs no resolving): one lstat per
         path component, each folder once per verify. None when anything differs; the general
         way then decides."""
         folder, _, name = relative.rpartition("/")
-        if folder and folder not in self._plain_dirs:
-            current = self._root_text
+        if folder and folder not in self.plain_dirs:
+            current = self.root_text
             for part in folder.split("/"):
                 if part in ("", ".", ".."):
                     return None
@@ -151,10 +152,10 @@ class _Checker:
                         return None
                 except OSError:
                     return None
-            self._plain_dirs.add(folder)
+            self.plain_dirs.add(folder)
         if name in ("", ".", ".."):
             return None
-        path = f"{self._root_text}{os.sep}{relative}"
+        path = f"{self.root_text}{os.sep}{relative}"
         try:
             st = os.lstat(path)
         except OSError:
@@ -181,10 +182,10 @@ class _Checker:
         shown = os.path.join(self._dir_text, entry.path) if path is None else path
         # A file straight in the model folder is opened relative to it without following a
         # link: it is inside whatever happened since locate(), with nothing to resolve.
-        direct = path is None and self._root_fd is not None and "/" not in entry.path
+        direct = path is None and self.root_fd is not None and "/" not in entry.path
         try:
             if direct:
-                fd = os.open(entry.path, _O_READ | getattr(os, "O_NOFOLLOW", 0), dir_fd=self._root_fd)
+                fd = os.open(entry.path, _O_READ | getattr(os, "O_NOFOLLOW", 0), dir_fd=self.root_fd)
             else:
                 fd = os.open(shown, _O_READ)
         except PermissionError:
@@ -219,7 +220,7 @@ class _Checker:
             except OSError as exc:
                 return self.result(entry, "unreadable", f"read error: {exc.strerror or exc}")
             try:  # the path must still name the file that was read (not renamed over or removed)
-                now = stat_key(os.stat(entry.path, dir_fd=self._root_fd, follow_symlinks=False) if direct
+                now = stat_key(os.stat(entry.path, dir_fd=self.root_fd, follow_symlinks=False) if direct
                                else os.stat(shown))
             except OSError:
                 now = None
@@ -389,8 +390,14 @@ def verify_directory(
     def to_read() -> Iterable[list[tuple[FileEntry, Any, Any]]]:
         batch: list[tuple[FileEntry, Any, Any]] = []
         size = 0
-        for e in sorted(entries, key=lambda e: -(e.size or 0)):
-            located = checker.locate(e)
+        # files the folder's digest index answers cost an lstat each (quickpath.cached_hits);
+        # with no cache, a small file straight in the folder is located by its reader
+        unlocated = type(checker.cache) is NoCache and checker.root_fd is not None
+        for e in cached_hits(checker, sorted(entries, key=lambda e: -(e.size or 0)), results):
+            if unlocated and e.size is not None and e.size <= SMALL_BYTES and "/" not in e.path:
+                located = (None, None)
+            else:
+                located = checker.locate(e)
             if isinstance(located, FileResult):
                 results[e.path] = located
                 continue
@@ -404,7 +411,7 @@ def verify_directory(
 
     workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
     try:
-        for batch in run_parallel(to_read(), lambda batch: [checker.read_and_compare(*item) for item in batch],
+        for batch in run_parallel(to_read(), lambda batch: read_batch(checker, batch),
                                   workers=workers, thread_name="modelguard-verify"):
             for result in batch:
                 results[result.path] = result

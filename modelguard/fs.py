@@ -81,18 +81,38 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False)
     """Relative POSIX paths of the files under ``directory``, sorted; tool folders, lock files
     and partial downloads skipped, linked folders not followed. ``regular_only`` also skips
     what is not (a link to) a regular file: dangling links, FIFOs, devices."""
-    root = Path(directory)
-    out = []
-    for current, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
-        rel_dir = os.path.relpath(current, root)
-        for name in files:
+    # os.walk(followlinks=False) by hand, one scandir per folder: a warm verify lists the folder
+    # each time, and os.walk's per-entry generator steps cost more than the listing.
+    out: list[str] = []
+    pending = [(os.fspath(directory), "")]
+    while pending:
+        current, prefix = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                found = list(listing)
+        except OSError:
+            continue
+        for entry in found:
+            name = entry.name
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:  # a linked folder is not entered
+                if name not in IGNORED_NAMES and not entry.is_symlink():
+                    pending.append((entry.path, f"{prefix}{name}/"))
+                continue
             if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
                 continue
-            if regular_only and not (Path(current) / name).is_file():
-                continue
-            out.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
-    return sorted(out)
+            if regular_only:
+                try:
+                    if not entry.is_file():
+                        continue
+                except OSError:
+                    continue
+            out.append(prefix + name)
+    out.sort()
+    return out
 
 
 def zero_region(fd: int, size: int) -> int | None:

@@ -32,6 +32,20 @@ RING_BUFFERS = 4
 _SPARE_BUFFERS: list[bytearray] = []
 
 
+def spare_buffer() -> bytearray:
+    """A read buffer of :data:`CHUNK_SIZE` bytes, reused when one is kept (see :func:`keep_buffer`)."""
+    try:
+        return _SPARE_BUFFERS.pop()
+    except IndexError:
+        return bytearray(CHUNK_SIZE)
+
+
+def keep_buffer(buf: bytearray) -> None:
+    """Keep ``buf`` (from :func:`spare_buffer`) for the next read."""
+    if len(buf) == CHUNK_SIZE and len(_SPARE_BUFFERS) < 16:
+        _SPARE_BUFFERS.append(buf)
+
+
 class FileChangedError(OSError):
     """The file changed (size, mtime, inode) while it was being read."""
 

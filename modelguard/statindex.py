@@ -28,6 +28,10 @@ from .statcache import DIGEST_LENGTHS as _LENGTHS, HEX as _HEX, StatCache
 
 FORMAT = 1
 _MAX_INDEX_BYTES = 64 << 20
+# The records of the indexes last decoded, by name, with the bytes they were decoded from: a
+# verify still reads its index (opened and checked as always) and decodes it only when its bytes
+# differ. Records are never changed in place (a verify replaces or drops them in its own copy).
+_DECODED: dict[str, tuple[bytes, dict[str, Any]]] = {}
 _O_READ = (os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
            | getattr(os, "O_CLOEXEC", 0))
 
@@ -51,7 +55,7 @@ class FolderView:
         self.name = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest() + ".idx"
         self.records: dict[str, Any] = {}
         now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
-        self._oldest, self._newest = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
+        self.oldest_ns, self.newest_ns = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
         self.changed = False
         self.dir_fd: int | None = None
         try:
@@ -81,12 +85,19 @@ class FolderView:
                 left -= len(chunk)
         finally:
             os.close(fd)
+        data = b"".join(chunks)
+        last = _DECODED.get(self.name)
+        if last is not None and last[0] == data:  # the same bytes as last read: the same records
+            return dict(last[1])
         import json
 
-        doc = json.loads(b"".join(chunks))
+        doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
             return {}
-        return doc["files"]
+        if len(_DECODED) >= 4:
+            _DECODED.clear()
+        _DECODED[self.name] = (data, doc["files"])
+        return dict(doc["files"])
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
         records = self.records
@@ -96,7 +107,7 @@ class FolderView:
             try:  # the record's stat key, its age, then each digest asked for
                 dev, ino, size, mtime, ctime, stored, digests = record
                 if ((ino, size, mtime, ctime, dev) == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev)
-                        and type(stored) is int and self._oldest <= stored <= self._newest):
+                        and type(stored) is int and self.oldest_ns <= stored <= self.newest_ns):
                     out = {}
                     for algorithm in algorithms:
                         value = digests[algorithm]

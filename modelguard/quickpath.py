@@ -1,0 +1,220 @@
+"""The engine's two hot loops, for the common case: files reached through no link.
+
+:func:`cached_hits` answers, in the caller's thread, every file whose stat key and digests
+its folder's index (:mod:`modelguard.statindex`) still holds: one ``lstat`` and a record
+compare per file, no other work. Whatever it cannot answer at once (no record, a record that
+differs, a link, a missing file, a folder on the way) goes to the engine's general checks,
+which take every trust and diagnosis decision as before.
+
+:func:`read_batch` is the reader task for a batch of files whose bytes must be read: a file
+straight in the model folder, smaller than one read buffer, is opened relative to the folder
+without following links, read with one call into a reused buffer (the size the manifest says; growth shows in the
+stat after) and hashed from it (hashlib
+releases the GIL, so reader threads overlap); its path is stat'ed again after the read (the
+same stat key, or the file changed). Anything unusual (open fails, not a regular file, other
+size, a short read, a changed key, a digest that differs) is handed to the engine's general
+read, which diagnoses it from the file itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import weakref
+from types import MappingProxyType
+from typing import Any, Iterable
+
+from .fs import human_size
+from .hashing import CHUNK_SIZE, keep_buffer, new_hasher, spare_buffer
+from .report import OK, FileResult
+from .statcache import NoCache
+from .statindex import FolderView
+
+SMALL_BYTES = CHUNK_SIZE  # files up to this size are read with one call in read_batch
+_O_READ = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+           | getattr(os, "O_NOFOLLOW", 0))
+_NEW = object.__new__
+_SET = object.__setattr__
+_HASHERS = {"sha256": hashlib.sha256}
+_MEMO: dict[tuple[int, bool], tuple[Any, dict[str, tuple]]] = {}
+
+
+def ok_result(entry: Any, required: bool, size: int, digests: dict[str, str], cached: bool) -> FileResult:
+    """The result of a file that verified (as the engine's ``_ok`` builds it), built directly."""
+    result = _NEW(FileResult)
+    shown = f"{size} B" if size < 1000 else f"{size / 1000:.2f} KB" if size < 1000_000 else human_size(size)
+    _SET(result, "__dict__", {
+        "path": entry.path, "component": entry.component, "required": required, "status": OK, "diagnosis": "ok",
+        "message": f"ok ({shown}, {'+'.join(digests)}{', cached' if cached else ''})",
+        "expected": {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests),
+        "actual": {"size": size, **digests}, "remedy": None, "cached": cached})
+    return result
+
+
+def _templates(manifest: Any, all_digests: bool) -> dict[str, tuple]:
+    """Per manifest file, what a cache hit needs: the digests to compare and the result (a
+    hit's result is the same every time the file is unchanged). Kept for the last few
+    manifests verified (a frozen :class:`Manifest` does not change)."""
+    key = (id(manifest), all_digests)
+    held = _MEMO.get(key)
+    if held is not None and held[0]() is manifest:
+        return held[1]
+    if len(_MEMO) >= 8:
+        _MEMO.clear()
+    memo: dict[str, tuple] = {}
+    _MEMO[key] = (weakref.ref(manifest), memo)
+    return memo
+
+
+def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileResult]) -> list[Any]:
+    """Put in ``results`` every entry its folder index answers; return the others, in order."""
+    view = checker.cache
+    records = view.records if type(view) is FolderView else None
+    if not records:
+        return list(entries)
+    rest = []
+    lstat, is_reg = os.lstat, stat.S_ISREG
+    oldest, newest = view.oldest_ns, view.newest_ns
+    prefix = checker.root_text + os.sep
+    plain_dirs = checker.plain_dirs
+    memo = _templates(checker.manifest, checker.all_digests)
+    for entry in entries:
+        relative = entry.path
+        if "/" in relative and relative.rpartition("/")[0] not in plain_dirs:
+            if checker.plain_file(relative) is None:  # learns the folder, once
+                rest.append(entry)
+                continue
+        path = prefix + relative
+        record = records.get(path)
+        if record is None:
+            rest.append(entry)
+            continue
+        try:
+            st = lstat(path)
+        except OSError:
+            rest.append(entry)
+            continue
+        held = memo.get(relative)
+        if held is None:
+            held = memo[relative] = _template(checker, entry)
+        wanted, fields = held[0], held[1]
+        size = st.st_size
+        try:
+            dev, ino, rsize, mtime, ctime, stored, digests = record
+            if not (is_reg(st.st_mode) and (entry.size is None or entry.size == size) and ino == st.st_ino
+                    and rsize == size and mtime == st.st_mtime_ns and ctime == st.st_ctime_ns and dev == st.st_dev
+                    and type(stored) is int and oldest <= stored <= newest):
+                rest.append(entry)
+                continue
+            # equal to the manifest's value: a valid digest, and the one expected
+            for algorithm, value in wanted.items():
+                if digests.get(algorithm) != value:
+                    break
+            else:
+                if fields is None:  # no size in the manifest: the message says the size found
+                    result = ok_result(entry, checker.manifest.components[entry.component].required, size,
+                                       dict(wanted), True)
+                else:
+                    result = fields  # the same every time: one object, read-only mappings
+                results[relative] = result
+                continue
+        except Exception:  # a malformed record: the general lookup drops it
+            pass
+        rest.append(entry)
+    return rest
+
+
+def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, dict[str, Any] | None]:
+    """The digests to compare; the result of a cache hit (frozen, its mappings read-only, so
+    the reports of every verify that finds the file unchanged share it); the fields of the
+    result of a read."""
+    wanted = {a: entry.digests[a] for a in checker.algorithms_for(entry)}
+    if entry.size is None:
+        return wanted, None, None
+    required = checker.manifest.components[entry.component].required
+    hit = ok_result(entry, required, entry.size, dict(wanted), True)
+    _SET(hit, "expected", MappingProxyType(hit.expected))
+    _SET(hit, "actual", MappingProxyType(hit.actual))
+    return wanted, hit, ok_result(entry, required, entry.size, dict(wanted), False).__dict__
+
+
+def _copy(fields: dict[str, Any]) -> FileResult:
+    """A result with a copy of ``fields`` (its own ``expected`` and ``actual`` too)."""
+    own = fields.copy()
+    own["expected"] = fields["expected"].copy()
+    own["actual"] = fields["actual"].copy()
+    result = _NEW(FileResult)
+    _SET(result, "__dict__", own)
+    return result
+
+
+def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResult]:
+    """Results for a batch of ``(entry, path, resolved)`` the engine's ``locate`` passed on, or
+    ``(entry, None, None)``: a file straight in the model folder not located yet (no cache to
+    look in), located here by an ``lstat`` (what is not a regular file is left to the general
+    checks, unopened), the open without following links and the ``fstat``."""
+    out = []
+    root_fd = checker.root_fd
+    cache = checker.cache
+    store = None if type(cache) is NoCache else cache.store
+    progress = checker.progress
+    memo = _templates(checker.manifest, checker.all_digests)
+    lstat, is_reg = os.lstat, stat.S_ISREG
+    prefix = checker.root_text + os.sep
+    buf = view = None
+    for item in batch:
+        entry, path, resolved = item
+        relative = entry.path
+        size = entry.size
+        if path is not None or root_fd is None or size is None or size > SMALL_BYTES or "/" in relative:
+            out.append(checker.check(entry) if path is None and resolved is None else checker.read_and_compare(*item))
+            continue
+        if buf is None:
+            buf = spare_buffer()  # hashing's read buffers, reused
+            view = memoryview(buf)
+        result = fd = None
+        try:
+            # not located yet: what is not a regular file is never opened (locate says what it is)
+            if resolved is not None or is_reg(lstat(prefix + relative).st_mode):
+                fd = os.open(relative, _O_READ, dir_fd=root_fd)
+        except OSError:
+            pass
+        if fd is not None:
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_size == size and os.preadv(fd, [view[:size]], 0) == size:
+                    chunk = view[:size]
+                    held = memo.get(relative)
+                    if held is None:
+                        held = memo[relative] = _template(checker, entry)
+                    same = True
+                    for algorithm, value in held[0].items():
+                        hasher = _HASHERS.get(algorithm)
+                        if (hasher(chunk) if hasher else _hasher(algorithm, size, chunk)).hexdigest() != value:
+                            same = False  # the general read hashes again and diagnoses
+                            break
+                    now = lstat(prefix + relative)  # the same stat key: the same file, unchanged
+                    if (same and now.st_ino == st.st_ino and now.st_mtime_ns == st.st_mtime_ns
+                            and now.st_size == size and now.st_ctime_ns == st.st_ctime_ns and now.st_dev == st.st_dev):
+                        if progress is not None:
+                            progress(size)
+                        result = _copy(held[2])
+                        if store is not None:
+                            store(resolved or prefix + relative, st, dict(held[0]))
+            except OSError:
+                result = None
+            finally:
+                os.close(fd)
+        if result is None:  # anything else: the general checks diagnose it from the file itself
+            result = checker.check(entry) if resolved is None else checker.read_and_compare(*item)
+        out.append(result)
+    if buf is not None:
+        keep_buffer(buf)
+    return out
+
+
+def _hasher(algorithm: str, size: int, data: Any) -> Any:
+    h = new_hasher(algorithm, size)
+    h.update(data)
+    return h

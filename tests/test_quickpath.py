@@ -1,0 +1,138 @@
+"""The engine's hot loops (modelguard.quickpath): a cache hit answered from the folder index
+and a small file read in one call give the same results as the general checks, and hand every
+file that is not plainly fine back to them, so each diagnosis stays what it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from modelguard import verify
+from modelguard.manifest import parse_manifest_text
+from modelguard.statcache import StatCache
+
+FILES = {f"part-{i}.bin": os.urandom(5000 + 997 * i) for i in range(5)}
+FILES["tokenizer.json"] = b'{"model": {"vocab": {"a": 1}}}\n'
+FILES["sub/config.json"] = b'{"hidden_size": 8}\n'
+
+
+def manifest_text(files: dict[str, bytes]) -> str:
+    lines = ["modelguard: 1", "model: local/tiny", "components:", "  weights: {required: true}", "files:"]
+    for name, data in files.items():
+        lines += [f"- path: {name}", f"  size: {len(data)}", "  component: weights",
+                  f"  sha256: {hashlib.sha256(data).hexdigest()}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def model(tmp_path):
+    for name, data in FILES.items():
+        (tmp_path / "model" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "model" / name).write_bytes(data)
+    return parse_manifest_text(manifest_text(FILES), "tiny.yaml"), tmp_path / "model"
+
+
+def warm_cache(tmp_path, manifest, directory) -> StatCache:
+    """A cache whose folder index holds every file of ``directory``."""
+    cache = StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0)
+    assert verify(manifest, directory, cache=cache).ok  # stores the entries
+    report = verify(manifest, directory, cache=cache)  # copies them into the index
+    assert report.ok and all(r.cached for r in report.files)
+    assert list(cache.entries.glob("*.idx"))
+    return cache
+
+
+def outcome(report) -> dict[str, tuple]:
+    return {r.path: (r.status, r.diagnosis, r.message, dict(r.expected), dict(r.actual), r.remedy)
+            for r in report.files}
+
+
+def test_a_warm_hit_reports_what_a_read_reports(tmp_path, model):
+    manifest, directory = model
+    cold = verify(manifest, directory, cache=False)
+    cache = warm_cache(tmp_path, manifest, directory)
+    warm = verify(manifest, directory, cache=cache)
+    assert all(r.cached for r in warm.files)
+    for (path, read), (_, hit) in zip(outcome(cold).items(), outcome(warm).items()):
+        assert hit[:2] == read[:2] == ("ok", "ok")
+        assert hit[2] == read[2][:-1] + ", cached)", (path, hit[2], read[2])
+        assert hit[3:] == read[3:]
+    size = len(FILES["part-0.bin"])
+    assert warm.result("part-0.bin").message == f"ok ({size / 1000:.2f} KB, sha256, cached)"
+    assert warm.result("tokenizer.json").message == f"ok ({len(FILES['tokenizer.json'])} B, sha256, cached)"
+
+
+def test_a_shared_hit_result_cannot_be_changed_through_a_report(tmp_path, model):
+    manifest, directory = model
+    cache = warm_cache(tmp_path, manifest, directory)
+    first = verify(manifest, directory, cache=cache).result("part-1.bin")
+    with pytest.raises(TypeError):
+        first.actual["sha256"] = "0" * 64  # type: ignore[index]
+    with pytest.raises(TypeError):
+        first.expected["size"] = 1  # type: ignore[index]
+    again = verify(manifest, directory, cache=cache).result("part-1.bin")
+    assert again.actual == {"size": len(FILES["part-1.bin"]), "sha256": hashlib.sha256(FILES["part-1.bin"]).hexdigest()}
+    assert json.loads(json.dumps(again.to_dict()))["actual"] == dict(again.actual)
+
+
+def break_files(directory: Path) -> None:
+    """One file per diagnosis the engine gives a small file straight in the folder, or below."""
+    (directory / "part-0.bin").write_bytes(FILES["part-0.bin"][:-10])  # truncated
+    (directory / "part-1.bin").write_bytes(bytes(len(FILES["part-1.bin"])))  # zero_filled
+    flipped = bytearray(FILES["part-2.bin"])
+    flipped[100] ^= 1
+    (directory / "part-2.bin").write_bytes(bytes(flipped))  # digest_mismatch, same size
+    (directory / "part-3.bin").unlink()  # missing
+    outside = directory.parent / "outside.bin"
+    outside.write_bytes(FILES["part-4.bin"])
+    (directory / "part-4.bin").unlink()
+    (directory / "part-4.bin").symlink_to(outside)  # symlink_escape
+    (directory / "tokenizer.json").unlink()
+    os.mkfifo(directory / "tokenizer.json")  # not_a_file, never read
+    (directory / "sub" / "config.json").write_bytes(b'{"hidden_size": 9}\n')
+
+
+EXPECTED = {"part-0.bin": "truncated", "part-1.bin": "zero_filled", "part-2.bin": "digest_mismatch",
+            "part-3.bin": "missing", "part-4.bin": "symlink_escape", "tokenizer.json": "not_a_file",
+            "sub/config.json": "digest_mismatch"}
+
+
+@pytest.mark.parametrize("cache_kind", ["none", "empty", "warm index"])
+def test_every_broken_file_is_diagnosed_as_before(tmp_path, model, cache_kind):
+    manifest, directory = model
+    cache = {"none": False, "empty": tmp_path / "empty-cache",
+             "warm index": warm_cache(tmp_path, manifest, directory) if cache_kind == "warm index" else None}[cache_kind]
+    break_files(directory)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(verify(manifest, directory, cache=cache)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done, "verify did not finish (a FIFO was opened for reading?)"
+    report = done[0]
+    assert {r.path: r.diagnosis for r in report.files} == EXPECTED
+    assert not any(r.cached for r in report.files)
+    messages = {r.path: r.message for r in report.files}
+    assert messages["part-0.bin"].startswith(f"truncated: {len(FILES['part-0.bin']) - 10} of "
+                                             f"{len(FILES['part-0.bin'])} bytes"), messages["part-0.bin"]
+    assert "every byte is zero" in messages["part-1.bin"]
+    assert messages["part-2.bin"].startswith("right size, wrong content: sha256: expected ")
+    assert messages["part-3.bin"].startswith("missing: not in ")
+    assert messages["part-4.bin"].startswith("links outside the model directory (to ")
+    assert messages["tokenizer.json"] == "is a FIFO (named pipe), not a regular file; not opened"
+
+
+def test_a_link_inside_the_folder_still_verifies_cold_and_warm(tmp_path, model):
+    manifest, directory = model
+    cache = warm_cache(tmp_path, manifest, directory)
+    (directory / "stash").mkdir()
+    os.replace(directory / "part-2.bin", directory / "stash" / "part-2.bin")
+    (directory / "part-2.bin").symlink_to(Path("stash") / "part-2.bin")
+    for chosen in (False, cache):
+        report = verify(manifest, directory, cache=chosen)
+        assert report.ok, report.summary()
+        assert report.result("part-2.bin").diagnosis == "ok"
