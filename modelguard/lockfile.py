@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from shlex import quote
 from types import MappingProxyType
@@ -155,9 +155,14 @@ class Lock:
         return self.entries.get(model_id)
 
     def merged(self, entries: Iterable[LockEntry]) -> Lock:
-        """This lock with ``entries`` added; an entry replaces the one of the same model id."""
+        """This lock with ``entries`` added; an entry replaces the one of the same model id, keeping
+        its ``signed_by`` when the new entry names none (``lock add`` and ``lock record`` never drop a
+        signer; delete ``signed_by`` from the file to drop it)."""
         combined = dict(self.entries)
         for entry in entries:
+            old = combined.get(entry.model_id)
+            if entry.signed_by is None and old is not None and old.signed_by is not None:
+                entry = replace(entry, signed_by=old.signed_by)
             combined[entry.model_id] = entry
         return Lock(combined, self.path)
 

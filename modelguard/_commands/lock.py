@@ -101,11 +101,10 @@ def run_add(args: argparse.Namespace) -> int:
            else "from the Hugging Face cache" if is_offline() else "from the Hub's metadata")
     signed_by = signed_by_option(args, path)
     entries = [entry_for_model(spec, source_dir=args.source_dir, cache_dir=args.cache_dir) for spec in args.models]
-    # A signer named now is recorded; without the options, a re-added model keeps its recorded signer.
-    entries = [replace(e, signed_by=signed_by or (current.get(e.model_id).signed_by  # type: ignore[union-attr]
-                                                 if current.get(e.model_id) is not None else None))
-               for e in entries]
+    if signed_by is not None:  # without the options, a re-added model keeps its recorded signer (Lock.merged)
+        entries = [replace(e, signed_by=signed_by) for e in entries]
     updated = current.merged(entries)
+    entries = [updated.entries[e.model_id] for e in entries]
     text = dump_lock(updated)
     try:
         unchanged = path.read_text(encoding="utf-8") == text
