@@ -16,6 +16,9 @@ or duplicate keys, bounded size, nesting and node count)::
     models:
       org/name:                          # a Hub model id, sorted
         revision: 0123...cdef            # the commit (40 hex digits), never a branch
+        signed_by:                       # optional: who must have signed the model (model.sig)
+          public_key: keys/publisher.pem # a PEM public key; relative to the lock file's folder
+        # or, for a Sigstore signature:  signed_by: {identity: EMAIL_OR_URI, identity_provider: URL}
         components:                      # as in a manifest; optional (one component, "model")
           model: {required: true, description: ...}
         files:                           # as in a manifest, sorted by path
@@ -27,6 +30,12 @@ or duplicate keys, bounded size, nesting and node count)::
           size: 56
           component: model
           git_sha1: ...                  # small files: the Hub's git blob id
+
+``signed_by`` (optional) names the one key or Sigstore identity the model's ``model.sig`` must
+be signed by: the guard then refuses the model unless its folder holds a signature that verifies
+with it (as ``MODELGUARD_REQUIRE_SIGNATURE=1`` with that key, for this model only), and
+``verify --lock`` checks it too. It holds either ``public_key: PATH`` or ``identity`` and
+``identity_provider`` (an issuer URL), never both; it is validated strictly (:class:`SignedBy`).
 
 Each entry is the body of a schema-1 manifest (``modelguard: 1`` and ``model:`` are implied
 by the key) plus its ``revision``, and is validated as one (:func:`~modelguard.manifest_schema.validate_manifest`).
@@ -40,7 +49,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from shlex import quote
 from types import MappingProxyType
@@ -56,22 +65,55 @@ LOCK_NAME = "modelguard.lock"
 ENV_LOCK = "MODELGUARD_LOCK"
 LOCK_SCHEMA = 1
 HEADER = "# modelguard lockfile (schema 1). Update with `modelguard lock add ORG/NAME[@REV]`.\n"
-ENTRY_KEYS = ("revision", "description", "components", "files")
+ENTRY_KEYS = ("revision", "signed_by", "description", "components", "files")
+SIGNED_BY_KEYS = ("public_key", "identity", "identity_provider")
+_ISSUER_URL = re.compile(r"\Ahttps?://[^\s/]+\S*\Z")
 _COMMIT = re.compile(r"\A[0-9a-f]{40}\Z")
+
+
+@dataclass(frozen=True)
+class SignedBy:
+    """Who a locked model must be signed by: a PEM public key (``public_key``, as written in the
+    lock: a relative path is relative to the lock file's folder), or a Sigstore ``identity``
+    with its ``identity_provider``."""
+
+    public_key: str | None = None
+    identity: str | None = None
+    identity_provider: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v for k in sorted(SIGNED_BY_KEYS) if (v := getattr(self, k)) is not None}
+
+    def key_path(self, lock_path: str | os.PathLike[str] | None) -> str | None:
+        """The public key's path: relative paths from the folder of the lock at ``lock_path``."""
+        if self.public_key is None:
+            return None
+        key = os.path.expanduser(self.public_key)
+        if lock_path is None or os.path.isabs(key):
+            return key
+        return os.path.join(os.path.dirname(os.path.abspath(lock_path)), key)
+
+    def describe(self) -> str:
+        if self.public_key is not None:
+            return f"the key {self.public_key}"
+        return f"the identity {self.identity} (issued by {self.identity_provider})"
 
 
 @dataclass(frozen=True)
 class LockEntry:
     """One locked model: its id, the commit it is pinned to, and its files (a :class:`Manifest`
-    whose ``model`` and ``revision`` are the entry's)."""
+    whose ``model`` and ``revision`` are the entry's); ``signed_by``: who must have signed it."""
 
     model_id: str
     revision: str
     manifest: Manifest
+    signed_by: SignedBy | None = None
 
     def to_dict(self) -> dict[str, Any]:
         body = self.manifest.to_dict()
         out: dict[str, Any] = {"revision": self.revision}
+        if self.signed_by is not None:
+            out["signed_by"] = self.signed_by.to_dict()
         for key in ("description", "components", "files"):
             if key in body:
                 out[key] = body[key]
@@ -82,7 +124,8 @@ class LockEntry:
         return f"{self.model_id}@{self.revision}"
 
 
-def make_entry(model_id: str, manifest: Manifest, *, source: str | None = None) -> LockEntry:
+def make_entry(model_id: str, manifest: Manifest, *, source: str | None = None,
+               signed_by: SignedBy | None = None) -> LockEntry:
     """A :class:`LockEntry` for ``manifest`` (its revision must be a commit)."""
     revision = manifest.revision or ""
     if not _COMMIT.match(revision):
@@ -94,7 +137,7 @@ def make_entry(model_id: str, manifest: Manifest, *, source: str | None = None) 
     pinned = Manifest(model=model_id, revision=revision, components=manifest.components,
                       files=tuple(sorted(manifest.files, key=lambda e: e.path)),
                       source=source or manifest.source, description=manifest.description)
-    return LockEntry(model_id, revision, pinned)
+    return LockEntry(model_id, revision, pinned, signed_by)
 
 
 @dataclass(frozen=True)
@@ -112,9 +155,14 @@ class Lock:
         return self.entries.get(model_id)
 
     def merged(self, entries: Iterable[LockEntry]) -> Lock:
-        """This lock with ``entries`` added; an entry replaces the one of the same model id."""
+        """This lock with ``entries`` added; an entry replaces the one of the same model id, keeping
+        its ``signed_by`` when the new entry names none (``lock add`` and ``lock record`` never drop a
+        signer; delete ``signed_by`` from the file to drop it)."""
         combined = dict(self.entries)
         for entry in entries:
+            old = combined.get(entry.model_id)
+            if entry.signed_by is None and old is not None and old.signed_by is not None:
+                entry = replace(entry, signed_by=old.signed_by)
             combined[entry.model_id] = entry
         return Lock(combined, self.path)
 
@@ -226,12 +274,47 @@ def validate_lock(data: Any, source: str = "<lock>", path: Path | None = None) -
         if not isinstance(revision, str) or not _COMMIT.match(revision):
             _fail(source, f"{where}.revision", "not a commit", "40 lowercase hexadecimal digits", revision,
                   remedy=f"pin the commit: modelguard lock add {model}@REVISION")
-        manifest = validate_manifest({"modelguard": SCHEMA_VERSION, "model": model, **body},
+        signed_by = (validate_signed_by(body["signed_by"], source, f"{where}.signed_by")
+                     if "signed_by" in body else None)
+        manifest = validate_manifest({"modelguard": SCHEMA_VERSION, "model": model,
+                                      **{k: v for k, v in body.items() if k != "signed_by"}},
                                      source=f"{source} (entry {model})")
         entry = LockEntry(model, revision, manifest)
         label = lock_source(path if path is not None else source, entry)
-        entries[model] = make_entry(model, manifest, source=label)
+        entries[model] = make_entry(model, manifest, source=label, signed_by=signed_by)
     return Lock(entries, path)
+
+
+def validate_signed_by(data: Any, source: str = "<lock>", where: str = "signed_by") -> SignedBy:
+    """A :class:`SignedBy` from an entry's ``signed_by`` value: ``{public_key: PATH}`` or
+    ``{identity: EMAIL_OR_URI, identity_provider: URL}``; :class:`ManifestError` for anything else."""
+    shape = "{public_key: PATH} or {identity: EMAIL_OR_URI, identity_provider: ISSUER_URL}"
+    if not isinstance(data, dict) or not data:
+        _fail(source, where, "not a mapping naming a key or an identity", shape, data,
+              remedy="write it with: modelguard lock add ORG/NAME --signed-by-key KEY.pem")
+    for key in data:
+        if key not in SIGNED_BY_KEYS:
+            _fail(source, where, f"unknown key {key!r}", "one of: " + ", ".join(SIGNED_BY_KEYS), key,
+                  remedy="remove the key; unknown keys are refused so a typo cannot weaken a check")
+    for key, value in data.items():
+        if not isinstance(value, str) or not value.strip() or value != value.strip():
+            _fail(source, f"{where}.{key}", "not a non-empty string without surrounding spaces", "a string", value)
+    if "public_key" in data and ("identity" in data or "identity_provider" in data):
+        _fail(source, where, "names both a public key and a Sigstore identity", shape,
+              ", ".join(sorted(data)), remedy="keep the one the model is signed with")
+    if "public_key" in data:
+        return SignedBy(public_key=data["public_key"])
+    if "identity" not in data:
+        _fail(source, where, "identity_provider without an identity", shape, ", ".join(sorted(data)),
+              remedy="add the signer's identity: identity: EMAIL_OR_URI")
+    if "identity_provider" not in data:
+        _fail(source, where, f"the identity {data['identity']} without its identity_provider: any provider "
+              "could vouch for it", shape, ", ".join(sorted(data)),
+              remedy="add the OIDC issuer the signer logged in with: identity_provider: URL")
+    if not _ISSUER_URL.match(data["identity_provider"]):
+        _fail(source, f"{where}.identity_provider", "not an issuer URL", "a URL such as https://accounts.google.com",
+              data["identity_provider"])
+    return SignedBy(identity=data["identity"], identity_provider=data["identity_provider"])
 
 
 # --------------------------------------------------------------------------- writing

@@ -32,6 +32,7 @@ from .remedy import fetch_command
 from .report import VerifyReport, format_report
 from .resolve import LOCAL_MANIFEST_NAME, Resolution, resolve
 from .safety import SafetyFinding, require_safe, scan_file, scan_manifest_files
+from .signature_lock import enforce_locked_signer, locked_signer
 from .signing import configured_identity, configured_public_key, enforce_before_load, signature_required
 
 # Directories verified during the current load call: a loader that calls another
@@ -197,6 +198,16 @@ def _record(resolved: Resolution, files: list[str] | None, loader: str, cache_di
 def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_failure: str) -> bool:
     """With a signing key or identity, or the signature requirement configured, check
     ``model.sig`` (once per load). True when a signature verified with every file it lists."""
+    locked = locked_signer(resolved)
+    if locked is not None:  # the lock entry names its signer: the guard-wide settings do not apply
+        done = _verified.get()
+        key = (os.path.realpath(resolved.directory) if resolved.directory is not None else resolved.model_id,
+               "signature")
+        if done is None or key not in done:
+            enforce_locked_signer(resolved, loader, on_failure, *locked)
+            if done is not None:
+                _verified.set(_verified.get() | {key})
+        return True
     key_setting, require_setting = signing_settings()
     public_key = configured_public_key(key_setting)
     identity = configured_identity(*identity_settings())

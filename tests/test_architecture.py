@@ -32,7 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                  "modelguard.probing",
                  "modelguard.comparison", "modelguard.runners", "modelguard.determinism",
                  "modelguard.signature_bundle", "modelguard.signature_writing", "modelguard.signature_sigstore",
-                 "modelguard.signing", "modelguard.locking"),
+                 "modelguard.signing", "modelguard.signature_lock", "modelguard.locking"),
     "loader hooks": ("modelguard.hooks.transformers", "modelguard.hooks.sentence_transformers",
                      "modelguard.hooks.flagembedding", "modelguard.hooks.torch_load", "modelguard.hooks.remote_code",
                      "modelguard.hooks.files", "modelguard.hooks.safetensors", "modelguard.hooks.onnxruntime",

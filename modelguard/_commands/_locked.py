@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..lockfile import LOCK_NAME, Lock, LockEntry, find_lock, load_lock
 from ..output import emit_json
 from ..report import VerifyReport, format_report
+from ..signature_lock import signed_by_problem
 
 
 def add_lock_options(p: argparse.ArgumentParser) -> None:
@@ -109,6 +110,10 @@ def verify_locked(lock: Lock, args: argparse.Namespace) -> list[ModelOutcome]:
             continue
         report = verify_directory(entry.manifest, directory, cache=not getattr(args, "no_cache", False),
                                   rehash=True if getattr(args, "rehash", False) else None)
+        problem = signed_by_problem(lock, entry, directory) if report.ok else None
+        if problem is not None:
+            outcomes.append(ModelOutcome(entry, directory, "failed", report, message=problem[0], remedy=problem[1]))
+            continue
         outcomes.append(ModelOutcome(entry, directory, "verified" if report.ok else "failed", report,
                                      message=report.summary(), remedy=None if report.ok else fix))
     return outcomes
@@ -126,6 +131,8 @@ def emit_outcomes(lock: Lock, outcomes: list[ModelOutcome], args: argparse.Names
         lines.append("")
         if o.report is not None:
             lines.append(format_report(o.report, quiet=args.quiet))
+            if o.report.ok and not o.ok:  # the files verified, the signature the lock requires did not
+                lines.append(f"FAILED: {o.entry.model_id} @ {o.entry.revision[:12]}: {o.message}")
         else:
             lines.append(f"FAILED: {o.entry.model_id} @ {o.entry.revision[:12]}: {o.message}")
         if o.remedy:
