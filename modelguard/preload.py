@@ -11,7 +11,6 @@ nothing.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import contextvars
 import os
 import warnings
@@ -23,7 +22,7 @@ from . import engine, hfcache, overlap, registry
 from .errors import ManifestNotFoundError, ModelGuardError, OfflineError, VerificationError
 from .hashing import stat_key
 from .hflisting import checked_components
-from .hub import fetch, repair_files
+from .hub import complete_snapshot, fetch, repair_files
 from .manifest import Manifest
 from .policy import (ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map,
                      identity_settings, signing_settings)
@@ -130,7 +129,7 @@ def check_before_load(
         directory = Path(fetched.directory)
         resolved = Resolution(resolved.model_id, resolved.revision, directory, manifest, resolved.how)
     elif resolved.how in ("hub-id", "lock") and not policy.effective_offline():
-        _complete_snapshot(manifest, directory, wanted)
+        complete_snapshot(manifest, directory, wanted)
     key = (os.path.realpath(directory), ",".join(wanted) if wanted is not None else "*")
     done = _verified.get()
     if done is not None and (key in done or (key[0], "*") in done):
@@ -408,17 +407,6 @@ def _download(resolved: Resolution, components: list[str] | None, policy: Policy
             remedy=f"run `{fetch_cmd}` while online, then load again",
         )
     return fetch(manifest, resolved.revision, components=components, cache_dir=cache_dir)
-
-
-def _complete_snapshot(manifest: Manifest, directory: Path, components: list[str] | None) -> None:
-    """A Hub model's snapshot that the library has only begun to download (an auto class
-    fetched config.json first, an adapter its config): download the files not there yet,
-    as the library itself would next. Files that are there are left to the verification."""
-    absent = tuple(e for e in manifest.files if (components is None or e.component in components)
-                   and not os.path.lexists(os.path.join(directory, e.path)))
-    if absent:
-        repair_files(dataclasses.replace(manifest, files=absent), directory,
-                     components=sorted({e.component for e in absent}))
 
 
 def repair(manifest: Manifest, directory: Path, components: list[str] | None, report: Any) -> None:

@@ -14,14 +14,14 @@ huggingface_hub is imported only inside the functions that need it.
 from __future__ import annotations
 
 from ..env import hub_endpoint, is_offline
-from .download import MAX_ATTEMPTS, FetchResult, FileAction, fetch, fetch_files, repair_files
+from .download import MAX_ATTEMPTS, FetchResult, FileAction, complete_snapshot, fetch, fetch_files, repair_files
 from .metadata import build_from_hub, commit_listing, complete_expectations, resolve_revision
 from .place import QUARANTINE_DIR
 from .scan import RepoScan, RevisionScan, ScanProblem, ScanReport, cache_blob_bytes, format_scan, scan_cache
 
 __all__ = [
     "MAX_ATTEMPTS", "QUARANTINE_DIR", "FetchResult", "FileAction", "RepoScan", "RevisionScan", "ScanProblem",
-    "ScanReport", "build_from_hub", "cache_blob_bytes", "commit_listing", "complete_expectations", "fetch",
+    "ScanReport", "build_from_hub", "cache_blob_bytes", "commit_listing", "complete_expectations", "complete_snapshot", "fetch",
     "fetch_files", "format_scan", "hub_endpoint",
     "is_offline", "repair_files", "resolve_revision", "scan_cache",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 import re
 from shlex import quote
@@ -129,6 +129,17 @@ def repair_files(
         return fetch_files(manifest, manifest.revision or snap.name, components=components,
                            _snapshot=snap).report
     return fetch_files(manifest, components=components, local_dir=path).report
+
+
+def complete_snapshot(manifest: Manifest, directory: str | os.PathLike[str], components: Iterable[str] | None = None
+                      ) -> None:
+    """Download the files of a partial snapshot (an auto class fetched config.json first), as
+    the library would next; files already there are left alone, for the caller to verify."""
+    wanted = set(components) if components is not None else None
+    absent = tuple(e for e in manifest.files if (wanted is None or e.component in wanted)
+                   and not os.path.lexists(os.path.join(directory, e.path)))
+    if absent:
+        repair_files(replace(manifest, files=absent), directory, components=sorted({e.component for e in absent}))
 
 
 def _fetchable_manifest(model: str | Manifest, revision: str | None) -> Manifest:
