@@ -64,6 +64,15 @@ def _check_adapter(model_id: Any, kwargs: dict, label: str) -> None:
     check_folder(os.path.join(os.fspath(model_id), subfolder) if subfolder else os.fspath(model_id), loader=label)
 
 
+def _refuse_missing_adapter_weights(result: Any, model_id: Any, adapter_name: Any, label: str) -> None:
+    """RandomInitError for the adapter weights a ``load_adapter`` result reports missing (weights
+    shared with the base model excepted), unless allowed by name."""
+    missing = [key for key in getattr(result, "missing_keys", None) or ()
+               if not any(shared in key for shared in _SHARED)]
+    if missing and model_id is not None:
+        guard.refuse_random_init(missing, model=f"{os.fspath(model_id)} (adapter {adapter_name!r})", loader=label)
+
+
 def _wrap_from_pretrained(original: Any) -> Any:
     func = original.__func__
     signature = inspect.signature(func)
@@ -103,12 +112,7 @@ def _wrap_load_adapter(original: Any) -> Any:
             if "revision" in extra and "revision" not in (bound.arguments.get("kwargs") or {}):
                 kwargs["revision"] = extra["revision"]
             result = original(self, *args, **kwargs)
-            missing = [key for key in getattr(result, "missing_keys", None) or ()
-                       if not any(shared in key for shared in _SHARED)]
-            if missing:
-                guard.refuse_random_init(
-                    missing, model=f"{os.fspath(model_id)} (adapter {adapter_name!r})", loader=label,
-                )
+            _refuse_missing_adapter_weights(result, model_id, adapter_name, label)
         return result
 
     return load_adapter
@@ -139,12 +143,7 @@ def wrap_transformers_load_adapter(original: Any) -> Any:
                 adapter_kwargs["revision"] = pinned["revision"]
                 bound.arguments["adapter_kwargs"] = adapter_kwargs
             result = original(*bound.args, **bound.kwargs)
-            missing = sorted(key for key in getattr(result, "missing_keys", None) or ()
-                             if not any(shared in key for shared in _SHARED))
-            if missing and model_id is not None:
-                guard.refuse_random_init(
-                    missing, model=f"{os.fspath(model_id)} (adapter {adapter_name!r})", loader=label,
-                )
+            _refuse_missing_adapter_weights(result, model_id, adapter_name, label)
         return result
 
     return load_adapter
