@@ -6,7 +6,7 @@ import os
 import threading
 from pathlib import Path
 from shlex import quote
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import ManifestError, ManifestNotFoundError, UsageError
 from .manifest import Manifest, load_manifest
@@ -80,20 +80,22 @@ def candidate_files(model: str, revision: str | None, dirs: list[Path]) -> list[
 
 
 def find_manifest(
-    model: str, revision: str | None = None, *, extra_dirs: list[str | os.PathLike[str]] | None = None
+    model: str, revision: str | None = None, *, extra_dirs: list[str | os.PathLike[str]] | None = None,
+    load: Callable[[Path], Manifest | None] | None = None,
 ) -> Manifest | None:
     """The manifest for ``model`` (at ``revision`` if given), or None when none is known.
 
-    A manifest pinned to another revision than the one asked for does not apply.
+    A manifest pinned to another revision than the one asked for does not apply. ``load``
+    reads a candidate file (None: it is not there); by default :func:`load_manifest` of each
+    file that exists.
     """
     for path in candidate_files(model, revision, search_path(extra_dirs)):
-        if path.is_file():
-            manifest = load_manifest(path)
-            if manifest.model != model:
-                continue
-            if revision and manifest.revision and not same_revision(manifest.revision, revision):
-                continue
-            return manifest
+        manifest = (load_manifest(path) if path.is_file() else None) if load is None else load(path)
+        if manifest is None or manifest.model != model:
+            continue
+        if revision and manifest.revision and not same_revision(manifest.revision, revision):
+            continue
+        return manifest
     return None
 
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from .. import guard, hfcache
 from ..manifest import load_manifest
 from ..policy import directory_map
-from ..registry import LOCAL_MANIFEST_NAME, candidate_files, directory_map_file, same_revision, search_path
+from ..registry import LOCAL_MANIFEST_NAME, directory_map_file, find_manifest
 from ..resolve import locked_entry, mapped_model
 
 # Parsed manifests (a folder's own, or one on the search path), by path, kept while the
@@ -84,26 +84,20 @@ def _parsed(path: str, stamp: tuple[int, int, int]) -> Any:
     return manifest
 
 
-def _local_manifest(folder: str) -> Any:
-    path = os.path.join(folder, LOCAL_MANIFEST_NAME)
+def _memo_manifest(path: str | os.PathLike[str]) -> Any:
+    """The manifest file at ``path`` (None: not there), parsed once while it is unchanged."""
+    path = os.fspath(path)
     stamp = _stamp(path)
     return None if stamp is None else _parsed(path, stamp)
 
 
+def _local_manifest(folder: str) -> Any:
+    return _memo_manifest(os.path.join(folder, LOCAL_MANIFEST_NAME))
+
+
 def _registry_manifest(model: str, revision: str | None, extra: list[Any]) -> Any:
     """:func:`modelguard.registry.find_manifest`, with each manifest file parsed once while unchanged."""
-    for candidate in candidate_files(model, revision, search_path(extra)):
-        path = str(candidate)
-        stamp = _stamp(path)
-        if stamp is None:
-            continue
-        manifest = _parsed(path, stamp)
-        if manifest.model != model:
-            continue
-        if revision and manifest.revision and not same_revision(manifest.revision, revision):
-            continue
-        return manifest
-    return None
+    return find_manifest(model, revision, extra_dirs=extra, load=_memo_manifest)
 
 
 def _levels(folder: str) -> tuple[tuple[str, Any], ...]:
