@@ -135,6 +135,17 @@ class _Checker:
             )
         return self._cached_or_read(entry, path, resolved, st, use_cache)
 
+    def regular_names(self) -> frozenset[str]:
+        """Names straight in the model folder that its listing says are regular files (the
+        file type the directory entry holds: no stat per file); empty when it cannot be listed."""
+        if self.root_fd is None:
+            return frozenset()
+        try:
+            with os.scandir(self.root_fd) as listing:
+                return frozenset(e.name for e in listing if e.is_file(follow_symlinks=False))
+        except OSError:
+            return frozenset()
+
     def plain_file(self, relative: str) -> tuple[str, os.stat_result] | None:
         """``(resolved path, stat)`` of a regular file reached from the resolved model
         directory through no symlink (then its real path needs no resolving): one lstat per
@@ -391,10 +402,10 @@ def verify_directory(
         batch: list[tuple[FileEntry, Any, Any]] = []
         size = 0
         # files the folder's digest index answers cost an lstat each (quickpath.cached_hits);
-        # with no cache, a small file straight in the folder is located by its reader
-        unlocated = type(checker.cache) is NoCache and checker.root_fd is not None
+        # with no cache, a small regular file straight in the folder goes to a reader as listed
+        regular = checker.regular_names() if type(checker.cache) is NoCache else frozenset()
         for e in cached_hits(checker, sorted(entries, key=lambda e: -(e.size or 0)), results):
-            if unlocated and e.size is not None and e.size <= SMALL_BYTES and "/" not in e.path:
+            if e.size is not None and e.size <= SMALL_BYTES and e.path in regular:
                 located = (None, None)
             else:
                 located = checker.locate(e)

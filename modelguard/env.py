@@ -12,6 +12,14 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
+# The guard's signature settings (read by modelguard.signing and modelguard.signature_sigstore);
+# named here so that a load can tell none is set without importing the signing modules.
+ENV_PUBLIC_KEY = "MODELGUARD_PUBLIC_KEY"
+ENV_REQUIRE_SIGNATURE = "MODELGUARD_REQUIRE_SIGNATURE"
+ENV_IDENTITY = "MODELGUARD_IDENTITY"
+ENV_IDENTITY_PROVIDER = "MODELGUARD_IDENTITY_PROVIDER"
+SIGNING_VARIABLES = (ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATURE, ENV_IDENTITY, ENV_IDENTITY_PROVIDER)
+
 
 def is_offline() -> bool:
     """True when $HF_HUB_OFFLINE (or $TRANSFORMERS_OFFLINE) switches the Hub off."""

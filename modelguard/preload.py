@@ -19,10 +19,10 @@ from shlex import quote
 from typing import Any, Iterable, Iterator
 
 from . import engine, hfcache, overlap, registry
+from .env import SIGNING_VARIABLES
 from .errors import ManifestNotFoundError, ModelGuardError, OfflineError, VerificationError
 from .hashing import stat_key
 from .hflisting import checked_components
-from .hub import complete_snapshot, fetch, repair_files
 from .manifest import Manifest
 from .policy import (ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map,
                      identity_settings, signing_settings)
@@ -31,8 +31,10 @@ from .remedy import fetch_command
 from .report import VerifyReport, format_report
 from .resolve import LOCAL_MANIFEST_NAME, Resolution, resolve
 from .safety import SafetyFinding, require_safe, scan_file, scan_manifest_files
-from .signature_lock import enforce_locked_signer, locked_signer
-from .signing import configured_identity, configured_public_key, enforce_before_load, signature_required
+
+# The Hub client and the signature checks load with the first load that needs them (a download,
+# a configured key, identity or requirement, a lock entry naming a signer), not with every
+# guarded load: a warm load imports only what it uses.
 
 # Directories verified during the current load call: a loader that calls another
 # guarded loader (sentence-transformers -> transformers) hashes the files once.
@@ -129,6 +131,8 @@ def check_before_load(
         directory = Path(fetched.directory)
         resolved = Resolution(resolved.model_id, resolved.revision, directory, manifest, resolved.how)
     elif resolved.how in ("hub-id", "lock") and not policy.effective_offline():
+        from .hub import complete_snapshot
+
         complete_snapshot(manifest, directory, wanted)
     key = (os.path.realpath(directory), ",".join(wanted) if wanted is not None else "*")
     done = _verified.get()
@@ -197,6 +201,11 @@ def _record(resolved: Resolution, files: list[str] | None, loader: str, cache_di
 def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_failure: str) -> bool:
     """With a signing key or identity, or the signature requirement configured, check
     ``model.sig`` (once per load). True when a signature verified with every file it lists."""
+    if resolved.how != "lock" and not _signing_configured():
+        return False
+    from .signature_lock import enforce_locked_signer, locked_signer
+    from .signing import configured_identity, configured_public_key, enforce_before_load, signature_required
+
     locked = locked_signer(resolved)
     if locked is not None:  # the lock entry names its signer: the guard-wide settings do not apply
         done = _verified.get()
@@ -231,6 +240,15 @@ def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_fa
     if done is not None:
         _verified.set(_verified.get() | {key})
     return True
+
+
+def _signing_configured() -> bool:
+    """Whether install() or the environment asks for any signature check (read without
+    importing the signing modules)."""
+    key, require = signing_settings()
+    identity, provider, _ = identity_settings()
+    return (key is not None or require is not None or identity is not None or provider is not None
+            or any(os.environ.get(name, "").strip() for name in SIGNING_VARIABLES))
 
 
 # Findings that mean code would run on load: refused whatever the failure policy.
@@ -406,10 +424,14 @@ def _download(resolved: Resolution, components: list[str] | None, policy: Policy
             actual="no snapshot in " + str(hfcache.hf_cache_dir(cache_dir)),
             remedy=f"run `{fetch_cmd}` while online, then load again",
         )
+    from .hub import fetch
+
     return fetch(manifest, resolved.revision, components=components, cache_dir=cache_dir)
 
 
 def repair(manifest: Manifest, directory: Path, components: list[str] | None, report: Any) -> None:
+    from .hub import repair_files
+
     repair_files(manifest, directory, components=components)
 
 

@@ -7,11 +7,11 @@ differs, a link, a missing file, a folder on the way) goes to the engine's gener
 which take every trust and diagnosis decision as before.
 
 :func:`read_batch` is the reader task for a batch of files whose bytes must be read: a file
-straight in the model folder, smaller than one read buffer, is opened relative to the folder
-without following links, read with one call into a reused buffer (the size the manifest says; growth shows in the
-stat after) and hashed from it (hashlib
-releases the GIL, so reader threads overlap); its path is stat'ed again after the read (the
-same stat key, or the file changed). Anything unusual (open fails, not a regular file, other
+straight in the model folder that the folder's listing says is a regular file, smaller than
+one read buffer, is opened relative to the folder without following links, read with one call
+into a reused buffer (the size the manifest says; growth shows in the stat after) and hashed
+from it (hashlib releases the GIL, so reader threads overlap); the open file is stat'ed again
+after the read (the same stat key, or the file was written to meanwhile). Anything unusual (open fails, not a regular file, other
 size, a short read, a changed key, a digest that differs) is handed to the engine's general
 read, which diagnoses it from the file itself.
 """
@@ -125,42 +125,35 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
     return rest
 
 
-def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, dict[str, Any] | None]:
-    """The digests to compare; the result of a cache hit (frozen, its mappings read-only, so
-    the reports of every verify that finds the file unchanged share it); the fields of the
-    result of a read."""
+def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, FileResult | None]:
+    """The digests to compare; the result of a cache hit and the result of a read that
+    verified (frozen, their mappings read-only, so the reports of every verify share them)."""
     wanted = {a: entry.digests[a] for a in checker.algorithms_for(entry)}
     if entry.size is None:
         return wanted, None, None
     required = checker.manifest.components[entry.component].required
-    hit = ok_result(entry, required, entry.size, dict(wanted), True)
-    _SET(hit, "expected", MappingProxyType(hit.expected))
-    _SET(hit, "actual", MappingProxyType(hit.actual))
-    return wanted, hit, ok_result(entry, required, entry.size, dict(wanted), False).__dict__
+    return wanted, _frozen(ok_result(entry, required, entry.size, dict(wanted), True)), \
+        _frozen(ok_result(entry, required, entry.size, dict(wanted), False))
 
 
-def _copy(fields: dict[str, Any]) -> FileResult:
-    """A result with a copy of ``fields`` (its own ``expected`` and ``actual`` too)."""
-    own = fields.copy()
-    own["expected"] = fields["expected"].copy()
-    own["actual"] = fields["actual"].copy()
-    result = _NEW(FileResult)
-    _SET(result, "__dict__", own)
+def _frozen(result: FileResult) -> FileResult:
+    """``result`` with read-only mappings: one object every verify that finds the file unchanged shares."""
+    _SET(result, "expected", MappingProxyType(result.expected))
+    _SET(result, "actual", MappingProxyType(result.actual))
     return result
 
 
 def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResult]:
     """Results for a batch of ``(entry, path, resolved)`` the engine's ``locate`` passed on, or
-    ``(entry, None, None)``: a file straight in the model folder not located yet (no cache to
-    look in), located here by an ``lstat`` (what is not a regular file is left to the general
-    checks, unopened), the open without following links and the ``fstat``."""
+    ``(entry, None, None)``: a file straight in the model folder that the folder's listing
+    says is a regular file (:meth:`~modelguard.engine._Checker.regular_names`; no stat per
+    file), opened without following links and checked again with ``fstat`` before it is read."""
     out = []
     root_fd = checker.root_fd
     cache = checker.cache
     store = None if type(cache) is NoCache else cache.store
     progress = checker.progress
     memo = _templates(checker.manifest, checker.all_digests)
-    lstat, is_reg = os.lstat, stat.S_ISREG
     prefix = checker.root_text + os.sep
     buf = view = None
     for item in batch:
@@ -175,33 +168,23 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
             view = memoryview(buf)
         result = fd = None
         try:
-            # not located yet: what is not a regular file is never opened (locate says what it is)
-            if resolved is not None or is_reg(lstat(prefix + relative).st_mode):
-                fd = os.open(relative, _O_READ, dir_fd=root_fd)
+            fd = os.open(relative, _O_READ, dir_fd=root_fd)  # no link followed, no blocking on a FIFO
         except OSError:
             pass
         if fd is not None:
             try:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode) and st.st_size == size and os.preadv(fd, [view[:size]], 0) == size:
-                    chunk = view[:size]
-                    held = memo.get(relative)
-                    if held is None:
-                        held = memo[relative] = _template(checker, entry)
-                    same = True
-                    for algorithm, value in held[0].items():
-                        hasher = _HASHERS.get(algorithm)
-                        if (hasher(chunk) if hasher else _hasher(algorithm, size, chunk)).hexdigest() != value:
-                            same = False  # the general read hashes again and diagnoses
-                            break
-                    now = lstat(prefix + relative)  # the same stat key: the same file, unchanged
-                    if (same and now.st_ino == st.st_ino and now.st_mtime_ns == st.st_mtime_ns
-                            and now.st_size == size and now.st_ctime_ns == st.st_ctime_ns and now.st_dev == st.st_dev):
-                        if progress is not None:
-                            progress(size)
-                        result = _copy(held[2])
-                        if store is not None:
-                            store(resolved or prefix + relative, st, dict(held[0]))
+                st = os.fstat(fd)  # a wrong size or type is told before anything is read
+                if (stat.S_ISREG(st.st_mode) and st.st_size == size and os.preadv(fd, [view[:size]], 0) == size
+                        and _same(checker, entry, memo, view[:size])):
+                    if store is None:  # nothing is stored: the bytes read are the verdict
+                        result = memo[relative][2]
+                    else:
+                        now = os.fstat(fd)  # the same stat key after the read: not written to meanwhile
+                        if now.st_mtime_ns == st.st_mtime_ns and now.st_size == size and now.st_ctime_ns == st.st_ctime_ns:
+                            result = memo[relative][2]
+                            store(resolved or prefix + relative, st, dict(memo[relative][0]))
+                if result is not None and progress is not None:
+                    progress(size)
             except OSError:
                 result = None
             finally:
@@ -212,6 +195,18 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
     if buf is not None:
         keep_buffer(buf)
     return out
+
+
+def _same(checker: Any, entry: Any, memo: dict[str, tuple], chunk: Any) -> bool:
+    """Whether ``chunk`` (the whole file) has the digests a read of ``entry`` compares."""
+    held = memo.get(entry.path)
+    if held is None:
+        held = memo[entry.path] = _template(checker, entry)
+    for algorithm, value in held[0].items():
+        hasher = _HASHERS.get(algorithm)
+        if (hasher(chunk) if hasher else _hasher(algorithm, entry.size, chunk)).hexdigest() != value:
+            return False  # the general read hashes again and diagnoses
+    return True
 
 
 def _hasher(algorithm: str, size: int, data: Any) -> Any:

@@ -20,8 +20,10 @@ from typing import Any, Iterable, Mapping
 
 from .errors import UnsafeFileError
 from .fs import containing_roots, file_type_name, opened_path, within
-from .pickle_containers import judge_readings
-from .pickle_gate import ALLOWED_GLOBALS, MAX_PICKLE_MEMBER_BYTES, SEVEN_ZIP_MAGIC, Judgement
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .pickle_gate import Judgement
 from .sniff import SAFETENSORS_MAX_HEADER, sniff_format
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib",
@@ -181,7 +183,11 @@ def scan_pickle_fd(fd: int, shown: str) -> SafetyFinding:
 
 def judge_pickle_fd(fd: int, size: int, shown: str) -> SafetyFinding:
     """Judge every reading a loader could take of the file at ``fd`` against
-    :data:`ALLOWED_GLOBALS` (default deny)."""
+    :data:`modelguard.pickle_gate.ALLOWED_GLOBALS` (default deny)."""
+    # The pickle gate loads with the first pickle-based file, not with every guarded load.
+    from .pickle_containers import judge_readings
+    from .pickle_gate import MAX_PICKLE_MEMBER_BYTES, SEVEN_ZIP_MAGIC, Judgement
+
     head = os.pread(fd, 64, 0)
     if head.startswith(SEVEN_ZIP_MAGIC):
         return SafetyFinding(shown, "pickle", "dangerous_pickle",

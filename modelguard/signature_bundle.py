@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .env import ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATURE  # noqa: F401 - re-exported to signing
 from .errors import SignatureFormatError, UsageError
 from .hashing import stat_key
 from .manifest import validate_manifest
@@ -22,8 +23,6 @@ from .statcache import cache_disabled_by_env, default_cache_dir
 SIGNATURE_NAME = "model.sig"
 SIGNED_COMPONENT = "signed"
 PREDICATE_KEY = "modelguard"  # where sign_directory records file sizes inside the signed predicate
-ENV_PUBLIC_KEY = "MODELGUARD_PUBLIC_KEY"
-ENV_REQUIRE_SIGNATURE = "MODELGUARD_REQUIRE_SIGNATURE"
 CACHE_FORMAT = 1
 # As for the digest cache: a signature file changed within this window could change again
 # inside one timestamp tick without changing its stat key, so it is not remembered.

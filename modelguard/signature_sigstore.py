@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .env import ENV_IDENTITY, ENV_IDENTITY_PROVIDER
 from .errors import SignatureError, SigstoreUnavailableError, UsageError
 from .signature_bundle import fingerprint, read_bytes, short_error
 
-ENV_IDENTITY = "MODELGUARD_IDENTITY"
-ENV_IDENTITY_PROVIDER = "MODELGUARD_IDENTITY_PROVIDER"
 ENV_TRUST_CONFIG = "MODELGUARD_SIGSTORE_TRUST_CONFIG"
 PRODUCTION_TUF_URL = "https://tuf-repo-cdn.sigstore.dev"
 STAGING_TUF_URL = "https://tuf-repo-cdn.sigstage.dev"

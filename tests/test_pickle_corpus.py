@@ -21,7 +21,8 @@ import pytest
 
 from helpers.cli import run_cli
 from helpers.requires import need
-from modelguard.safety import ALLOWED_GLOBALS, scan_file
+from modelguard.pickle_gate import ALLOWED_GLOBALS
+from modelguard.safety import scan_file
 
 torch = need("torch")
 np = need("numpy")

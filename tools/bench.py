@@ -318,6 +318,7 @@ def load_runs(kind: str, path: Path, repeat: int, workdir: Path) -> dict[str, li
     base = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                 MODELGUARD_UNKNOWN="refuse", PYTHONPATH=str(REPO))
     base.pop("MODELGUARD_NO_CACHE", None)
+    base.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode caches, as after pip install (written by the warm-up runs)
     warm_cache = workdir / f"warm-cache-{kind}"
     times: dict[str, list[float]] = {"unguarded": [], "guarded cold": [], "guarded warm": []}
 
