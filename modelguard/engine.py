@@ -341,7 +341,7 @@ def list_extra_files(manifest: Manifest, directory: Path) -> tuple[str, ...]:
     if not directory.is_dir():
         return ()
     listed = {entry.path for entry in manifest.files}
-    return tuple(rel for rel in walk_files(directory) if rel not in listed)
+    return tuple(rel for rel in walk_files(directory, known=listed) if rel not in listed)
 
 
 def verify_directory(

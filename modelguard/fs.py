@@ -77,10 +77,12 @@ IGNORED_NAMES = frozenset({".git", ".cache", "__pycache__", ".DS_Store", ".huggi
 IGNORED_SUFFIXES = (".lock", ".incomplete")
 
 
-def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False) -> list[str]:
+def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
+               known: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Relative POSIX paths of the files under ``directory``, sorted; tool folders, lock files
     and partial downloads skipped, linked folders not followed. ``regular_only`` also skips
-    what is not (a link to) a regular file: dangling links, FIFOs, devices."""
+    what is not (a link to) a regular file: dangling links, FIFOs, devices. Paths in ``known``
+    are left out (a folder among them is still entered), before any other work on them."""
     # os.walk(followlinks=False) by hand, one scandir per folder: a warm verify lists the folder
     # each time, and os.walk's per-entry generator steps cost more than the listing.
     out: list[str] = []
@@ -89,7 +91,7 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False)
         current, prefix = pending.pop()
         try:
             with os.scandir(current) as listing:
-                found = list(listing)
+                found = [e for e in listing if prefix + e.name not in known or e.is_dir()] if known else list(listing)
         except OSError:
             continue
         for entry in found:

@@ -94,3 +94,35 @@ def test_auto_patches_the_loaders_when_the_program_imports_them():
         "assert all(wrapped), wrapped\n"
     )
     assert set(imported_heavy(code)) >= {"diffusers", "peft", "onnxruntime", "safetensors"}
+
+
+# What a guarded load of a model already on disk does not need: downloads, signatures (none
+# configured), the pickle gate (safetensors weights only), manifest writing.
+LOAD_LAZY = ("modelguard.hub", "modelguard.signing", "modelguard.signature_lock", "modelguard.signature_sigstore",
+             "modelguard.pickle_containers", "modelguard.pickle_gate", "modelguard.build")
+
+
+def modules_after_a_guarded_check(directory, tmp_path, **env) -> list[str]:
+    import os
+
+    code = (
+        "import json, sys\n"
+        "from modelguard import preload\n"
+        "with preload.verified_scope():\n"
+        f"    resolved = preload.check_before_load({str(directory)!r}, loader='test')\n"
+        "assert resolved.manifest is not None, resolved\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m in {LOAD_LAZY!r})))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MODELGUARD_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(clean, MODELGUARD_CACHE_DIR=str(tmp_path / "cache"), MODELGUARD_UNKNOWN="refuse",
+                                   HF_HUB_OFFLINE="1", **env))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_guarded_load_imports_only_what_it_uses(minilm_dir, tmp_path):
+    assert modules_after_a_guarded_check(minilm_dir, tmp_path) == []
+    # the probe sees them when a load needs them: a signature requirement loads the signature checks
+    assert {"modelguard.signing", "modelguard.signature_lock"} <= set(
+        modules_after_a_guarded_check(minilm_dir, tmp_path, MODELGUARD_REQUIRE_SIGNATURE="0"))

@@ -136,3 +136,21 @@ def test_a_link_inside_the_folder_still_verifies_cold_and_warm(tmp_path, model):
         report = verify(manifest, directory, cache=chosen)
         assert report.ok, report.summary()
         assert report.result("part-2.bin").diagnosis == "ok"
+
+
+def test_a_file_the_listing_named_that_changed_kind_or_grew_is_diagnosed_as_before(tmp_path, model):
+    # With no cache, small files go to the readers as the folder's listing names them; what is
+    # not a regular file of the manifest's size by the time it is opened goes to the general checks.
+    manifest, directory = model
+    with open(directory / "part-0.bin", "ab") as f:
+        f.write(b"more")  # grew: the same bytes first
+    (directory / "part-1.bin").unlink()
+    (directory / "part-1.bin").mkdir()  # a folder where a file is listed
+    by_cache = {}
+    for kind, cache in (("none", False), ("empty", tmp_path / "empty-cache")):
+        report = verify(manifest, directory, cache=cache)
+        by_cache[kind] = {r.path: (r.diagnosis, r.message) for r in report.files}
+        assert by_cache[kind]["part-0.bin"][0] == "oversized", by_cache[kind]["part-0.bin"]
+        assert by_cache[kind]["part-1.bin"][0] == "not_a_file", by_cache[kind]["part-1.bin"]
+        assert report.result("part-2.bin").diagnosis == "ok"
+    assert by_cache["none"] == by_cache["empty"]
