@@ -39,7 +39,7 @@ import os
 import threading
 from collections import namedtuple
 
-from .env import is_offline
+from .env import SIGNING_VARIABLES, is_offline
 from .errors import UsageError
 from .statcache import rehash_by_env
 
@@ -137,6 +137,15 @@ def current_policy() -> Policy:
 def signing_settings() -> tuple[str | None, bool | None]:
     """``(public_key, require_signature)`` given to install(); None where the environment decides."""
     return _signing_settings
+
+
+def signature_checks_configured() -> bool:
+    """Whether install() or the environment asks for any signature check at load (told without
+    importing the signing modules: a load with none set never imports them)."""
+    key, require = _signing_settings
+    identity, provider, _ = _identity_settings
+    return (key is not None or require is not None or identity is not None or provider is not None
+            or any(os.environ.get(name, "").strip() for name in SIGNING_VARIABLES))
 
 
 def set_signing_settings(public_key: str | os.PathLike[str] | None, require_signature: bool | None, *,

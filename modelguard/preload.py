@@ -19,22 +19,17 @@ from shlex import quote
 from typing import Any, Iterable, Iterator
 
 from . import engine, hfcache, overlap, registry
-from .env import SIGNING_VARIABLES
 from .errors import ManifestNotFoundError, ModelGuardError, OfflineError, VerificationError
 from .hashing import stat_key
 from .hflisting import checked_components
 from .manifest import Manifest
 from .policy import (ENV_POLICY, ENV_UNKNOWN, GuardWarning, Policy, UnknownModelWarning, current_policy, directory_map,
-                     identity_settings, signing_settings)
+                     identity_settings, signature_checks_configured, signing_settings)
 from .recording import record_load, recording_path
 from .remedy import fetch_command
 from .report import VerifyReport, format_report
 from .resolve import LOCAL_MANIFEST_NAME, Resolution, resolve
 from .safety import SafetyFinding, require_safe, scan_file, scan_manifest_files
-
-# The Hub client and the signature checks load with the first load that needs them (a download,
-# a configured key, identity or requirement, a lock entry naming a signer), not with every
-# guarded load: a warm load imports only what it uses.
 
 # Directories verified during the current load call: a loader that calls another
 # guarded loader (sentence-transformers -> transformers) hashes the files once.
@@ -201,8 +196,8 @@ def _record(resolved: Resolution, files: list[str] | None, loader: str, cache_di
 def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_failure: str) -> bool:
     """With a signing key or identity, or the signature requirement configured, check
     ``model.sig`` (once per load). True when a signature verified with every file it lists."""
-    if resolved.how != "lock" and not _signing_configured():
-        return False
+    if resolved.how != "lock" and not signature_checks_configured():
+        return False  # the signing modules load only for a load that checks a signature
     from .signature_lock import enforce_locked_signer, locked_signer
     from .signing import configured_identity, configured_public_key, enforce_before_load, signature_required
 
@@ -240,15 +235,6 @@ def _check_signature(resolved: Resolution, name_or_path: Any, loader: str, on_fa
     if done is not None:
         _verified.set(_verified.get() | {key})
     return True
-
-
-def _signing_configured() -> bool:
-    """Whether install() or the environment asks for any signature check (read without
-    importing the signing modules)."""
-    key, require = signing_settings()
-    identity, provider, _ = identity_settings()
-    return (key is not None or require is not None or identity is not None or provider is not None
-            or any(os.environ.get(name, "").strip() for name in SIGNING_VARIABLES))
 
 
 # Findings that mean code would run on load: refused whatever the failure policy.

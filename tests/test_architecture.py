@@ -59,6 +59,14 @@ CHEAP_IMPORTS = {
     ("modelguard.policy", "modelguard.registry"),  # map_directory: the manifest schema loads with the first model
     # pytest imports the plugin in every run: the guard loads only with --modelguard
     ("modelguard.pytest_plugin", "modelguard.guard"),
+    # a guarded load imports what it uses: the Hub client for a download or an incomplete snapshot,
+    # the signature checks when a key, identity or requirement is set or a lock entry names a signer,
+    # the pickle gate for a pickle-based file (tests/test_import_cost.py)
+    ("modelguard.preload", "modelguard.hub"),
+    ("modelguard.preload", "modelguard.signing"),
+    ("modelguard.preload", "modelguard.signature_lock"),
+    ("modelguard.safety", "modelguard.pickle_containers"),
+    ("modelguard.safety", "modelguard.pickle_gate"),
 }
 MAX_LOCAL_IMPORTS = 20
 

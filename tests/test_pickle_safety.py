@@ -406,9 +406,9 @@ def test_audit_reports_unsafe_files_with_and_without_manifest(tmp_path, marker):
 def test_zip_bomb_pickle_member_is_refused_without_unpacking(tmp_path, monkeypatch):
     import zipfile
 
-    from modelguard import safety
+    from modelguard import pickle_gate
 
-    monkeypatch.setattr(safety, "MAX_PICKLE_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(pickle_gate, "MAX_PICKLE_MEMBER_BYTES", 1 << 20)
     path = tmp_path / "bomb.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("archive/data.pkl", b"(" * (4 << 20))  # 4 MiB of MARK opcodes, deflated to a few KB
