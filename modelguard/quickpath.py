@@ -6,14 +6,15 @@ compare per file, no other work. Whatever it cannot answer at once (no record, a
 differs, a link, a missing file, a folder on the way) goes to the engine's general checks,
 which take every trust and diagnosis decision as before.
 
-:func:`read_batch` is the reader task for a batch of files whose bytes must be read: a file
-straight in the model folder that the folder's listing says is a regular file, smaller than
-one read buffer, is opened relative to the folder without following links, read with one call
-into a reused buffer (the size the manifest says; growth shows in the stat after) and hashed
-from it (hashlib releases the GIL, so reader threads overlap); the open file is stat'ed again
-after the read (the same stat key, or the file was written to meanwhile). Anything unusual (open fails, not a regular file, other
-size, a short read, a changed key, a digest that differs) is handed to the engine's general
-read, which diagnoses it from the file itself.
+:func:`read_batch` is the reader task for a batch of files whose bytes must be read. With no
+digest cache, a file straight in the model folder that the folder's listing says is a regular
+file, smaller than one read buffer, is opened relative to the folder without following links
+or blocking, ``fstat``-ed (a wrong type or size is told before anything is read), read with one
+call into a reused buffer and hashed from it (hashlib releases the GIL, so reader threads
+overlap). Anything unusual (open fails, not a regular file, other size, a short read, a digest
+that differs) is handed to the engine's general read, which diagnoses it from the file itself;
+so is every file when a cache is in use (the general read stores each digest with the stat key
+it was read under).
 """
 
 from __future__ import annotations
@@ -150,17 +151,17 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
     file), opened without following links and checked again with ``fstat`` before it is read."""
     out = []
     root_fd = checker.root_fd
-    cache = checker.cache
-    store = None if type(cache) is NoCache else cache.store
+    # Listed files come here only when there is no cache (engine.verify_directory): with one, the
+    # general read stores each digest with the stat key it was read under.
+    direct = type(checker.cache) is NoCache and root_fd is not None
     progress = checker.progress
     memo = _templates(checker.manifest, checker.all_digests)
-    prefix = checker.root_text + os.sep
     buf = view = None
     for item in batch:
         entry, path, resolved = item
         relative = entry.path
         size = entry.size
-        if path is not None or root_fd is None or size is None or size > SMALL_BYTES or "/" in relative:
+        if path is not None or not direct or size is None or size > SMALL_BYTES or "/" in relative:
             out.append(checker.check(entry) if path is None and resolved is None else checker.read_and_compare(*item))
             continue
         if buf is None:
@@ -176,15 +177,9 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
                 st = os.fstat(fd)  # a wrong size or type is told before anything is read
                 if (stat.S_ISREG(st.st_mode) and st.st_size == size and os.preadv(fd, [view[:size]], 0) == size
                         and _same(checker, entry, memo, view[:size])):
-                    if store is None:  # nothing is stored: the bytes read are the verdict
-                        result = memo[relative][2]
-                    else:
-                        now = os.fstat(fd)  # the same stat key after the read: not written to meanwhile
-                        if now.st_mtime_ns == st.st_mtime_ns and now.st_size == size and now.st_ctime_ns == st.st_ctime_ns:
-                            result = memo[relative][2]
-                            store(resolved or prefix + relative, st, dict(memo[relative][0]))
-                if result is not None and progress is not None:
-                    progress(size)
+                    result = memo[relative][2]  # no cache: nothing stored, the bytes read are the verdict
+                    if progress is not None:
+                        progress(size)
             except OSError:
                 result = None
             finally:
