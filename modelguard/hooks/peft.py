@@ -64,6 +64,15 @@ def _check_adapter(model_id: Any, kwargs: dict, label: str) -> None:
     check_folder(os.path.join(os.fspath(model_id), subfolder) if subfolder else os.fspath(model_id), loader=label)
 
 
+def _verified_revision(model_id: Any, given: dict, label: str) -> str | None:
+    """Verify the adapter (:func:`_check_adapter`) with the caller's ``given`` options; the
+    revision the guard pinned when the caller named none, for the loader to load exactly the
+    revision that was verified (None: pass the caller's options unchanged)."""
+    checked = dict(given)
+    _check_adapter(model_id, checked, label)
+    return checked["revision"] if "revision" in checked and "revision" not in given else None
+
+
 def _refuse_missing_adapter_weights(result: Any, model_id: Any, adapter_name: Any, label: str) -> None:
     """RandomInitError for the adapter weights a ``load_adapter`` result reports missing (weights
     shared with the base model excepted), unless allowed by name."""
@@ -84,11 +93,11 @@ def _wrap_from_pretrained(original: Any) -> Any:
         except TypeError:
             return func(cls, *args, **kwargs)  # let peft report its own usage error
         model_id = bound.arguments.get("model_id")
-        extra = dict(bound.arguments.get("kwargs") or {})
         with guard.verified_scope():
-            _check_adapter(model_id, extra, loader_label(f"peft {cls.__name__}.from_pretrained"))
-            if "revision" in extra and "revision" not in (bound.arguments.get("kwargs") or {}):
-                kwargs["revision"] = extra["revision"]
+            revision = _verified_revision(model_id, dict(bound.arguments.get("kwargs") or {}),
+                                          loader_label(f"peft {cls.__name__}.from_pretrained"))
+            if revision is not None:
+                kwargs["revision"] = revision
             return func(cls, *args, **kwargs)
 
     return classmethod(from_pretrained)
@@ -105,12 +114,11 @@ def _wrap_load_adapter(original: Any) -> Any:
             return original(self, *args, **kwargs)
         model_id = bound.arguments.get("model_id")
         adapter_name = bound.arguments.get("adapter_name")
-        extra = dict(bound.arguments.get("kwargs") or {})
         label = loader_label(f"peft {type(self).__name__}.load_adapter")
         with guard.verified_scope():
-            _check_adapter(model_id, extra, label)
-            if "revision" in extra and "revision" not in (bound.arguments.get("kwargs") or {}):
-                kwargs["revision"] = extra["revision"]
+            revision = _verified_revision(model_id, dict(bound.arguments.get("kwargs") or {}), label)
+            if revision is not None:
+                kwargs["revision"] = revision
             result = original(self, *args, **kwargs)
             _refuse_missing_adapter_weights(result, model_id, adapter_name, label)
         return result
@@ -135,13 +143,10 @@ def wrap_transformers_load_adapter(original: Any) -> Any:
             extra["local_files_only"] = True
         label = loader_label(f"transformers {type(self).__name__}.load_adapter")
         with guard.verified_scope():
-            pinned = dict(extra)
-            _check_adapter(model_id, pinned, label)
-            if "revision" in pinned and "revision" not in extra:
-                # load exactly the revision that was verified
-                adapter_kwargs = dict(bound.arguments.get("adapter_kwargs") or {})
-                adapter_kwargs["revision"] = pinned["revision"]
-                bound.arguments["adapter_kwargs"] = adapter_kwargs
+            revision = _verified_revision(model_id, extra, label)
+            if revision is not None:
+                bound.arguments["adapter_kwargs"] = {**dict(bound.arguments.get("adapter_kwargs") or {}),
+                                                     "revision": revision}
             result = original(*bound.args, **bound.kwargs)
             _refuse_missing_adapter_weights(result, model_id, adapter_name, label)
         return result
