@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Mapping
 from .errors import UsageError
 from .fs import containing_roots, walk_files, within
 from .hashing import hash_file, run_parallel, usable_cpus
-from .manifest import Component, FileEntry, Manifest, check_relative_path
+from .manifest import ChunkDigests, Component, FileEntry, Manifest, check_relative_path
+from .pieces import CHUNK_BYTES, CHUNKED, CHUNKED_MIN_SIZE, piece_size_for
 
 BUILD_ALGORITHMS = ("md5", "sha256")
 
@@ -162,8 +163,12 @@ def build_manifest(
     exclude: Iterable[str] = (),
     algorithms: Iterable[str] = BUILD_ALGORITHMS,
     progress: Callable[[int], None] | None = None,
+    chunks: bool = True,
 ) -> Manifest:
-    """A manifest for the files in ``directory`` (size, md5 and sha256 of each).
+    """A manifest for the files in ``directory`` (size, md5 and sha256 of each; with ``chunks``,
+    a file of :data:`~modelguard.hashing.CHUNKED_MIN_SIZE` or more also gets the sha256 of each
+    64 MiB piece (larger pieces past 4096 of them), so verifying it runs on every core; every
+    digest comes from one read).
 
     ``rules`` is ``"bge-m3"``, ``"generic"``, a :class:`RuleSet`, or None to choose
     from the model id and file names. ``include``/``exclude`` are glob patterns on
@@ -195,9 +200,18 @@ def build_manifest(
 
     def one(path: str) -> FileEntry:
         full = root / path
-        digests = hash_file(full, algorithms, progress=progress)
-        return FileEntry(path=path, size=full.stat().st_size, component=rule_set.component_for(path),
-                         digests=digests)
+        pieces: list[str] = []
+        size = full.stat().st_size
+        piece = piece_size_for(size) if chunks and size >= CHUNKED_MIN_SIZE else None
+        digests = hash_file(full, algorithms + ((CHUNKED,) if piece else ()), progress=progress, pieces=pieces,
+                            piece_size=piece or CHUNK_BYTES)
+        digests.pop(CHUNKED, None)
+        size = full.stat().st_size
+        if piece and len(pieces) != -(-size // piece):  # changed since it was read
+            raise UsageError(f"{full} changed while it was read ({size} bytes now)", path=full,
+                             remedy="wait until whatever is writing the file has finished, then build again")
+        return FileEntry(path=path, size=size, component=rule_set.component_for(path),
+                         digests=digests, chunks=ChunkDigests(piece, tuple(pieces)) if piece else None)
 
     entries = run_parallel(paths, one, workers=min(len(paths), usable_cpus(), 8))
     used = {e.component for e in entries}

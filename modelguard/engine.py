@@ -23,6 +23,7 @@ from .diagnosis import wrong_size
 from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
+from .pieces import CHUNK_BYTES, CHUNKED
 from .quickpath import SMALL_BYTES, cached_hits, read_batch
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
@@ -82,9 +83,11 @@ class _Checker:
                                actual or {}, remedy, cached)
 
     def algorithms_for(self, entry: FileEntry) -> tuple[str, ...]:
+        # a file with chunk digests is verified by them (every core), or by every digest
+        chunked = (CHUNKED,) if entry.chunks is not None else ()
         if self.all_digests:
-            return tuple(a for a in DIGEST_ALGORITHMS if a in entry.digests)
-        return (entry.strongest_digest[0],)
+            return tuple(a for a in DIGEST_ALGORITHMS if a in entry.digests) + chunked
+        return chunked or (entry.strongest_digest[0],)
 
     def check(self, entry: FileEntry, *, hash_content: bool = True, use_cache: bool = True) -> FileResult | None:
         """The result for ``entry``. With ``hash_content=False``, None when only reading
@@ -178,9 +181,8 @@ class _Checker:
         if use_cache and entry.size in (None, st.st_size):
             hit = self.cache.lookup(resolved, st, self.algorithms_for(entry))
             if hit is not None:
-                expected = entry.digests
                 for algorithm, value in hit.items():
-                    if expected.get(algorithm) != value:
+                    if entry.expected_digest(algorithm) != value:
                         break
                 else:
                     return self._ok(entry, st.st_size, hit, True)
@@ -223,8 +225,10 @@ class _Checker:
                 return self.result(entry, "not_a_file", f"is a {kind}, not a regular file", actual={"type": kind})
             if entry.size is not None and st.st_size != entry.size:
                 return wrong_size(self, entry, fd, st.st_size)
+            pieces: list[str] = []
             try:
-                digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st)
+                digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st,
+                                  piece_size=entry.chunks.size if entry.chunks else CHUNK_BYTES, pieces=pieces)
             except FileChangedError as exc:
                 return self.result(entry, "changed_while_reading", f"{exc}; not verified",
                                    remedy="wait until whatever is writing the file has finished, then verify again")
@@ -239,7 +243,7 @@ class _Checker:
                 return self.result(entry, "changed_while_reading",
                                    "replaced or removed while it was read; not verified",
                                    remedy="wait until whatever is writing the file has finished, then verify again")
-            result = self._compare(entry, st.st_size, digests, fd)
+            result = self._compare(entry, st.st_size, digests, fd, pieces=pieces)
             if result.ok:
                 self.cache.store(resolved, st, digests)
             return result
@@ -268,12 +272,16 @@ class _Checker:
                                expected, {"size": size, **digests}, None, cached)
 
     def _compare(self, entry: FileEntry, size: int, digests: Mapping[str, str], fd: int | None,
-                 cached: bool = False) -> FileResult:
-        mismatched = {a: v for a, v in digests.items() if entry.digests.get(a) != v}
+                 cached: bool = False, pieces: list[str] | None = None) -> FileResult:
+        mismatched = {a: v for a, v in digests.items() if entry.expected_digest(a) != v}
         if not mismatched:
             return self._ok(entry, size, digests, cached)
-        actual = {"size": size, **digests}
-        detail = "; ".join(f"{a}: expected {entry.digests[a]}, got {v}" for a, v in mismatched.items())
+        actual: dict[str, Any] = {"size": size, **digests}
+        detail = "; ".join(f"{a}: expected {entry.expected_digest(a)}, got {v}" for a, v in mismatched.items()
+                           if a != CHUNKED)
+        if CHUNKED in mismatched and entry.chunks is not None and pieces:
+            actual["chunks_differ"], told = entry.chunks.differences(pieces, size)
+            detail = "; ".join(filter(None, [detail, told]))
         if fd is not None and entry.size is None:
             # No size to compare first (expectations from content addresses): tell the stub,
             # the empty file and the error page apart by their bytes.

@@ -7,6 +7,9 @@ buffers and one thread per digest hashes them. Reading overlaps hashing, and two
 while it hashes. Several files are hashed in parallel by :func:`run_parallel`, the one thread
 pool that :func:`hash_files`, the verify engine, ``build`` and the Hub cache scan share.
 
+One large file on every core: verifying a file's chunk digests (:mod:`modelguard.pieces`),
+:func:`hash_fd` hands its pieces to one thread per core, each piece read in order by one thread.
+
 ``hashlib``, ``threading`` and ``queue`` are imported on first use, so importing this module
 (and ``modelguard``) stays cheap.
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import os
 from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from .pieces import CHUNK_BYTES, CHUNKED, ChunkedSha256, chunk_root
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,8 +55,9 @@ class FileChangedError(OSError):
     """The file changed (size, mtime, inode) while it was being read."""
 
 
-def new_hasher(algorithm: str, size: int) -> Any:
-    """A fresh hasher. ``git_sha1`` is git's blob id: sha1 of ``blob <size>\\0`` + content."""
+def new_hasher(algorithm: str, size: int, chunk_size: int = CHUNK_BYTES) -> Any:
+    """A fresh hasher. ``git_sha1`` is git's blob id: sha1 of ``blob <size>\\0`` + content;
+    :data:`CHUNKED` hashes each ``chunk_size`` piece (:class:`ChunkedSha256`)."""
     import hashlib
 
     if algorithm == "sha256":
@@ -62,6 +68,8 @@ def new_hasher(algorithm: str, size: int) -> Any:
         h = hashlib.sha1(usedforsecurity=False)
         h.update(b"blob %d\x00" % size)
         return h
+    if algorithm == CHUNKED:
+        return ChunkedSha256(chunk_size)
     raise ValueError(f"unknown digest algorithm {algorithm!r}")
 
 
@@ -86,12 +94,16 @@ def hash_fd(
     chunk_size: int = CHUNK_SIZE,
     threads: bool | None = None,
     stat_before: os.stat_result | None = None,
+    piece_size: int = CHUNK_BYTES,
+    pieces: list[str] | None = None,
 ) -> dict[str, str]:
     """Hash the open file ``fd`` (from its start) with every algorithm in one read.
 
     ``threads`` forces the pipeline on (True) or off (False); by default it is used for
     files of :data:`PIPELINE_MIN_SIZE` bytes or more. ``stat_before``: ``os.fstat(fd)``
-    if the caller has just taken it (saves a system call).
+    if the caller has just taken it (saves a system call). :data:`CHUNKED` hashes each
+    ``piece_size`` piece; its digests are appended to ``pieces`` when given. Asked for alone
+    on a file of several pieces, the pieces are hashed on one thread per core.
 
     Raises :class:`FileChangedError` when the file's size, mtime or inode differ
     after the read from before it, so a file being written is never reported
@@ -100,20 +112,86 @@ def hash_fd(
     algorithms = tuple(dict.fromkeys(algorithms))
     before = os.fstat(fd) if stat_before is None else stat_before
     size = before.st_size
-    hashers = [new_hasher(a, size) for a in algorithms]
-    updates = [h.update for h in hashers]
     if threads is None:
         threads = size >= PIPELINE_MIN_SIZE
+    if algorithms == (CHUNKED,) and threads and size > piece_size and usable_cpus() > 1:
+        done = _hash_pieces(fd, size, piece_size, min(usable_cpus(), -(-size // piece_size), 8), progress)
+        _check_unchanged(fd, before, size)
+        if pieces is not None:
+            pieces.extend(done)
+        return {CHUNKED: chunk_root(piece_size, done)}
+    hashers = [new_hasher(a, size, piece_size) if a == CHUNKED else new_hasher(a, size) for a in algorithms]
+    updates = [h.update for h in hashers]
     # Reads stop at the size seen before (no extra read to meet EOF): a file that grew or
     # shrank meanwhile has another size after, checked below.
     if threads:
         total = _read_pipelined(fd, size, updates, progress, chunk_size)
     else:
         total = _read_serial(fd, size, updates, progress, chunk_size)
+    _check_unchanged(fd, before, total)
+    if pieces is not None:
+        for h in hashers:
+            if isinstance(h, ChunkedSha256):
+                pieces.extend(h.chunk_digests())
+    return {a: h.hexdigest() for a, h in zip(algorithms, hashers)}
+
+
+def _check_unchanged(fd: int, before: os.stat_result, total: int) -> None:
     after = os.fstat(fd)
     if stat_key(before) != stat_key(after) or total != after.st_size:
         raise FileChangedError(f"file changed while it was read ({total} bytes read, size now {after.st_size})")
-    return {a: h.hexdigest() for a, h in zip(algorithms, hashers)}
+
+
+def _hash_pieces(fd: int, size: int, piece_size: int, workers: int,
+                 progress: Callable[[int], None] | None) -> list[str]:
+    """The sha256 of each ``piece_size`` piece of ``fd``, on ``workers`` threads (this one
+    among them). A thread takes the next piece and reads it in order, so each stretch of
+    ``piece_size`` bytes is read sequentially. A piece shorter than the size said raises
+    :class:`FileChangedError`."""
+    import hashlib
+    import itertools
+    import threading
+
+    count = -(-size // piece_size)
+    done: list[str] = [""] * count
+    next_piece = itertools.count()  # next() on it is atomic under the GIL
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        buf = spare_buffer()
+        view = memoryview(buf)
+        try:
+            while not errors:
+                k = next(next_piece)
+                if k >= count:
+                    return
+                hasher = hashlib.sha256()
+                pos, end = k * piece_size, min(size, (k + 1) * piece_size)
+                while pos < end:
+                    n = os.preadv(fd, [view[:min(len(buf), end - pos)]], pos)
+                    if not n:
+                        raise FileChangedError(f"file changed while it was read (ends at {pos} bytes, not {size})")
+                    hasher.update(view[:n])
+                    pos += n
+                    if progress is not None:
+                        progress(n)
+                done[k] = hasher.hexdigest()
+        except BaseException as exc:  # raised in the caller's thread below
+            errors.append(exc)
+        finally:
+            keep_buffer(buf)
+
+    helpers = [threading.Thread(target=work, name="modelguard-hash", daemon=True) for _ in range(workers - 1)]
+    for t in helpers:
+        t.start()
+    try:
+        work()
+    finally:
+        for t in helpers:
+            t.join()
+    if errors:
+        raise errors[0]
+    return done
 
 
 def _read_serial(fd: int, size: int, updates: Sequence[Callable[[Any], None]],
@@ -216,11 +294,13 @@ def hash_file(
     *,
     progress: Callable[[int], None] | None = None,
     threads: bool | None = None,
+    pieces: list[str] | None = None,
+    piece_size: int = CHUNK_BYTES,
 ) -> dict[str, str]:
-    """Digests of the file at ``path``: ``{"sha256": "...", ...}``."""
+    """Digests of the file at ``path``: ``{"sha256": "...", ...}`` (``pieces``, ``piece_size``: see :func:`hash_fd`)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return hash_fd(fd, algorithms, progress=progress, threads=threads)
+        return hash_fd(fd, algorithms, progress=progress, threads=threads, pieces=pieces, piece_size=piece_size)
     finally:
         os.close(fd)
 

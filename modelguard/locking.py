@@ -159,7 +159,8 @@ def entry_for_directory(model_id: str, directory: str | os.PathLike[str], revisi
             path=root, expected="ORG/NAME@COMMIT (40 hexadecimal digits)", actual=revision,
             remedy=f"name the commit: modelguard lock add {quote(model_id)}@COMMIT --from {quote(str(root))}",
         )
-    manifest = build_manifest(root, model_id, commit, algorithms=("sha256",))
+    # no chunk digests: a lock entry is the same whether it came from the Hub or from the files
+    manifest = build_manifest(root, model_id, commit, algorithms=("sha256",), chunks=False)
     return _entry(model_id, commit, {f.path: {"size": f.size, **f.digests} for f in manifest.files})
 
 

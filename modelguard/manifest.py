@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
+from .pieces import MAX_PIECES
 from .manifest_schema import (
     DIGEST_ALGORITHMS,
     DIGEST_LENGTHS,
+    ChunkDigests,
     IMPLICIT_COMPONENT,
     SCHEMA_VERSION,
     Component,
@@ -30,7 +32,7 @@ from .manifest_schema import (
 )
 
 __all__ = [
-    "DIGEST_ALGORITHMS", "DIGEST_LENGTHS", "IMPLICIT_COMPONENT", "SCHEMA_VERSION", "Component", "FileEntry", "Manifest", "TensorSpec",
+    "DIGEST_ALGORITHMS", "DIGEST_LENGTHS", "IMPLICIT_COMPONENT", "SCHEMA_VERSION", "ChunkDigests", "Component", "FileEntry", "Manifest", "TensorSpec",
     "check_relative_path", "dump_manifest", "dump_yaml", "load_manifest", "load_yaml_text", "parse_manifest_text",
     "save_manifest", "validate_manifest", "write_text_atomic",
 ]
@@ -39,8 +41,9 @@ __all__ = [
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_NESTING = 32
 # A YAML node costs ~30 us and ~1 KB to compose in pure Python; a file entry is ~11 nodes.
-# The budget scales with the files the text declares ("path:" keys), so whatever `build`
-# writes loads, and stays bounded: MAX_NODES for a small manifest, never over MAX_NODES_CAP.
+# The budget scales with the files the text declares ("path:" keys) and their lists of chunk
+# digests ("chunks:", at most MAX_PIECES each), so whatever `build` writes loads, and stays
+# bounded: MAX_NODES for a small manifest, never over MAX_NODES_CAP.
 MAX_NODES = 100_000
 MAX_NODES_PER_FILE = 16
 MAX_NODES_CAP = 4_000_000
@@ -48,7 +51,8 @@ MAX_NODES_CAP = 4_000_000
 
 def node_budget(text: str) -> int:
     """The most YAML nodes a manifest of this text may have."""
-    return min(MAX_NODES_CAP, max(MAX_NODES, 1_000 + MAX_NODES_PER_FILE * text.count("path:")))
+    declared = MAX_NODES_PER_FILE * text.count("path:") + (MAX_PIECES + 8) * text.count("chunks:")
+    return min(MAX_NODES_CAP, max(MAX_NODES, 1_000 + declared))
 
 
 

@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 from typing import Any, Iterable, Mapping
 
 from .errors import ManifestError, UnsafePathError
+from .pieces import CHUNKED, MAX_PIECES, ChunkDigests
 
 SCHEMA_VERSION = 1
 IMPLICIT_COMPONENT = "model"  # the component of a manifest that declares none
@@ -72,6 +73,14 @@ class FileEntry:
     component: str
     digests: Mapping[str, str] = field(default_factory=dict)
     tensors: Mapping[str, TensorSpec] | None = None
+    chunks: ChunkDigests | None = None
+
+    def expected_digest(self, algorithm: str) -> str | None:
+        """The value ``algorithm`` must give for this file (:data:`~modelguard.hashing.CHUNKED`:
+        the root of its chunk digests), None when the entry has none."""
+        if algorithm == CHUNKED:
+            return self.chunks.root if self.chunks is not None else None
+        return self.digests.get(algorithm)
 
     @property
     def strongest_digest(self) -> tuple[str, str]:
@@ -87,6 +96,8 @@ class FileEntry:
                 out[algorithm] = self.digests[algorithm]
         if self.tensors:
             out["tensors"] = {name: spec.to_dict() for name, spec in sorted(self.tensors.items())}
+        if self.chunks is not None:
+            out["chunks"] = self.chunks.to_dict()
         return out
 
 
@@ -302,7 +313,7 @@ def _check_files(check: _Checker, raw_files: Any, components: Mapping[str, Compo
             label = f"files[{index}] ({shown_path})"
         if not isinstance(item, dict):
             check.fail(label, "not a mapping", "{path, size, sha256|md5|git_sha1, component}", item)
-        check.keys(item, ("path", "size", "component", "md5", "sha256", "git_sha1", "tensors"), label)
+        check.keys(item, ("path", "size", "component", "md5", "sha256", "git_sha1", "tensors", "chunks"), label)
         if "path" not in item:
             check.fail(label, "missing key 'path'", "a relative path such as model.safetensors")
         path = check_relative_path(item["path"], where=f"{label}.path", source=source)
@@ -369,7 +380,34 @@ def _check_file_entry(check: _Checker, item: Mapping[str, Any], label: str, path
     tensors = None
     if "tensors" in item:
         tensors = _parse_tensors(check, item["tensors"], f"{label}.tensors")
-    return FileEntry(path=path, size=size, component=component, digests=digests, tensors=tensors)
+    chunks = _parse_chunks(check, item["chunks"], f"{label}.chunks", size) if "chunks" in item else None
+    return FileEntry(path=path, size=size, component=component, digests=digests, tensors=tensors, chunks=chunks)
+
+
+def _parse_chunks(check: _Checker, raw: Any, where: str, file_size: int) -> ChunkDigests:
+    """``chunks: {size: <bytes per piece>, sha256: [<one digest per piece>, ...]}``."""
+    shape = "{size: <bytes per piece, a power of two>, sha256: [<sha256 of each piece>, ...]}"
+    if not isinstance(raw, dict):
+        check.fail(where, "not a mapping", shape, raw)
+    check.keys(raw, ("size", "sha256"), where)
+    size = raw.get("size")
+    if type(size) is not int or size < 1 << 20 or size > 1 << 30 or size & (size - 1):
+        check.fail(f"{where}.size", "not a power of two from 1 MiB to 1 GiB", "e.g. 67108864 (64 MiB)", size)
+    if file_size <= size:
+        check.fail(where, "a file of one piece needs no chunk digests", f"a file larger than {size} bytes",
+                   file_size, remedy="remove chunks: from this entry (its sha256 says the same)")
+    count = -(-file_size // size)
+    if count > MAX_PIECES:
+        check.fail(where, f"{count} pieces of {size} bytes", f"at most {MAX_PIECES} pieces", count,
+                   remedy="use a larger piece size (modelguard build picks one)")
+    digests = raw.get("sha256")
+    if not isinstance(digests, list) or len(digests) != count:
+        check.fail(f"{where}.sha256", f"not a list of {count} digests (one per {size}-byte piece of {file_size} bytes)",
+                   f"{count} sha256 digests", f"{len(digests)} items" if isinstance(digests, list) else digests)
+    for k, value in enumerate(digests):
+        if not isinstance(value, str) or len(value) != 64 or not _HEX.match(value.lower()):
+            check.fail(f"{where}.sha256[{k}]", "malformed sha256 digest", "64 hexadecimal digits", value)
+    return ChunkDigests(size=size, sha256=tuple(v.lower() for v in digests))
 
 
 def _parse_tensors(check: _Checker, raw: Any, where: str) -> dict[str, TensorSpec]:

@@ -129,7 +129,7 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
 def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, FileResult | None]:
     """The digests to compare; the result of a cache hit and the result of a read that
     verified (frozen, their mappings read-only, so the reports of every verify share them)."""
-    wanted = {a: entry.digests[a] for a in checker.algorithms_for(entry)}
+    wanted = {a: entry.expected_digest(a) for a in checker.algorithms_for(entry)}
     if entry.size is None:
         return wanted, None, None
     required = checker.manifest.components[entry.component].required

@@ -54,6 +54,7 @@ from typing import Any, Iterable, Mapping
 
 from .errors import UsageError
 from .hashing import stat_key
+from .pieces import CHUNKED
 from .private_dirs import O_NOFOLLOW, open_private_chain, owned_by_us, replace_private_file
 
 FORMAT_VERSION = 1
@@ -63,7 +64,7 @@ ENV_CACHE_DIR = "MODELGUARD_CACHE_DIR"
 ENV_NO_CACHE = "MODELGUARD_NO_CACHE"
 ENV_MAX_AGE = "MODELGUARD_CACHE_MAX_AGE"
 ENV_REHASH = "MODELGUARD_REHASH"
-DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40}
+DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40, CHUNKED: 64}
 HEX = frozenset("0123456789abcdef")
 _MAX_ENTRY_BYTES = 64 * 1024
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -20,7 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "modelguard.hfcache", "modelguard.dependencies", "modelguard.remedy", "modelguard.private_dirs",
              "modelguard.recording"),
     "manifests and hashing": ("modelguard.manifest_schema", "modelguard.manifest", "modelguard.registry",
-                              "modelguard.hashing", "modelguard.statcache", "modelguard.statindex",
+                              "modelguard.hashing", "modelguard.pieces", "modelguard.statcache", "modelguard.statindex",
                               "modelguard.hflisting", "modelguard.lockfile"),
     "verify engine": ("modelguard.report", "modelguard.diagnosis", "modelguard.engine", "modelguard.pickle_gate", "modelguard.pickle_containers",
                       "modelguard.safety", "modelguard.quickpath"),

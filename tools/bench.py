@@ -281,17 +281,17 @@ print(f"load_s={time.perf_counter() - start:.4f}")
 
 def bert_large_model(cache: Path) -> Path:
     """A BERT-large-shaped model (335M float32 weights, 1.34 GB) with random weights, saved with
-    save_pretrained, and its manifest (``modelguard build``); made once into ``cache``."""
+    save_pretrained, made once into ``cache``, and its manifest (``modelguard build``, written
+    each run so it has what this version's build writes, such as chunk digests)."""
     d = cache / "bert-large-random"
-    if (d / "modelguard.yaml").is_file():
-        return d
-    print(f"  making a BERT-large-shaped model in {d} (once; kept for later runs)", flush=True)
-    code = ("import sys, torch, transformers; torch.manual_seed(0); "
-            "c = transformers.BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, "
-            "intermediate_size=4096); transformers.BertModel(c).save_pretrained(sys.argv[1])")
-    subprocess.run([sys.executable, "-c", code, str(d)], check=True)
+    if not (d / "model.safetensors").is_file():
+        print(f"  making a BERT-large-shaped model in {d} (once; kept for later runs)", flush=True)
+        code = ("import sys, torch, transformers; torch.manual_seed(0); "
+                "c = transformers.BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, "
+                "intermediate_size=4096); transformers.BertModel(c).save_pretrained(sys.argv[1])")
+        subprocess.run([sys.executable, "-c", code, str(d)], check=True)
     subprocess.run([sys.executable, "-m", "modelguard", "build", str(d), "--model", "bench/bert-large-random",
-                    "-o", str(d / "modelguard.yaml")], check=True, stdout=subprocess.DEVNULL)
+                    "-o", str(d / "modelguard.yaml"), "--force"], check=True, stdout=subprocess.DEVNULL)
     return d
 
 
