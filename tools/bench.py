@@ -19,7 +19,9 @@ before timing and stays in the page cache, so all tools read from memory and the
 compare hashing, not the disk. "Warm" is a second verify of unchanged files: a stat-cache hit.
 Each figure is the median of --repeat runs; the tools take turns within each round so that
 noise from other work on the machine spreads over all of them. Ratios within one run are what
-matter; absolute figures depend on the machine and its load.
+matter; absolute figures depend on the machine and its load. A load ratio (e) is the median of
+the ratios taken round by round (unguarded, cold and warm run in turn in each round), so a drift
+in the machine's speed between rounds does not move it.
 """
 
 from __future__ import annotations
@@ -534,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         loads: dict[str, dict] = {}
         if not args.no_loads:
             print(f"\n(e) guarded loads: whole child processes (import and load), median of {load_repeat} runs; "
-                  "cold = empty digest cache each run, warm = filled")
+                  "cold = empty digest cache each run, warm = filled; x = median of the rounds' ratios")
             model_cache.mkdir(parents=True, exist_ok=True)
             cases = [("BERT-large-shaped 1.34 GB (transformers AutoModel)", "transformers", bert_large_model(model_cache))]
             minilm = minilm_model(model_cache)
@@ -544,7 +546,10 @@ def main(argv: list[str] | None = None) -> int:
             for label, kind, path in cases:
                 times = load_runs(kind, path, load_repeat, root)
                 m = {k: median(v) for k, v in times.items()}
-                cold_x, warm_x = m["guarded cold"] / m["unguarded"], m["guarded warm"] / m["unguarded"]
+                # each round runs the three in turn: the ratio is taken round by round, so a
+                # drift in the machine's speed between rounds does not move it
+                cold_x = median([c / u for c, u in zip(times["guarded cold"], times["unguarded"])])
+                warm_x = median([w / u for w, u in zip(times["guarded warm"], times["unguarded"])])
                 print(f"  {label:<52} {m['unguarded']:>12.2f} {m['guarded cold']:>8.2f} {m['guarded warm']:>8.2f} "
                       f"{cold_x:>7.3f} {warm_x:>7.3f}")
                 loads[label] = {"runs_s": times, "median_s": m, "cold_ratio": cold_x, "warm_ratio": warm_x}
