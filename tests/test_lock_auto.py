@@ -154,6 +154,65 @@ def test_a_locked_peft_adapter_keeps_its_base_model_at_the_base_repos_revision(h
     assert proc.stdout.split() == ["BertModel", "peft.tuners.lora.layer.Linear"], proc.stdout  # the adapter applied
 
 
+PEFT_LOAD = """
+import sys, warnings
+import modelguard
+modelguard.install()
+from transformers import AutoModel
+from peft import PeftModel
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    base = AutoModel.from_pretrained("org/base")
+    model = PeftModel.from_pretrained(base, sys.argv[1])
+print(repr(sum(float(p.double().sum()) for n, p in model.named_parameters() if "lora_" in n)))
+"""
+
+
+def test_a_locked_adapter_loaded_with_no_revision_is_the_locked_commit_not_main(hub, versions, tmp_path):
+    """PeftModel.from_pretrained(base, "org/lora") names no revision: the guard verifies the
+    locked commit and hands that revision to peft, so the weights peft loads are the ones
+    verified, also after main moved on to other adapter weights."""
+    need("peft")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModel as PlainAutoModel
+
+    a, _ = versions
+    hub.add_directory("org/base", a)
+    adapters = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        lora = get_peft_model(PlainAutoModel.from_pretrained(a),
+                              LoraConfig(r=2, target_modules=["query", "value"], init_lora_weights=False))
+        folder = tmp_path / f"adapter-{seed}"
+        lora.save_pretrained(folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "org/base"
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        adapters.append(folder)
+    sums = [sum(float(t.double().sum()) for t in load_file(f / "adapter_model.safetensors").values())
+            for f in adapters]
+    assert abs(sums[0] - sums[1]) > 1e-3
+    locked_commit = hub.add_directory("org/lora-pin", adapters[0])
+    project = tmp_path / "project"
+    project.mkdir()
+    added = run_cli("lock", "add", "org/lora-pin", "org/base", cwd=project)
+    assert added.returncode == 0, added.stderr
+    assert f"locked org/lora-pin @ {locked_commit}" in added.stdout
+    hub.add_directory("org/lora-pin", adapters[1])  # main moves on to the other weights
+
+    def loaded_sum(cwd: Path) -> float:
+        proc = subprocess.run([sys.executable, "-c", PEFT_LOAD, "org/lora-pin"], capture_output=True, text=True,
+                              timeout=600, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return float(proc.stdout.split()[-1])
+
+    assert loaded_sum(project) == pytest.approx(sums[0], rel=1e-6)  # the locked commit's adapter
+    assert loaded_sum(tmp_path) == pytest.approx(sums[1], rel=1e-6)  # no lock: main's
+
+
 WRAPPED = """
 import modelguard
 from modelguard import guard
