@@ -162,3 +162,15 @@ def tiny_bge_m3(tiny_bge_m3_template, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_bge_m3_template, tmp_path / "tiny-bge-m3"))
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory) -> dict[str, Path]:
+    """Two EC key pairs made with openssl, shared by the signing tests: the publisher's
+    (``private``, ``public``) and someone else's (``other_private``, ``other_public``)."""
+    from helpers.signing import make_key_pair
+
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = make_key_pair(folder, "publisher")
+    other_private, other_public = make_key_pair(folder, "someone-else")
+    return {"private": private, "public": public, "other_private": other_private, "other_public": other_public}

@@ -16,17 +16,9 @@ from helpers.requires import need
 
 from modelguard import cli, signing
 
-from test_signing import FILES, make_key_pair, model_signing_cli, write_model
+from helpers.signing import FILES, model_signing_cli, write_model
 
 model_signing = need("model_signing")
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = make_key_pair(folder, "publisher")
-    _, other_public = make_key_pair(folder, "someone-else")
-    return {"private": private, "public": public, "other_public": other_public}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from modelguard import guard, signing
 from modelguard.errors import SignatureError, UsageError, VerificationError
 
 from helpers.tiny_bert import save_tiny_bert, save_tiny_tokenizer
-from test_signing import key_hint, make_key_pair, model_signing_cli
+from helpers.signing import key_hint, model_signing_cli
 
 model_signing = need("model_signing")
 transformers = need("transformers")
@@ -39,14 +39,6 @@ def make_tiny_sentence_transformer(directory: Path) -> Path:
     ]))
     (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32, "do_lower_case": False}))
     return directory
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = make_key_pair(folder, "publisher")
-    _, other_public = make_key_pair(folder, "someone-else")
-    return {"private": private, "public": public, "other_public": other_public}
 
 
 @pytest.fixture(scope="module")

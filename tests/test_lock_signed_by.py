@@ -20,21 +20,12 @@ from modelguard.hfcache import repo_folder
 from modelguard.lockfile import LOCK_NAME, dump_lock, parse_lock_text
 
 from test_lock import cli, download, load_each
-from test_signing import make_key_pair
 
 need("huggingface_hub")
 need("transformers")
 need("model_signing")
 
 SIGNED, UNSIGNED, OTHER_KEY = "org/signed", "org/unsigned", "org/other-key"
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lock-keys")
-    private, public = make_key_pair(folder, "publisher")
-    other_private, _ = make_key_pair(folder, "someone-else")
-    return {"private": private, "public": public, "other_private": other_private}
 
 
 @pytest.fixture(scope="module")

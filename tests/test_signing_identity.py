@@ -34,7 +34,7 @@ import modelguard
 from modelguard import guard, signing
 from modelguard.errors import SignatureError, SigstoreUnavailableError, UsageError, VerificationError
 
-from test_signing import make_key_pair, model_signing_cli, openssl, write_model
+from helpers.signing import make_key_pair, model_signing_cli, openssl, write_model
 
 model_signing = need("model_signing")
 sigstore = need("sigstore")
