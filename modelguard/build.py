@@ -166,7 +166,7 @@ def build_manifest(
     chunks: bool = True,
 ) -> Manifest:
     """A manifest for the files in ``directory`` (size, md5 and sha256 of each; with ``chunks``,
-    a file of :data:`~modelguard.hashing.CHUNKED_MIN_SIZE` or more also gets the sha256 of each
+    a file of :data:`~modelguard.pieces.CHUNKED_MIN_SIZE` or more also gets the sha256 of each
     64 MiB piece (larger pieces past 4096 of them), so verifying it runs on every core; every
     digest comes from one read).
 

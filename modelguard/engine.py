@@ -368,7 +368,7 @@ def verify_directory(
 
     ``components`` limits the check to those components; ``strict_extra`` makes
     files absent from the manifest a failure; ``all_digests`` checks every digest
-    listed instead of the strongest one. ``cache``: True (default) remembers the digests of
+    listed instead of the pieces' sha256 (an entry with ``chunks``) or the strongest one. ``cache``: True (default) remembers the digests of
     files that verified in the user's durable cache (:mod:`modelguard.statcache`) so an
     unchanged file later costs a stat; False re-hashes every file; a directory uses a cache
     there; or any object with ``lookup(path, stat, algorithms)`` / ``store(path, stat, digests)``.

@@ -181,16 +181,21 @@ def _hash_pieces(fd: int, size: int, piece_size: int, workers: int,
         finally:
             keep_buffer(buf)
 
-    helpers = [threading.Thread(target=work, name="modelguard-hash", daemon=True) for _ in range(workers - 1)]
-    for t in helpers:
-        t.start()
+    helpers: list[threading.Thread] = []
+    try:
+        for _ in range(workers - 1):
+            helper = threading.Thread(target=work, name="modelguard-hash", daemon=True)
+            helper.start()
+            helpers.append(helper)
+    except RuntimeError:  # no thread to be had: the ones started and this one do the work
+        pass
     try:
         work()
     finally:
-        for t in helpers:
-            t.join()
-    if errors:
-        raise errors[0]
+        for helper in helpers:
+            helper.join()
+    if errors:  # an interrupt first, else the first error
+        raise next((e for e in errors if not isinstance(e, Exception)), errors[0])
     return done
 
 

@@ -76,7 +76,7 @@ class FileEntry:
     chunks: ChunkDigests | None = None
 
     def expected_digest(self, algorithm: str) -> str | None:
-        """The value ``algorithm`` must give for this file (:data:`~modelguard.hashing.CHUNKED`:
+        """The value ``algorithm`` must give for this file (:data:`~modelguard.pieces.CHUNKED`:
         the root of its chunk digests), None when the entry has none."""
         if algorithm == CHUNKED:
             return self.chunks.root if self.chunks is not None else None

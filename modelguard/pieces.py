@@ -16,7 +16,6 @@ from functools import cached_property
 from typing import Any, Sequence
 
 CHUNKED = "sha256_chunks"  # the digest name of a file's chunk digests (their root)
-CHUNKED = "sha256_chunks"
 CHUNK_BYTES = 64 << 20  # the piece size build writes
 CHUNKED_MIN_SIZE = 2 * CHUNK_BYTES  # build writes chunk digests for files of this size or more
 MAX_PIECES = 4096  # chunk digests of one file, at most (a manifest's YAML node budget counts on it)

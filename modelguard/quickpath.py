@@ -199,12 +199,12 @@ def _same(checker: Any, entry: Any, memo: dict[str, tuple], chunk: Any) -> bool:
         held = memo[entry.path] = _template(checker, entry)
     for algorithm, value in held[0].items():
         hasher = _HASHERS.get(algorithm)
-        if (hasher(chunk) if hasher else _hasher(algorithm, entry.size, chunk)).hexdigest() != value:
+        if (hasher(chunk) if hasher else _hasher(algorithm, entry, chunk)).hexdigest() != value:
             return False  # the general read hashes again and diagnoses
     return True
 
 
-def _hasher(algorithm: str, size: int, data: Any) -> Any:
-    h = new_hasher(algorithm, size)
+def _hasher(algorithm: str, entry: Any, data: Any) -> Any:
+    h = new_hasher(algorithm, entry.size, entry.chunks.size) if entry.chunks is not None else new_hasher(algorithm, entry.size)
     h.update(data)
     return h

@@ -15,7 +15,7 @@ from helpers.requires import need
 import modelguard
 from modelguard import build as build_module
 from modelguard import hashing
-from modelguard.errors import ManifestError, VerificationError
+from modelguard.errors import DownloadError, ManifestError, VerificationError
 from modelguard.hashing import FileChangedError, hash_fd
 from modelguard.manifest import dump_manifest, load_manifest, parse_manifest_text
 from modelguard.pieces import CHUNKED, ChunkedSha256, chunk_root, piece_size_for
@@ -49,13 +49,20 @@ def test_pieces_hashed_on_several_threads_equal_one_sequential_read(tmp_path, mo
     path = tmp_path / "w.bin"
     data = os.urandom(5 * 65536 + 77)
     path.write_bytes(data)
-    threads_seen: set[int] = set()
     monkeypatch.setattr(hashing, "usable_cpus", lambda: 3)
+    started = []
+    real_start = threading.Thread.start
+
+    def start(thread):
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
     fd = os.open(path, os.O_RDONLY)
     try:
         pieces: list[str] = []
-        got = hash_fd(fd, (CHUNKED,), threads=True, piece_size=65536, pieces=pieces,
-                      progress=lambda n: threads_seen.add(threading.get_ident()))
+        got = hash_fd(fd, (CHUNKED,), threads=True, piece_size=65536, pieces=pieces)
+        monkeypatch.setattr(threading.Thread, "start", real_start)
         serial: list[str] = []
         again = hash_fd(fd, (CHUNKED, "sha256"), threads=False, piece_size=65536, pieces=serial)
     finally:
@@ -63,7 +70,7 @@ def test_pieces_hashed_on_several_threads_equal_one_sequential_read(tmp_path, mo
     assert pieces == serial == piece_digests(data, 65536)
     assert got[CHUNKED] == again[CHUNKED] == chunk_root(65536, pieces)
     assert again["sha256"] == hashlib.sha256(data).hexdigest()
-    assert len(threads_seen) == 3  # this thread and two helpers
+    assert started == ["modelguard-hash", "modelguard-hash"]  # two helpers beside this thread
 
 
 def test_a_file_cut_short_while_its_pieces_are_hashed_is_not_given_digests(tmp_path, monkeypatch):
@@ -237,3 +244,41 @@ def test_a_guarded_load_of_chunked_weights_loads_and_refuses_a_flipped_byte(chun
         returned.append(transformers.AutoModel.from_pretrained(chunked_bert))
     assert not returned
     assert "pieces of 1 MiB differ from their sha256" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- fetch
+
+
+def test_fetch_checks_a_download_by_its_pieces_as_verify_does(hub, tmp_path, small_pieces, isolated_env):
+    """A download is judged by the same digests verify uses: pieces that do not match refuse
+    the transfer even when the whole file's sha256 does."""
+    import dataclasses
+
+    from modelguard.hub.download import fetch, fetch_files
+    from modelguard.pieces import ChunkDigests
+
+    source = tmp_path / "source"
+    source.mkdir()
+    data = os.urandom(3 * MIB + 5)
+    (source / "model.safetensors").write_bytes(data)
+    (source / "config.json").write_text('{"model_type": "bert"}')
+    commit = hub.add_directory("acme/chunked", source)
+    manifest = modelguard.build_manifest(source, "acme/chunked", commit)
+    weights = next(e for e in manifest.files if e.path == "model.safetensors")
+    assert weights.chunks is not None and len(weights.chunks.sha256) == 4
+
+    report = fetch(manifest, local_dir=tmp_path / "good")
+    assert report.ok
+    assert "sha256_chunks" in {r.path: r for r in report.files}["model.safetensors"].message
+    assert (tmp_path / "good" / "model.safetensors").read_bytes() == data
+
+    wrong = list(weights.chunks.sha256)
+    wrong[2] = hashlib.sha256(b"another piece").hexdigest()
+    lying = dataclasses.replace(manifest, files=tuple(
+        dataclasses.replace(e, chunks=ChunkDigests(MIB, tuple(wrong))) if e is weights else e for e in manifest.files))
+    with pytest.raises(DownloadError) as info:
+        fetch_files(lying, local_dir=tmp_path / "bad")
+    action = {a.path: a for a in info.value.result.actions}["model.safetensors"]
+    assert action.action == "failed" and len(action.errors) == 3
+    assert all("wrong bytes" in e and "pieces differ from the manifest's chunks" in e for e in action.errors)
+    assert not (tmp_path / "bad" / "model.safetensors").exists()

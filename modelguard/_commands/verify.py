@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--components", help="comma-separated components to check (default: all)")
     p.add_argument("--strict", action="store_true", help="files present but not in the manifest are a failure")
     p.add_argument("--all-digests", action="store_true",
-                   help="check every digest listed (default: the strongest one)")
+                   help="check every digest listed (default: the pieces' sha256 of a file with chunks, else the strongest one)")
     p.add_argument("--all-files", action="store_true",
                    help="with no manifest: every file of the Hub's listing is required (default: docs and "
                         "formats the Python loaders do not read are checked only when present)")

@@ -252,7 +252,8 @@ def _unknown_file(path: str, unknown: str, loader: str) -> None:
 
 
 def _entry_key(root: Path, entry: Any) -> tuple[Any, ...]:
-    return (str(root), entry.path, entry.size, tuple(sorted(entry.digests.items())))
+    return (str(root), entry.path, entry.size, tuple(sorted(entry.digests.items())),
+            entry.chunks.root if entry.chunks is not None else None)
 
 
 def _still_verified(path: str, root: Path, entry: Any) -> bool:

@@ -23,6 +23,7 @@ from ..env import hub_endpoint, is_offline
 from ..errors import DownloadError, ManifestNotFoundError, OfflineError, UsageError
 from ..fs import human_size
 from ..hashing import hash_file
+from ..pieces import CHUNK_BYTES, CHUNKED
 from ..manifest import FileEntry, Manifest
 from ..remedy import fetch_command
 from ..report import FAILED, SKIPPED, VerifyReport
@@ -318,7 +319,7 @@ def _download_entry(manifest: Manifest, entry: FileEntry, diagnosis: str, rev: s
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
-    algorithms = tuple(entry.digests)
+    algorithms = tuple(entry.digests) + ((CHUNKED,) if entry.chunks is not None else ())
     strongest = entry.strongest_digest[0]
     errors: list[str] = []
     expected_text = f"{entry.size} bytes, {strongest} {entry.digests[strongest]}"
@@ -369,10 +370,11 @@ def _download_entry(manifest: Manifest, entry: FileEntry, diagnosis: str, rev: s
                 errors.append(f"attempt {attempt}: transfer failed: {type(exc).__name__}: {detail}")
                 continue
             size = tmp.stat().st_size
-            digests = hash_file(tmp, algorithms)
-            bad = {a: v for a, v in digests.items() if v != entry.digests[a]}
+            digests = hash_file(tmp, algorithms, piece_size=entry.chunks.size if entry.chunks else CHUNK_BYTES)
+            bad = {a: v for a, v in digests.items() if v != entry.expected_digest(a)}
             if size != entry.size or bad:
-                errors.append(f"attempt {attempt}: wrong bytes: {size} bytes, {strongest} {digests[strongest]}")
+                pieces = ", pieces differ from the manifest's chunks" if CHUNKED in bad else ""
+                errors.append(f"attempt {attempt}: wrong bytes: {size} bytes, {strongest} {digests[strongest]}{pieces}")
                 continue
             kept = install_file(target, entry, tmp, etag or digests.get("sha256") or safe_name(entry.path))
         finally:
