@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from modelguard import verify  # noqa: E402
-from modelguard.manifest import load_manifest, parse_manifest_text  # noqa: E402
+from modelguard.manifest import load_manifest  # noqa: E402
 from modelguard.hashing import usable_cpus  # noqa: E402
 from modelguard.statcache import StatCache  # noqa: E402
 
