@@ -11,9 +11,7 @@ say as much about the file as its whole sha256.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 CHUNKED = "sha256_chunks"  # the digest name of a file's chunk digests (their root)
 CHUNK_BYTES = 64 << 20  # the piece size build writes
@@ -70,15 +68,16 @@ class ChunkedSha256:
         return chunk_root(self.chunk_size, self.chunk_digests())
 
 
-@dataclass(frozen=True)
-class ChunkDigests:
+class ChunkDigests(NamedTuple):
     """The sha256 of each ``size``-byte piece of a file, in order (the last may be shorter);
-    ``root`` is the one digest that stands for them (:func:`chunk_root`)."""
+    ``root`` is the one digest that stands for them (:func:`chunk_root`). A named tuple, not a
+    dataclass: this module is imported at program start (``import modelguard.auto``), and
+    ``dataclasses`` costs milliseconds to import."""
 
     size: int
     sha256: tuple[str, ...]
 
-    @cached_property
+    @property
     def root(self) -> str:
         return chunk_root(self.size, self.sha256)
 

@@ -55,6 +55,24 @@ def test_import_is_cheap(code):
     assert imported_heavy(code) == []
 
 
+# What a guarded program's start (`import modelguard.auto`) must not pay for: each costs
+# milliseconds and none is needed before the first model loads.
+START_UP_AVOIDED = ("dataclasses", "inspect", "yaml", "modelguard.manifest_schema", "modelguard.engine",
+                    "modelguard.preload")
+
+
+def test_a_guarded_programs_start_imports_only_what_it_needs():
+    code = ("import json, sys\nimport modelguard.auto\n"
+            f"print(json.dumps(sorted(set(sys.modules) & set({START_UP_AVOIDED!r}))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    # the probe can fail: the manifest schema brings dataclasses with it
+    probe = code.replace("import modelguard.auto", "import modelguard.auto, modelguard.manifest_schema")
+    again = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert json.loads(again.stdout) == ["dataclasses", "inspect", "modelguard.manifest_schema"]
+
+
 def test_cli_verify_imports_no_heavy_library(minilm_dir):
     code = (
         "from modelguard.cli import main\n"
