@@ -23,7 +23,7 @@ from .diagnosis import wrong_size
 from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
-from .pieces import CHUNK_BYTES, CHUNKED
+from .pieces import CHUNKED
 from .quickpath import SMALL_BYTES, cached_hits, read_batch
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
@@ -228,7 +228,7 @@ class _Checker:
             pieces: list[str] = []
             try:
                 digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st,
-                                  piece_size=entry.chunks.size if entry.chunks else CHUNK_BYTES, pieces=pieces)
+                                  piece_size=entry.piece_size, pieces=pieces)
             except FileChangedError as exc:
                 return self.result(entry, "changed_while_reading", f"{exc}; not verified",
                                    remedy="wait until whatever is writing the file has finished, then verify again")

@@ -114,8 +114,9 @@ def hash_fd(
     size = before.st_size
     if threads is None:
         threads = size >= PIPELINE_MIN_SIZE
-    if algorithms == (CHUNKED,) and threads and size > piece_size and usable_cpus() > 1:
-        done = _hash_pieces(fd, size, piece_size, min(usable_cpus(), -(-size // piece_size), 8), progress)
+    cpus = usable_cpus() if algorithms == (CHUNKED,) and threads and size > piece_size else 1
+    if cpus > 1:
+        done = _hash_pieces(fd, size, piece_size, min(cpus, -(-size // piece_size), 8), progress)
         _check_unchanged(fd, before, size)
         if pieces is not None:
             pieces.extend(done)

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 from typing import Any, Iterable, Mapping
 
 from .errors import ManifestError, UnsafePathError
-from .pieces import CHUNKED, MAX_PIECES, ChunkDigests
+from .pieces import CHUNK_BYTES, CHUNKED, MAX_PIECES, ChunkDigests
 
 SCHEMA_VERSION = 1
 IMPLICIT_COMPONENT = "model"  # the component of a manifest that declares none
@@ -81,6 +81,11 @@ class FileEntry:
         if algorithm == CHUNKED:
             return self.chunks.root if self.chunks is not None else None
         return self.digests.get(algorithm)
+
+    @property
+    def piece_size(self) -> int:
+        """The piece size of its chunk digests (build's piece size for an entry with none)."""
+        return self.chunks.size if self.chunks is not None else CHUNK_BYTES
 
     @property
     def strongest_digest(self) -> tuple[str, str]:

@@ -205,6 +205,6 @@ def _same(checker: Any, entry: Any, memo: dict[str, tuple], chunk: Any) -> bool:
 
 
 def _hasher(algorithm: str, entry: Any, data: Any) -> Any:
-    h = new_hasher(algorithm, entry.size, entry.chunks.size) if entry.chunks is not None else new_hasher(algorithm, entry.size)
+    h = new_hasher(algorithm, entry.size, entry.piece_size)
     h.update(data)
     return h

@@ -23,7 +23,7 @@ from ..env import hub_endpoint, is_offline
 from ..errors import DownloadError, ManifestNotFoundError, OfflineError, UsageError
 from ..fs import human_size
 from ..hashing import hash_file
-from ..pieces import CHUNK_BYTES, CHUNKED
+from ..pieces import CHUNKED
 from ..manifest import FileEntry, Manifest
 from ..remedy import fetch_command
 from ..report import FAILED, SKIPPED, VerifyReport
@@ -370,7 +370,7 @@ def _download_entry(manifest: Manifest, entry: FileEntry, diagnosis: str, rev: s
                 errors.append(f"attempt {attempt}: transfer failed: {type(exc).__name__}: {detail}")
                 continue
             size = tmp.stat().st_size
-            digests = hash_file(tmp, algorithms, piece_size=entry.chunks.size if entry.chunks else CHUNK_BYTES)
+            digests = hash_file(tmp, algorithms, piece_size=entry.piece_size)
             bad = {a: v for a, v in digests.items() if v != entry.expected_digest(a)}
             if size != entry.size or bad:
                 pieces = ", pieces differ from the manifest's chunks" if CHUNKED in bad else ""
