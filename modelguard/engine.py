@@ -24,7 +24,7 @@ from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .pieces import CHUNKED
-from .quickpath import SMALL_BYTES, cached_hits, read_batch
+from .quickpath import SMALL_BYTES, ManifestOrder, cached_hits, manifest_order, read_batch
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
@@ -65,6 +65,7 @@ class _Checker:
         self.cache = folder_view(open_cache(cache, rehash=rehash), self.root_text)
         self.remedy = remedy
         self.progress = progress
+        self.listing: list[os.DirEntry] | None = None  # the model folder's entries, when listed
 
     def close(self) -> None:
         fd, self.root_fd = self.root_fd, None
@@ -140,14 +141,17 @@ class _Checker:
 
     def regular_names(self) -> frozenset[str]:
         """Names straight in the model folder that its listing says are regular files (the
-        file type the directory entry holds: no stat per file); empty when it cannot be listed."""
+        file type the directory entry holds: no stat per file); empty when it cannot be listed.
+        The listing is kept (:attr:`listing`): the search for files the manifest does not list
+        starts from it instead of listing the folder again."""
         if self.root_fd is None:
             return frozenset()
         try:
             with os.scandir(self.root_fd) as listing:
-                return frozenset(e.name for e in listing if e.is_file(follow_symlinks=False))
+                self.listing = list(listing)
         except OSError:
             return frozenset()
+        return frozenset(e.name for e in self.listing if e.is_file(follow_symlinks=False))
 
     def plain_file(self, relative: str) -> tuple[str, os.stat_result] | None:
         """``(resolved path, stat)`` of a regular file reached from the resolved model
@@ -344,14 +348,6 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
     return remedy
 
 
-def list_extra_files(manifest: Manifest, directory: Path) -> tuple[str, ...]:
-    """Files under ``directory`` the manifest does not list (tool folders skipped)."""
-    if not directory.is_dir():
-        return ()
-    listed = {entry.path for entry in manifest.files}
-    return tuple(rel for rel in walk_files(directory, known=listed) if rel not in listed)
-
-
 def verify_directory(
     manifest: Manifest,
     directory: str | os.PathLike[str],
@@ -405,6 +401,7 @@ def verify_directory(
     # checks overlap the hashing; largest files first so the readers do not end on one big file.
     # Small files go to a reader in batches (up to BATCH_BYTES), each file read once.
     results: dict[str, FileResult] = {}
+    order = manifest_order(manifest) if components is None else ManifestOrder.of(entries)
 
     def to_read() -> Iterable[list[tuple[FileEntry, Any, Any]]]:
         batch: list[tuple[FileEntry, Any, Any]] = []
@@ -412,7 +409,7 @@ def verify_directory(
         # files the folder's digest index answers cost an lstat each (quickpath.cached_hits);
         # with no cache, a small regular file straight in the folder goes to a reader as listed
         regular = checker.regular_names() if type(checker.cache) is NoCache else frozenset()
-        for e in cached_hits(checker, sorted(entries, key=lambda e: -(e.size or 0)), results):
+        for e in cached_hits(checker, order.by_size, results):
             if e.size is not None and e.size <= SMALL_BYTES and e.path in regular:
                 located = (None, None)
             else:
@@ -434,13 +431,16 @@ def verify_directory(
                                   workers=workers, thread_name="modelguard-verify"):
             for result in batch:
                 results[result.path] = result
+        # files the manifest does not list; the folder still open (its listing's entries look up
+        # a link relative to it), and listed once when regular_names listed it
+        extra = () if components is not None else tuple(
+            rel for rel in walk_files(root, known=order.paths, top=checker.listing) if rel not in order.paths)
     finally:
         checker.close()
         finish = getattr(checker.cache, "finish", None)
         if finish is not None:
             finish()  # the folder's digest index, when this verify changed it
-    ordered = tuple(results[e.path] for e in sorted(entries, key=lambda e: e.path))
-    extra = list_extra_files(manifest, root) if components is None else ()
+    ordered = tuple(results[e.path] for e in order.by_path)
     return VerifyReport(
         model=manifest.model, revision=manifest.revision, directory=str(root),
         manifest_source=manifest.source, files=ordered, extra_files=extra,

@@ -78,11 +78,12 @@ IGNORED_SUFFIXES = (".lock", ".incomplete")
 
 
 def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
-               known: frozenset[str] | set[str] = frozenset()) -> list[str]:
+               known: frozenset[str] | set[str] = frozenset(), top: Iterable[os.DirEntry] | None = None) -> list[str]:
     """Relative POSIX paths of the files under ``directory``, sorted; tool folders, lock files
     and partial downloads skipped, linked folders not followed. ``regular_only`` also skips
     what is not (a link to) a regular file: dangling links, FIFOs, devices. Paths in ``known``
-    are left out (a folder among them is still entered), before any other work on them."""
+    are left out (a folder among them is still entered), before any other work on them.
+    ``top``: the entries of ``directory`` itself, when the caller listed it already."""
     # os.walk(followlinks=False) by hand, one scandir per folder: a warm verify lists the folder
     # each time, and os.walk's per-entry generator steps cost more than the listing.
     out: list[str] = []
@@ -90,8 +91,12 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
     while pending:
         current, prefix = pending.pop()
         try:
-            with os.scandir(current) as listing:
-                found = [e for e in listing if prefix + e.name not in known or e.is_dir()] if known else list(listing)
+            if top is not None and not prefix:
+                entries = list(top)
+            else:
+                with os.scandir(current) as listing:
+                    entries = list(listing)
+            found = [e for e in entries if prefix + e.name not in known or e.is_dir()] if known else entries
         except OSError:
             continue
         for entry in found:
@@ -102,7 +107,7 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
                 is_dir = False
             if is_dir:  # a linked folder is not entered
                 if name not in IGNORED_NAMES and not entry.is_symlink():
-                    pending.append((entry.path, f"{prefix}{name}/"))
+                    pending.append((current + os.sep + name, f"{prefix}{name}/"))
                 continue
             if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
                 continue

@@ -9,12 +9,15 @@ which take every trust and diagnosis decision as before.
 :func:`read_batch` is the reader task for a batch of files whose bytes must be read. With no
 digest cache, a file straight in the model folder that the folder's listing says is a regular
 file, smaller than one read buffer, is opened relative to the folder without following links
-or blocking, ``fstat``-ed (a wrong type or size is told before anything is read), read with one
-call into a reused buffer and hashed from it (hashlib releases the GIL, so reader threads
-overlap). Anything unusual (open fails, not a regular file, other size, a short read, a digest
-that differs) is handed to the engine's general read, which diagnoses it from the file itself;
-so is every file when a cache is in use (the general read stores each digest with the stat key
-it was read under).
+or blocking, read with one call that asks for one byte more than the manifest's size into a
+reused buffer, and hashed from it (hashlib releases the GIL, so reader threads overlap). No
+``fstat``: the listing told the type, the read tells the size (a longer file returns the extra
+byte, a shorter one less), and a folder or FIFO put there since fails the read. Every system
+call releases the GIL, and with two readers each release is a hand-over between threads, so
+one call fewer per file is about a fifth of a cold verify of many small files. Anything unusual
+(open or read fails, other size, a digest that differs) is handed to the engine's general read,
+which diagnoses it from the file itself; so is every file when a cache is in use (the general
+read stores each digest with the stat key it was read under).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import stat
 import weakref
 from types import MappingProxyType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from .fs import human_size
 from .hashing import CHUNK_SIZE, keep_buffer, new_hasher, spare_buffer
@@ -32,13 +35,14 @@ from .report import OK, FileResult
 from .statcache import NoCache
 from .statindex import FolderView
 
-SMALL_BYTES = CHUNK_SIZE  # files up to this size are read with one call in read_batch
+SMALL_BYTES = CHUNK_SIZE - 1  # files up to this size are read with one call (and one byte more) in read_batch
 _O_READ = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
            | getattr(os, "O_NOFOLLOW", 0))
 _NEW = object.__new__
 _SET = object.__setattr__
-_HASHERS = {"sha256": hashlib.sha256}
-_MEMO: dict[tuple[int, bool], tuple[Any, dict[str, tuple]]] = {}
+_sha256 = hashlib.sha256
+_HASHERS = {"sha256": _sha256}
+_MEMO: dict[tuple, tuple[Any, Any]] = {}  # (id(manifest), what): (weak reference, value)
 
 
 def ok_result(entry: Any, required: bool, size: int, digests: dict[str, str], cached: bool) -> FileResult:
@@ -53,19 +57,42 @@ def ok_result(entry: Any, required: bool, size: int, digests: dict[str, str], ca
     return result
 
 
-def _templates(manifest: Any, all_digests: bool) -> dict[str, tuple]:
-    """Per manifest file, what a cache hit needs: the digests to compare and the result (a
-    hit's result is the same every time the file is unchanged). Kept for the last few
-    manifests verified (a frozen :class:`Manifest` does not change)."""
-    key = (id(manifest), all_digests)
+def _per_manifest(manifest: Any, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, once per frozen :class:`Manifest` and ``key`` (a frozen manifest does not
+    change); kept for the last few manifests verified."""
     held = _MEMO.get(key)
     if held is not None and held[0]() is manifest:
         return held[1]
-    if len(_MEMO) >= 8:
+    if len(_MEMO) >= 16:
         _MEMO.clear()
-    memo: dict[str, tuple] = {}
-    _MEMO[key] = (weakref.ref(manifest), memo)
-    return memo
+    value = make()
+    _MEMO[key] = (weakref.ref(manifest), value)
+    return value
+
+
+def _templates(manifest: Any, all_digests: bool) -> dict[str, tuple]:
+    """Per manifest file, what a cache hit needs: the digests to compare and the result (a
+    hit's result is the same every time the file is unchanged); filled as files are met."""
+    return _per_manifest(manifest, (id(manifest), all_digests), dict)
+
+
+class ManifestOrder(NamedTuple):
+    """A manifest's files in the orders a verify of all of them uses, worked out once."""
+
+    by_size: tuple  # largest first: the readers do not end on one big file
+    by_path: tuple  # the report's order
+    paths: frozenset[str]  # every listed path: what is not among them is an extra file
+
+    @classmethod
+    def of(cls, entries: Iterable[Any]) -> ManifestOrder:
+        entries = tuple(entries)
+        return cls(tuple(sorted(entries, key=lambda e: -(e.size or 0))), tuple(sorted(entries, key=lambda e: e.path)),
+                   frozenset(e.path for e in entries))
+
+
+def manifest_order(manifest: Any) -> ManifestOrder:
+    """:class:`ManifestOrder` of all of ``manifest``'s files, kept while it is in use."""
+    return _per_manifest(manifest, (id(manifest), "order"), lambda: ManifestOrder.of(manifest.files))
 
 
 def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileResult]) -> list[Any]:
@@ -148,7 +175,8 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
     """Results for a batch of ``(entry, path, resolved)`` the engine's ``locate`` passed on, or
     ``(entry, None, None)``: a file straight in the model folder that the folder's listing
     says is a regular file (:meth:`~modelguard.engine._Checker.regular_names`; no stat per
-    file), opened without following links and checked again with ``fstat`` before it is read."""
+    file), opened without following links; one read of one byte more than its size tells
+    whether it still has that size."""
     out = []
     root_fd = checker.root_fd
     # Listed files come here only when there is no cache (engine.verify_directory): with one, the
@@ -165,8 +193,11 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
             out.append(checker.check(entry) if path is None and resolved is None else checker.read_and_compare(*item))
             continue
         if buf is None:
-            buf = spare_buffer()  # hashing's read buffers, reused
+            buf = spare_buffer()  # hashing's read buffers, reused; longer than SMALL_BYTES
             view = memoryview(buf)
+        held = memo.get(relative)
+        if held is None:
+            held = memo[relative] = _template(checker, entry)
         result = fd = None
         try:
             fd = os.open(relative, _O_READ, dir_fd=root_fd)  # no link followed, no blocking on a FIFO
@@ -174,12 +205,15 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
             pass
         if fd is not None:
             try:
-                st = os.fstat(fd)  # a wrong size or type is told before anything is read
-                if (stat.S_ISREG(st.st_mode) and st.st_size == size and os.preadv(fd, [view[:size]], 0) == size
-                        and _same(checker, entry, memo, view[:size])):
-                    result = memo[relative][2]  # no cache: nothing stored, the bytes read are the verdict
-                    if progress is not None:
-                        progress(size)
+                # one byte more than the size: a file that grew returns it (a folder or FIFO raises)
+                if os.preadv(fd, [view[:size + 1]], 0) == size:
+                    wanted = held[0]
+                    sha256 = wanted.get("sha256") if len(wanted) == 1 else None
+                    if (_sha256(view[:size]).hexdigest() == sha256 if sha256 is not None
+                            else _same(held, entry, view[:size])):
+                        result = held[2]  # no cache: nothing stored, the bytes read are the verdict
+                        if progress is not None:
+                            progress(size)
             except OSError:
                 result = None
             finally:
@@ -192,11 +226,8 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
     return out
 
 
-def _same(checker: Any, entry: Any, memo: dict[str, tuple], chunk: Any) -> bool:
-    """Whether ``chunk`` (the whole file) has the digests a read of ``entry`` compares."""
-    held = memo.get(entry.path)
-    if held is None:
-        held = memo[entry.path] = _template(checker, entry)
+def _same(held: tuple, entry: Any, chunk: Any) -> bool:
+    """Whether ``chunk`` (the whole file) has the digests ``held`` (``entry``'s template) lists."""
     for algorithm, value in held[0].items():
         hasher = _HASHERS.get(algorithm)
         if (hasher(chunk) if hasher else _hasher(algorithm, entry, chunk)).hexdigest() != value:

@@ -154,3 +154,38 @@ def test_a_file_the_listing_named_that_changed_kind_or_grew_is_diagnosed_as_befo
         assert by_cache[kind]["part-1.bin"][0] == "not_a_file", by_cache[kind]["part-1.bin"]
         assert report.result("part-2.bin").diagnosis == "ok"
     assert by_cache["none"] == by_cache["empty"]
+
+
+def test_a_file_swapped_after_the_listing_is_never_taken_for_the_listed_file(tmp_path, model, monkeypatch):
+    # The readers trust the folder's listing for the type and read one byte more than the size
+    # instead of an fstat: whatever took a listed file's place between the listing and the open
+    # (a FIFO, a folder, a link to the right bytes outside, a longer file with the right first
+    # bytes) must still fail the fast read and get the general diagnosis, without hanging.
+    from modelguard import engine
+
+    manifest, directory = model
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(FILES["part-2.bin"])
+    listed = engine._Checker.regular_names
+
+    def listing_then_swap(checker):
+        names = listed(checker)
+        assert {"part-0.bin", "part-1.bin", "part-2.bin", "part-3.bin"} <= names
+        for name in ("part-0.bin", "part-1.bin", "part-2.bin"):
+            (directory / name).unlink()
+        os.mkfifo(directory / "part-0.bin")
+        (directory / "part-1.bin").mkdir()
+        (directory / "part-2.bin").symlink_to(outside)
+        (directory / "part-3.bin").write_bytes(FILES["part-3.bin"] + b"\0")
+        return names
+
+    monkeypatch.setattr(engine._Checker, "regular_names", listing_then_swap)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(verify(manifest, directory, cache=False)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done, "verify did not finish (a FIFO was opened for reading?)"
+    found = {r.path: r.diagnosis for r in done[0].files}
+    assert found == {"part-0.bin": "not_a_file", "part-1.bin": "not_a_file", "part-2.bin": "symlink_escape",
+                     "part-3.bin": "oversized", "part-4.bin": "ok", "tokenizer.json": "ok",
+                     "sub/config.json": "ok"}, found

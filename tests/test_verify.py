@@ -394,15 +394,26 @@ def test_one_read_per_file_for_all_digests(manifest, model, monkeypatch):
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name open files")
 def test_cheap_checks_read_no_content(manifest, model, monkeypatch):
+    # a file larger than one read: a wrong size is told from stat, only a small head is read
+    big = os.urandom(3 << 20)
+    (model / "big.bin").write_bytes(big)
+    with_big = dataclasses.replace(manifest, files=manifest.files + (
+        dataclasses.replace(manifest.files[0], path="big.bin", size=len(big),
+                            digests={"sha256": hashlib.sha256(big).hexdigest()}, chunks=None),))
+    (model / "big.bin").write_bytes(big[:100_000])
     (model / "tokenizer.json").unlink()
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100_000])
     counter = ReadCounter(monkeypatch)
-    report = verify(manifest, model, cache=False)
-    assert report.result("model.safetensors").diagnosis == "truncated"
-    # a wrong size is told from stat; only a small head is read to sniff its content
-    assert counter.bytes.get(os.path.realpath(weights), 0) <= 1024
+    report = verify(with_big, model, cache=False)
+    assert report.result("big.bin").diagnosis == "truncated"
+    assert counter.bytes.get(os.path.realpath(model / "big.bin"), 0) <= 1024
     assert os.path.realpath(model / "tokenizer.json") not in counter.bytes
+    # a small file straight in the folder is read with one call before its size is known
+    # (quickpath.read_batch: no fstat); a short one is read once, then its head is sniffed
+    assert report.result("model.safetensors").diagnosis == "truncated"
+    assert counter.bytes.get(os.path.realpath(weights), 0) <= 100_000 + 1024
+    assert counter.calls[os.path.realpath(weights)] <= 2
 
 
 def test_directory_in_place_of_a_file(manifest, model):
