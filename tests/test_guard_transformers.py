@@ -306,6 +306,57 @@ def test_tokenizer_hook_is_restored_exactly():
     assert PreTrainedTokenizerBase.__dict__["from_pretrained"] is original
 
 
+# --------------------------------------------------------------------------- processors
+
+FEATURES = {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": 16000, "feature_size": 1,
+            "padding_value": 0.0, "do_normalize": True, "return_attention_mask": False}
+
+
+@pytest.mark.parametrize("loader", ["AutoFeatureExtractor", "Wav2Vec2FeatureExtractor"])
+def test_a_feature_extractors_config_is_verified_before_it_is_read(checkpoints, tmp_path, loader):
+    import json
+
+    d = tmp_path / "tiny"
+    shutil.copytree(checkpoints["base"], d)
+    (d / "preprocessor_config.json").write_text(json.dumps(FEATURES, indent=2))
+    modelguard.save_manifest(modelguard.build_manifest(d, "acme/tiny-audio"), d / "modelguard.yaml")
+    load = getattr(transformers, loader).from_pretrained
+    assert load(d).sampling_rate == 16000
+
+    config = d / "preprocessor_config.json"
+    config.write_text(config.read_text().replace("16000", "48000"))  # same size, valid JSON
+    with pytest.raises(VerificationError) as info:
+        load(d)
+    text = str(info.value)
+    assert "preprocessor_config.json [" in text and "right size, wrong content" in text, text
+    reader = "get_feature_extractor_dict"
+    assert (f"(transformers AutoFeatureExtractor.from_pretrained, via transformers FeatureExtractionMixin.{reader})"
+            if loader.startswith("Auto") else f"(transformers Wav2Vec2FeatureExtractor.{reader})") in text, text
+    # the reference: with the guard off, the changed file is read as it is
+    guard.uninstall()
+    assert load(d).sampling_rate == 48000
+
+
+def test_processor_readers_are_patched_and_restored_exactly():
+    from transformers.feature_extraction_utils import FeatureExtractionMixin
+    from transformers.image_processing_base import ImageProcessingMixin
+    from transformers.models.auto.feature_extraction_auto import AutoFeatureExtractor
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+    from transformers.models.auto.processing_auto import AutoProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    from modelguard.hooks import is_wrapped
+
+    readers = [(FeatureExtractionMixin, "get_feature_extractor_dict"), (ImageProcessingMixin, "get_image_processor_dict"),
+               (ProcessorMixin, "get_processor_dict"), (AutoFeatureExtractor, "from_pretrained"),
+               (AutoImageProcessor, "from_pretrained"), (AutoProcessor, "from_pretrained")]
+    assert all(is_wrapped(vars(owner)[name]) for owner, name in readers)
+    guard.uninstall()
+    assert not any(is_wrapped(vars(owner)[name]) for owner, name in readers)
+    modelguard.install()
+    assert all(is_wrapped(vars(owner)[name]) for owner, name in readers)
+
+
 # --------------------------------------------------------------------------- PEFT adapters
 
 

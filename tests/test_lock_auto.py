@@ -1,6 +1,8 @@
 """Under a lock, the auto classes read every file at the locked commit: AutoModel's own
-AutoConfig (and AutoConfig, AutoTokenizer called directly) get the locked revision before
-config.json is read, so a default branch that moved on cannot lend its config to the locked weights.
+AutoConfig (and AutoConfig, AutoTokenizer, AutoFeatureExtractor, AutoImageProcessor,
+AutoProcessor called directly, and ``pipeline()``) get the locked revision before config.json
+or preprocessor_config.json is read, so a default branch that moved on cannot lend its config
+to the locked weights.
 
 The real transformers and huggingface_hub load from the test Hub (tests/hubserver.py).
 """
@@ -30,12 +32,19 @@ import modelguard
 from modelguard.errors import ModelGuardError
 
 modelguard.install()
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor, AutoTokenizer, pipeline
+
+def pipeline_of(name):
+    made = pipeline("feature-extraction", model=name)
+    return [made.model.config.num_hidden_layers, made.tokenizer.model_max_length]
 
 steps = {
     "model": lambda: AutoModel.from_pretrained(sys.argv[1]).config.num_hidden_layers,
     "config": lambda: AutoConfig.from_pretrained(sys.argv[1]).num_hidden_layers,
     "tokenizer": lambda: AutoTokenizer.from_pretrained(sys.argv[1]).model_max_length,
+    "features": lambda: AutoFeatureExtractor.from_pretrained(sys.argv[1]).sampling_rate,
+    "processor": lambda: AutoProcessor.from_pretrained(sys.argv[1]).model_max_length,
+    "pipeline": lambda: pipeline_of(sys.argv[1]),
 }
 out = {}
 with warnings.catch_warnings(record=True) as caught:
@@ -52,8 +61,9 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory) -> tuple[Path, Path]:
-    """Commit A (2 layers, model_max_length 32) and commit B: the same weights, but config.json
-    says 3 layers and tokenizer_config.json 64."""
+    """Commit A (2 layers, model_max_length 32, a feature extractor at 16 kHz) and commit B: the
+    same weights, but config.json says 3 layers, tokenizer_config.json 64 and
+    preprocessor_config.json 8 kHz."""
     from helpers.tiny_bert import save_tiny_bert, save_tiny_tokenizer
 
     a = save_tiny_bert(tmp_path_factory.mktemp("moving-a") / "model")
@@ -61,6 +71,9 @@ def versions(tmp_path_factory) -> tuple[Path, Path]:
     tok = json.loads((a / "tokenizer_config.json").read_text())
     tok["model_max_length"] = 32
     (a / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+    features = {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": 16000, "feature_size": 1,
+                "padding_value": 0.0, "do_normalize": True, "return_attention_mask": False}
+    (a / "preprocessor_config.json").write_text(json.dumps(features, indent=2))
     b = tmp_path_factory.mktemp("moving-b") / "model"
     shutil.copytree(a, b)
     config = json.loads((b / "config.json").read_text())
@@ -69,7 +82,14 @@ def versions(tmp_path_factory) -> tuple[Path, Path]:
     (b / "config.json").write_text(json.dumps(config, indent=2))
     tok["model_max_length"] = 64
     (b / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+    features["sampling_rate"] = 8000
+    (b / "preprocessor_config.json").write_text(json.dumps(features, indent=2))
     return a, b
+
+
+# What every step reads at commit A.
+LOCKED = {"model": 2, "config": 2, "tokenizer": 32, "features": 16000, "processor": 32, "pipeline": [2, 32],
+          "warnings": []}
 
 
 def load(cwd: Path, *, offline: bool) -> dict:
@@ -102,14 +122,17 @@ def test_auto_classes_read_the_config_at_the_locked_commit(hub, versions, tmp_pa
     assert refs_main.read_text() == commit_b
 
     locked = load(project, offline=offline)
-    assert locked == {"model": 2, "config": 2, "tokenizer": 32, "warnings": []}
+    assert locked == LOCKED, locked
 
-    # Without the lock the same program reads main: B's config and tokenizer config. (B's third
-    # layer has no weights, so the guard refuses the new weights: the mixed load the lock prevents.)
+    # Without the lock the same program reads main: B's config, tokenizer and feature extractor
+    # configs. (B's third layer has no weights, so the guard refuses the new weights: the mixed
+    # load the lock prevents.)
     unlocked = load(tmp_path, offline=offline)
     assert unlocked["config"] == 3 and unlocked["tokenizer"] == 64, unlocked
-    assert unlocked["model"].startswith("RandomInitError: "), unlocked
-    assert "encoder.layer.2." in unlocked["model"], unlocked
+    assert unlocked["features"] == 8000 and unlocked["processor"] == 64, unlocked
+    for step in ("model", "pipeline"):
+        assert unlocked[step].startswith("RandomInitError: "), unlocked
+        assert "encoder.layer.2." in unlocked[step], unlocked
 
 
 ADAPTER_LOAD = """
@@ -248,7 +271,7 @@ def test_a_locked_model_loads_online_into_an_empty_cache(hub, versions, tmp_path
     snapshot = Path(os.environ["HF_HUB_CACHE"]) / "models--org--moving" / "snapshots" / commit_a
     shutil.rmtree(Path(os.environ["HF_HUB_CACHE"]) / "models--org--moving", ignore_errors=True)
     locked = load(project, offline=False)
-    assert locked == {"model": 2, "config": 2, "tokenizer": 32, "warnings": []}
+    assert locked == LOCKED, locked
     assert (snapshot / "model.safetensors").is_file()
     verified = run_cli("verify", "--lock", cwd=project, env={"HF_HUB_OFFLINE": "1"})
     assert verified.returncode == 0, verified.stdout + verified.stderr

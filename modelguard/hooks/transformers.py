@@ -18,6 +18,7 @@ buffers are not reported by transformers, so they are never refused.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import os
@@ -25,7 +26,7 @@ import sys
 from typing import Any
 
 from .. import guard
-from . import Patches, loader_label, version_tuple
+from . import Patches, loader_label, outer_loader, version_tuple
 from .peft import wrap_transformers_load_adapter
 
 DISTRIBUTION = "transformers"
@@ -38,6 +39,11 @@ MODEL_FILE_PATTERNS = (
 TOKENIZER_FILE_PATTERNS = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "*.model", "chat_template.jinja",
+)
+# Files the feature extractors, image, video and multimodal processors read.
+PROCESSOR_FILE_PATTERNS = (
+    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+    "audio_tokenizer_config.json", "chat_template.json", "chat_template.jinja",
 )
 
 _patches = Patches()
@@ -54,7 +60,22 @@ def supported(version: str) -> bool:
 AUTO_CLASSES = {
     "configuration_auto": "AutoConfig",
     "tokenization_auto": "AutoTokenizer",
+    "feature_extraction_auto": "AutoFeatureExtractor",
+    "image_processing_auto": "AutoImageProcessor",
+    "video_processing_auto": "AutoVideoProcessor",
+    "processing_auto": "AutoProcessor",
 }
+# Processor modules -> (class, the classmethod that reads its config file): every from_pretrained
+# of the family, the auto classes' included, reads the file through it.
+PROCESSOR_READERS = {
+    "feature_extraction_utils": ("FeatureExtractionMixin", "get_feature_extractor_dict"),
+    "image_processing_base": ("ImageProcessingMixin", "get_image_processor_dict"),
+    "image_processing_utils": ("ImageProcessingMixin", "get_image_processor_dict"),  # before 4.42
+    "video_processing_utils": ("VideoProcessorMixin", "get_video_processor_dict"),
+    "processing_utils": ("ProcessorMixin", "get_processor_dict"),
+}
+_PROCESSOR_AUTO = frozenset(AUTO_CLASSES[m] for m in ("feature_extraction_auto", "image_processing_auto",
+                                                       "video_processing_auto", "processing_auto"))
 # Resolutions whose revision the loader is given when the caller names none.
 PINNED = ("hub-id", "hf-listing", "lock")
 
@@ -62,7 +83,7 @@ PINNED = ("hub-id", "hf-listing", "lock")
 def patch(module: Any) -> None:
     """Called for ``transformers.modeling_utils``, ``transformers.tokenization_utils_base``,
     ``transformers.models.auto.modeling_auto`` (every ``AutoModel*`` class) and the modules of
-    :data:`AUTO_CLASSES`."""
+    :data:`AUTO_CLASSES` and :data:`PROCESSOR_READERS`."""
     short = module.__name__.rsplit(".", 1)[-1]
     if short == "modeling_utils":
         _patches.replace(module.PreTrainedModel, "from_pretrained", _wrap_from_pretrained)
@@ -73,6 +94,11 @@ def patch(module: Any) -> None:
         _patches.replace(module.PreTrainedTokenizerBase, "from_pretrained", _wrap_tokenizer_from_pretrained)
     elif short in AUTO_CLASSES and hasattr(module, AUTO_CLASSES[short]):
         _patches.replace(getattr(module, AUTO_CLASSES[short]), "from_pretrained", _wrap_auto_from_pretrained)
+    elif short in PROCESSOR_READERS:
+        owner, reader = PROCESSOR_READERS[short]
+        cls = getattr(module, owner, None)
+        if cls is not None and isinstance(vars(cls).get(reader), classmethod):
+            _patches.replace(cls, reader, _wrap_processor_reader)
     elif short == "modeling_auto":
         base = getattr(module, "_BaseAutoModelClass", None)
         for value in list(vars(module).values()):
@@ -137,9 +163,11 @@ def _pin_auto_revision(name: Any, kwargs: dict) -> None:
         kwargs["revision"] = resolved.revision
 
 
-def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], what: str) -> str:
-    """Verify before loading; pin a Hub id to the verified revision. Returns the loader label."""
-    label = loader_label(f"transformers {cls.__name__}.from_pretrained")
+def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], what: str,
+                 method: str = "from_pretrained") -> str:
+    """Verify before loading; pin a Hub id to the verified revision. Returns the loader label.
+    A tokenizer or processor whose files the manifest does not list is not checked."""
+    label = loader_label(f"transformers {cls.__name__}.{method}")
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         return label
     asked = _asked_revision(kwargs)
@@ -147,8 +175,8 @@ def _check_files(cls: Any, name: Any, kwargs: dict, patterns: tuple[str, ...], w
     components = None
     if resolved.manifest is not None:
         components = loader_components(resolved.manifest, _subfolder(name, resolved, kwargs), patterns)
-        if components is None and what == "tokenizer":
-            return label  # the manifest lists no tokenizer files there: nothing to verify
+        if components is None and what != "model":
+            return label  # the manifest lists no such files there: nothing to verify
     resolved = guard.check_before_load(
         name, components=components, revision=asked, loader=label, cache_dir=kwargs.get("cache_dir"),
         local_files_only=bool(kwargs.get("local_files_only")),
@@ -186,7 +214,10 @@ def _wrap_auto_from_pretrained(original: Any) -> Any:
     @functools.wraps(func)
     def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
         name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        with guard.verified_scope():
+        # a processor's auto class reads through its family's base class: messages name both
+        named = outer_loader(f"transformers {cls.__name__}.from_pretrained") if cls.__name__ in _PROCESSOR_AUTO \
+            else contextlib.nullcontext()
+        with guard.verified_scope(), named:
             _pin_auto_revision(name, kwargs)
             return func(cls, *args, **kwargs)
 
@@ -203,14 +234,24 @@ def _model_names(model: Any, keys: set[str]) -> set[str]:
     return {key[len(prefix):] if key not in own and key[len(prefix):] in own else key for key in keys}
 
 
-def _wrap_tokenizer_from_pretrained(original: Any) -> Any:
-    func = original.__func__
+def _files_checked_first(patterns: tuple[str, ...], what: str) -> Any:
+    """A wrapper for a classmethod that reads ``what``'s files of ``args[0]``: it verifies them first."""
 
-    @functools.wraps(func)
-    def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        with guard.verified_scope():
-            _check_files(cls, name, kwargs, TOKENIZER_FILE_PATTERNS, "tokenizer")
-            return func(cls, *args, **kwargs)
+    def wrap(original: Any) -> Any:
+        func = original.__func__
 
-    return classmethod(from_pretrained)
+        @functools.wraps(func)
+        def read(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            with guard.verified_scope():
+                _check_files(cls, name, kwargs, patterns, what, func.__name__)
+                return func(cls, *args, **kwargs)
+
+        return classmethod(read)
+
+    return wrap
+
+
+_wrap_tokenizer_from_pretrained = _files_checked_first(TOKENIZER_FILE_PATTERNS, "tokenizer")
+# get_feature_extractor_dict and the like: the one place a processor's config file is read
+_wrap_processor_reader = _files_checked_first(PROCESSOR_FILE_PATTERNS, "processor")
