@@ -29,14 +29,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"modelguard: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone: a command runs having imported only
+    its own module (``modelguard run`` execs the program at once, and ``verify`` needs no Hub or
+    signing code)."""
     parser = _Parser(
         prog="modelguard",
         description="Make model loading safe and repeatable: verify model files against pinned manifests.",
     )
     parser.add_argument("--version", action="version", version=f"modelguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
+    for name in (command,) if command in COMMANDS else COMMANDS:
         module = importlib.import_module(f"modelguard._commands.{name}")
         module.add_parser(sub)
     return parser
@@ -82,8 +85,9 @@ def tolerate_any_output_encoding() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     tolerate_any_output_encoding()
-    parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(given[0] if given else None)
+    args, extras = parser.parse_known_args(given)
     if extras:
         _refuse_unknown(parser, args, extras)
     if not args.command:

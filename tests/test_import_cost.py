@@ -144,3 +144,19 @@ def test_a_guarded_load_imports_only_what_it_uses(minilm_dir, tmp_path):
     # the probe sees them when a load needs them: a signature requirement loads the signature checks
     assert {"modelguard.signing", "modelguard.signature_lock"} <= set(
         modules_after_a_guarded_check(minilm_dir, tmp_path, MODELGUARD_REQUIRE_SIGNATURE="0"))
+
+
+def test_a_command_imports_only_its_own_module():
+    # `modelguard run -- CMD` execs CMD at once: its start must not pay for the other commands
+    # (the Hub client code, the verify engine, signing), which cost it 0.3 s.
+    code = ("import json, sys\nfrom modelguard.cli import build_parser\n"
+            "parser = build_parser('run')\nparser.parse_known_args(['run', '--', 'true'])\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('modelguard._commands.',"
+            " 'modelguard.engine', 'modelguard.hub', 'modelguard.signing')))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["modelguard._commands.run"]
+    # with no command named, every command's parser is built (the help lists them all)
+    proc = subprocess.run([sys.executable, "-m", "modelguard", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and all(f"    {name}" in proc.stdout for name in
+                                        ("verify", "build", "fetch", "scan", "audit", "lock", "sync", "run")), proc.stdout
