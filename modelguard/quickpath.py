@@ -2,7 +2,9 @@
 
 :func:`cached_hits` answers, in the caller's thread, every file whose stat key and digests
 its folder's index (:mod:`modelguard.statindex`) still holds: one ``lstat`` and a record
-compare per file, no other work. Whatever it cannot answer at once (no record, a record that
+compare per file, no other work. A record found to hold the expected digests is remembered by
+identity (the index's records are never changed in place), so a later verify that meets the
+same record compares only the stat key, the type and the record's age. Whatever it cannot answer at once (no record, a record that
 differs, a link, a missing file, a folder on the way) goes to the engine's general checks,
 which take every trust and diagnosis decision as before.
 
@@ -107,6 +109,7 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
     prefix = checker.root_text + os.sep
     plain_dirs = checker.plain_dirs
     memo = _templates(checker.manifest, checker.all_digests)
+    checked = _per_manifest(checker.manifest, (id(checker.manifest), checker.all_digests, "hits"), dict)
     for entry in entries:
         relative = entry.path
         if "/" in relative and relative.rpartition("/")[0] not in plain_dirs:
@@ -122,6 +125,15 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
             st = lstat(path)
         except OSError:
             rest.append(entry)
+            continue
+        known = checked.get(relative)
+        if known is not None and known[0] is record:  # this record object was checked before
+            _, key, stored, result = known
+            if (key == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev) and is_reg(st.st_mode)
+                    and oldest <= stored <= newest):
+                results[relative] = result
+            else:
+                rest.append(entry)
             continue
         held = memo.get(relative)
         if held is None:
@@ -145,6 +157,9 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
                                        dict(wanted), True)
                 else:
                     result = fields  # the same every time: one object, read-only mappings
+                    # the index's records are never changed in place: while this record object is
+                    # the folder's, a hit needs only its stat key, its age and the file's type
+                    checked[relative] = (record, (ino, rsize, mtime, ctime, dev), stored, result)
                 results[relative] = result
                 continue
         except Exception:  # a malformed record: the general lookup drops it

@@ -189,3 +189,26 @@ def test_a_file_swapped_after_the_listing_is_never_taken_for_the_listed_file(tmp
     assert found == {"part-0.bin": "not_a_file", "part-1.bin": "not_a_file", "part-2.bin": "symlink_escape",
                      "part-3.bin": "oversized", "part-4.bin": "ok", "tokenizer.json": "ok",
                      "sub/config.json": "ok"}, found
+
+
+def test_a_hit_remembered_from_an_earlier_verify_still_needs_its_stat_key_and_age(tmp_path, model):
+    # A record found to hold the expected digests is remembered (the index's records are never
+    # changed in place); every later hit on it still compares the file's stat key, type and the
+    # record's age.
+    manifest, directory = model
+    cache = warm_cache(tmp_path, manifest, directory)
+    assert all(r.cached for r in verify(manifest, directory, cache=cache).files)  # remembered now
+    part = directory / "part-2.bin"
+    changed = bytearray(part.read_bytes())
+    changed[7] ^= 1
+    part.write_bytes(bytes(changed))  # same size, other bytes
+    report = verify(manifest, directory, cache=cache)
+    assert report.result("part-2.bin").diagnosis == "digest_mismatch"
+    assert not report.result("part-2.bin").cached
+    assert all(r.cached for r in report.files if r.path != "part-2.bin")
+    # the index without part-2's record, remembered in turn; then the same records, read by a
+    # cache whose entries expire at once: nothing is a hit
+    assert sum(r.cached for r in verify(manifest, directory, cache=cache).files) == len(FILES) - 1
+    expired = StatCache(cache.root, racy_window_ns=0, index_settle_ns=0, max_age_s=1e-9)
+    report = verify(manifest, directory, cache=expired)
+    assert not any(r.cached for r in report.files)
