@@ -1,4 +1,4 @@
-"""Command line: ``modelguard verify | build | fetch | scan | audit | probe | sign | lock | sync``.
+"""Command line: ``modelguard verify | build | fetch | scan | audit | probe | sign | lock | sync | run``.
 
 Exit codes: 0 verified, 1 verification failed, 2 bad invocation or bad manifest.
 A user mistake never ends in a traceback.

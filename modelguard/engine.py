@@ -432,7 +432,8 @@ def verify_directory(
             for result in batch:
                 results[result.path] = result
         # files the manifest does not list; the folder still open (its listing's entries look up
-        # a link relative to it), and listed once when regular_names listed it
+        # a link relative to it), and listed once when regular_names listed it (before the reads:
+        # a file made during the verify is not seen, as one made just after it would not be)
         extra = () if components is not None else tuple(
             rel for rel in walk_files(root, known=order.paths, top=checker.listing) if rel not in order.paths)
     finally:

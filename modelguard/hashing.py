@@ -40,9 +40,11 @@ _SPARE_BUFFERS: list[bytearray] = []
 def spare_buffer() -> bytearray:
     """A read buffer of :data:`CHUNK_SIZE` bytes, reused when one is kept (see :func:`keep_buffer`)."""
     try:
-        return _SPARE_BUFFERS.pop()
+        buf = _SPARE_BUFFERS.pop()
     except IndexError:
         return bytearray(CHUNK_SIZE)
+    # the readers of small files rely on its length: a file is read with one byte to spare
+    return buf if len(buf) == CHUNK_SIZE else bytearray(CHUNK_SIZE)
 
 
 def keep_buffer(buf: bytearray) -> None:
@@ -225,8 +227,7 @@ def _read_serial(fd: int, size: int, updates: Sequence[Callable[[Any], None]],
                 progress(n)
         return total
     finally:
-        if len(_SPARE_BUFFERS) < 16:
-            _SPARE_BUFFERS.append(buf)
+        keep_buffer(buf)
 
 
 def _read_pipelined(fd: int, size: int, updates: Sequence[Callable[[Any], None]],

@@ -14,7 +14,9 @@ file, smaller than one read buffer, is opened relative to the folder without fol
 or blocking, read with one call that asks for one byte more than the manifest's size into a
 reused buffer, and hashed from it (hashlib releases the GIL, so reader threads overlap). No
 ``fstat``: the listing told the type, the read tells the size (a longer file returns the extra
-byte, a shorter one less), and a folder or FIFO put there since fails the read. Every system
+byte, a shorter one less), and a folder or FIFO put there since fails the read (a device node
+would need its own privilege to be put there, and an empty entry, which a device could match,
+goes the general way). A read is taken to be short only at the end of the file. Every system
 call releases the GIL, and with two readers each release is a hand-over between threads, so
 one call fewer per file is about a fifth of a cold verify of many small files. Anything unusual
 (open or read fails, other size, a digest that differs) is handed to the engine's general read,
@@ -65,7 +67,7 @@ def _per_manifest(manifest: Any, key: tuple, make: Callable[[], Any]) -> Any:
     held = _MEMO.get(key)
     if held is not None and held[0]() is manifest:
         return held[1]
-    if len(_MEMO) >= 16:
+    if len(_MEMO) >= 48:  # three kinds per manifest (templates, order, hits)
         _MEMO.clear()
     value = make()
     _MEMO[key] = (weakref.ref(manifest), value)
@@ -204,7 +206,8 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
         entry, path, resolved = item
         relative = entry.path
         size = entry.size
-        if path is not None or not direct or size is None or size > SMALL_BYTES or "/" in relative:
+        # an empty file is checked the general way: a device put in its place reads as empty too
+        if path is not None or not direct or not size or size > SMALL_BYTES or "/" in relative:
             out.append(checker.check(entry) if path is None and resolved is None else checker.read_and_compare(*item))
             continue
         if buf is None:

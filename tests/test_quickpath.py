@@ -212,3 +212,49 @@ def test_a_hit_remembered_from_an_earlier_verify_still_needs_its_stat_key_and_ag
     expired = StatCache(cache.root, racy_window_ns=0, index_settle_ns=0, max_age_s=1e-9)
     report = verify(manifest, directory, cache=expired)
     assert not any(r.cached for r in report.files)
+
+
+def test_a_grown_file_is_caught_whatever_buffer_the_pool_hands_out(tmp_path, model):
+    # The one-call read tells a longer file by the byte it reads past the size: a pooled read
+    # buffer no longer than the file (another reader's size) must not hide that byte.
+    from modelguard import hashing
+
+    manifest, directory = model
+    with open(directory / "part-1.bin", "ab") as f:
+        f.write(b"EVIL")  # the right bytes first, then more
+    size = len(FILES["part-1.bin"])
+    with open(tmp_path / "other.bin", "wb") as f:
+        f.write(os.urandom(10_000))
+    with open(tmp_path / "other.bin", "rb") as f:  # a serial read leaves its buffer in the pool
+        hashing.hash_fd(f.fileno(), ["sha256"], threads=False, chunk_size=size)
+    hashing._SPARE_BUFFERS.append(bytearray(size))  # and one of exactly the file's size
+    report = verify(manifest, directory, cache=False, max_workers=1)
+    assert report.result("part-1.bin").diagnosis == "oversized", report.result("part-1.bin").message
+
+
+def test_an_empty_entry_is_not_matched_by_a_device_put_in_its_place(tmp_path, model, monkeypatch):
+    # /dev/null reads as empty: an empty file is checked the general way, which looks at its type.
+    import stat as stat_module
+
+    from modelguard import engine
+
+    manifest_text_with_empty = manifest_text({**FILES, "empty.txt": b""})
+    manifest = parse_manifest_text(manifest_text_with_empty, "tiny.yaml")
+    _, directory = model
+    (directory / "empty.txt").write_bytes(b"")
+    listed = engine._Checker.regular_names
+
+    def listing_then_swap(checker):
+        names = listed(checker)
+        (directory / "empty.txt").unlink()
+        os.mknod(directory / "empty.txt", stat_module.S_IFCHR | 0o600, os.makedev(1, 3))
+        return names
+
+    try:
+        os.mknod(tmp_path / "probe", stat_module.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD")
+    monkeypatch.setattr(engine._Checker, "regular_names", listing_then_swap)
+    report = verify(manifest, directory, cache=False)
+    assert report.result("empty.txt").diagnosis == "not_a_file", report.result("empty.txt").message
+    assert report.result("empty.txt").message == "is a device file, not a regular file; not opened"

@@ -570,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def paired(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
             """The median of the rounds' ratios (the two ran in turn in each round)."""
+            assert len(times[numerator]) == len(times[denominator]), (numerator, denominator)
             return median([n / d for n, d in zip(times[numerator], times[denominator])])
 
         raw_sha, a_sha = med["a"]["hashlib sha256, one-thread loop"], med["a"]["modelguard verify sha256 (cold)"]
