@@ -4,9 +4,9 @@
 its folder's index (:mod:`modelguard.statindex`) still holds: one ``lstat`` and a record
 compare per file, no other work. A record found to hold the expected digests is remembered by
 identity (the index's records are never changed in place), so a later verify that meets the
-same record compares only the stat key, the type and the record's age. Whatever it cannot answer at once (no record, a record that
-differs, a link, a missing file, a folder on the way) goes to the engine's general checks,
-which take every trust and diagnosis decision as before.
+same record compares only the stat key, the type and the record's age. Whatever it cannot
+answer at once (no record, a record that differs, a link, a missing file, a folder on the way)
+goes to the engine's general checks, which take every trust and diagnosis decision as before.
 
 :func:`read_batch` is the reader task for a batch of files whose bytes must be read. With no
 digest cache, a file straight in the model folder that the folder's listing says is a regular
@@ -44,8 +44,7 @@ _O_READ = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 
            | getattr(os, "O_NOFOLLOW", 0))
 _NEW = object.__new__
 _SET = object.__setattr__
-_sha256 = hashlib.sha256
-_HASHERS = {"sha256": _sha256}
+_HASHERS = {"sha256": hashlib.sha256}
 _MEMO: dict[tuple, tuple[Any, Any]] = {}  # (id(manifest), what): (weak reference, value)
 
 
@@ -137,10 +136,7 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
             else:
                 rest.append(entry)
             continue
-        held = memo.get(relative)
-        if held is None:
-            held = memo[relative] = _template(checker, entry)
-        wanted, fields = held[0], held[1]
+        wanted, fields, _ = _held(memo, checker, entry)
         size = st.st_size
         try:
             dev, ino, rsize, mtime, ctime, stored, digests = record
@@ -168,6 +164,14 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
             pass
         rest.append(entry)
     return rest
+
+
+def _held(memo: dict[str, tuple], checker: Any, entry: Any) -> tuple:
+    """``entry``'s :func:`_template`, made the first time a verify of its manifest meets it."""
+    held = memo.get(entry.path)
+    if held is None:
+        held = memo[entry.path] = _template(checker, entry)
+    return held
 
 
 def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, FileResult | None]:
@@ -213,9 +217,7 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
         if buf is None:
             buf = spare_buffer()  # hashing's read buffers, reused; longer than SMALL_BYTES
             view = memoryview(buf)
-        held = memo.get(relative)
-        if held is None:
-            held = memo[relative] = _template(checker, entry)
+        held = _held(memo, checker, entry)
         result = fd = None
         try:
             fd = os.open(relative, _O_READ, dir_fd=root_fd)  # no link followed, no blocking on a FIFO
@@ -224,14 +226,10 @@ def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResu
         if fd is not None:
             try:
                 # one byte more than the size: a file that grew returns it (a folder or FIFO raises)
-                if os.preadv(fd, [view[:size + 1]], 0) == size:
-                    wanted = held[0]
-                    sha256 = wanted.get("sha256") if len(wanted) == 1 else None
-                    if (_sha256(view[:size]).hexdigest() == sha256 if sha256 is not None
-                            else _same(held, entry, view[:size])):
-                        result = held[2]  # no cache: nothing stored, the bytes read are the verdict
-                        if progress is not None:
-                            progress(size)
+                if os.preadv(fd, [view[:size + 1]], 0) == size and _same(held, entry, view[:size]):
+                    result = held[2]  # no cache: nothing stored, the bytes read are the verdict
+                    if progress is not None:
+                        progress(size)
             except OSError:
                 result = None
             finally:
