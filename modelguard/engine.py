@@ -24,15 +24,13 @@ from .hflisting import remedy as download_again
 from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .pieces import CHUNKED
-from .quickpath import SMALL_BYTES, ManifestOrder, cached_hits, manifest_order, read_batch
+from .quickpath import ManifestOrder, batches, manifest_order, read_batch
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
 from .statcache import NoCache, open_cache
 from .statindex import folder_view
 
-BATCH_BYTES = 1 << 20  # small files handed to a reader thread together, up to this many bytes
-BATCH_FILES = 64
 _O_READ = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -399,38 +397,17 @@ def verify_directory(
     # an unchanged model costs a stat per file and starts no thread. A file whose bytes
     # must be read goes at once to the reader threads (hashlib releases the GIL), so these
     # checks overlap the hashing; largest files first so the readers do not end on one big file.
-    # Small files go to a reader in batches (up to BATCH_BYTES), each file read once.
+    # Small files go to a reader in batches (quickpath.batches), each file read once.
     results: dict[str, FileResult] = {}
     order = manifest_order(manifest) if components is None else ManifestOrder.of(entries)
 
-    def to_read() -> Iterable[list[tuple[FileEntry, Any, Any]]]:
-        batch: list[tuple[FileEntry, Any, Any]] = []
-        size = 0
+    workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
+    try:
         # files the folder's digest index answers cost an lstat each (quickpath.cached_hits);
         # with no cache, a small regular file straight in the folder goes to a reader as listed
         regular = checker.regular_names() if type(checker.cache) is NoCache else frozenset()
-        for e in cached_hits(checker, order.by_size, results):
-            if e.size is not None and e.size <= SMALL_BYTES and e.path in regular:
-                located = (None, None)
-            else:
-                located = checker.locate(e)
-            if isinstance(located, FileResult):
-                results[e.path] = located
-                continue
-            batch.append((e, *located))
-            size += e.size or BATCH_BYTES
-            if size >= BATCH_BYTES or len(batch) >= BATCH_FILES:
-                yield batch
-                batch, size = [], 0
-        if batch:
-            yield batch
-
-    workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
-    try:
-        for batch in run_parallel(to_read(), lambda batch: read_batch(checker, batch),
-                                  workers=workers, thread_name="modelguard-verify"):
-            for result in batch:
-                results[result.path] = result
+        run_parallel(batches(checker, order.by_size, regular, results), lambda batch: read_batch(checker, batch, results),
+                     workers=workers, thread_name="modelguard-verify")
         # files the manifest does not list; the folder still open (its listing's entries look up
         # a link relative to it), and listed once when regular_names listed it (before the reads:
         # a file made during the verify is not seen, as one made just after it would not be)
@@ -441,7 +418,7 @@ def verify_directory(
         finish = getattr(checker.cache, "finish", None)
         if finish is not None:
             finish()  # the folder's digest index, when this verify changed it
-    ordered = tuple(results[e.path] for e in order.by_path)
+    ordered = tuple(map(results.__getitem__, order.by_path))
     return VerifyReport(
         model=manifest.model, revision=manifest.revision, directory=str(root),
         manifest_source=manifest.source, files=ordered, extra_files=extra,

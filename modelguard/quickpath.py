@@ -8,20 +8,22 @@ same record compares only the stat key, the type and the record's age. Whatever 
 answer at once (no record, a record that differs, a link, a missing file, a folder on the way)
 goes to the engine's general checks, which take every trust and diagnosis decision as before.
 
-:func:`read_batch` is the reader task for a batch of files whose bytes must be read. With no
-digest cache, a file straight in the model folder that the folder's listing says is a regular
-file, smaller than one read buffer, is opened relative to the folder without following links
-or blocking, read with one call that asks for one byte more than the manifest's size into a
-reused buffer, and hashed from it (hashlib releases the GIL, so reader threads overlap). No
-``fstat``: the listing told the type, the read tells the size (a longer file returns the extra
-byte, a shorter one less), and a folder or FIFO put there since fails the read (a device node
-would need its own privilege to be put there, and an empty entry, which a device could match,
-goes the general way). A read is taken to be short only at the end of the file. Every system
-call releases the GIL, and with two readers each release is a hand-over between threads, so
-one call fewer per file is about a fifth of a cold verify of many small files. Anything unusual
-(open or read fails, other size, a digest that differs) is handed to the engine's general read,
-which diagnoses it from the file itself; so is every file when a cache is in use (the general
-read stores each digest with the stat key it was read under).
+:func:`batches` hands the readers the files whose bytes must be read, in batches. With no
+digest cache, a batch may hold only files straight in the model folder that the folder's
+listing says are regular files, smaller than one read buffer and not empty (an empty entry,
+which a device could match, goes the general way); :func:`read_batch` reads those in a tight
+loop: opened relative to the folder without following links or blocking, read with one call
+that asks for one byte more than the manifest's size into a reused buffer, and hashed from it
+(hashlib releases the GIL, so reader threads overlap). No ``fstat``: the listing told the type,
+the read tells the size (a longer file returns the extra byte, a shorter one less), and a
+folder or FIFO put there since fails the read (a device node would need its own privilege to
+be put there). A read is taken to be short only at the end of the file. Every system call
+releases the GIL, and with two readers whatever Python work a file costs between the calls
+holds the other reader back, so the loop does nothing else: the digests to compare and the
+result are worked out once per manifest file, and the results go straight into the verify's
+mapping. Anything unusual (open or read fails, other size, a digest that differs) is handed to
+the engine's general checks, which diagnose it from the file itself; so is every file when a
+cache is in use (the general read stores each digest with the stat key it was read under).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import stat
 import weakref
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from .fs import human_size
 from .hashing import CHUNK_SIZE, keep_buffer, new_hasher, spare_buffer
@@ -40,6 +42,8 @@ from .statcache import NoCache
 from .statindex import FolderView
 
 SMALL_BYTES = CHUNK_SIZE - 1  # files up to this size are read with one call (and one byte more) in read_batch
+BATCH_BYTES = 1 << 20  # small files handed to a reader thread together, up to this many bytes
+BATCH_FILES = 64
 _O_READ = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
            | getattr(os, "O_NOFOLLOW", 0))
 _NEW = object.__new__
@@ -83,13 +87,13 @@ class ManifestOrder(NamedTuple):
     """A manifest's files in the orders a verify of all of them uses, worked out once."""
 
     by_size: tuple  # largest first: the readers do not end on one big file
-    by_path: tuple  # the report's order
+    by_path: tuple[str, ...]  # the paths in the report's order
     paths: frozenset[str]  # every listed path: what is not among them is an extra file
 
     @classmethod
     def of(cls, entries: Iterable[Any]) -> ManifestOrder:
         entries = tuple(entries)
-        return cls(tuple(sorted(entries, key=lambda e: -(e.size or 0))), tuple(sorted(entries, key=lambda e: e.path)),
+        return cls(tuple(sorted(entries, key=lambda e: -(e.size or 0))), tuple(sorted(e.path for e in entries)),
                    frozenset(e.path for e in entries))
 
 
@@ -136,7 +140,7 @@ def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileRes
             else:
                 rest.append(entry)
             continue
-        wanted, fields, _ = _held(memo, checker, entry)
+        wanted, fields, _, _ = _held(memo, checker, entry)
         size = st.st_size
         try:
             dev, ino, rsize, mtime, ctime, stored, digests = record
@@ -174,15 +178,17 @@ def _held(memo: dict[str, tuple], checker: Any, entry: Any) -> tuple:
     return held
 
 
-def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, FileResult | None]:
+def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, FileResult | None, str | None]:
     """The digests to compare; the result of a cache hit and the result of a read that
-    verified (frozen, their mappings read-only, so the reports of every verify share them)."""
+    verified (frozen, their mappings read-only, so the reports of every verify share them);
+    the sha256 when it is the only digest to compare."""
     wanted = {a: entry.expected_digest(a) for a in checker.algorithms_for(entry)}
+    only = wanted["sha256"] if len(wanted) == 1 and "sha256" in wanted else None
     if entry.size is None:
-        return wanted, None, None
+        return wanted, None, None, only
     required = checker.manifest.components[entry.component].required
     return wanted, _frozen(ok_result(entry, required, entry.size, dict(wanted), True)), \
-        _frozen(ok_result(entry, required, entry.size, dict(wanted), False))
+        _frozen(ok_result(entry, required, entry.size, dict(wanted), False)), only
 
 
 def _frozen(result: FileResult) -> FileResult:
@@ -192,54 +198,84 @@ def _frozen(result: FileResult) -> FileResult:
     return result
 
 
-def read_batch(checker: Any, batch: list[tuple[Any, Any, Any]]) -> list[FileResult]:
-    """Results for a batch of ``(entry, path, resolved)`` the engine's ``locate`` passed on, or
-    ``(entry, None, None)``: a file straight in the model folder that the folder's listing
-    says is a regular file (:meth:`~modelguard.engine._Checker.regular_names`; no stat per
-    file), opened without following links; one read of one byte more than its size tells
-    whether it still has that size."""
-    out = []
-    root_fd = checker.root_fd
-    # Listed files come here only when there is no cache (engine.verify_directory): with one, the
-    # general read stores each digest with the stat key it was read under.
-    direct = type(checker.cache) is NoCache and root_fd is not None
-    progress = checker.progress
-    memo = _templates(checker.manifest, checker.all_digests)
-    buf = view = None
-    for item in batch:
-        entry, path, resolved = item
-        relative = entry.path
-        size = entry.size
-        # an empty file is checked the general way: a device put in its place reads as empty too
-        if path is not None or not direct or not size or size > SMALL_BYTES or "/" in relative:
-            out.append(checker.check(entry) if path is None and resolved is None else checker.read_and_compare(*item))
+def batches(checker: Any, entries: Iterable[Any], regular: frozenset[str],
+            results: dict[str, FileResult]) -> Iterator[list[Any]]:
+    """``entries`` (largest first) whose bytes must be read, in batches for the readers (up to
+    :data:`BATCH_BYTES` or :data:`BATCH_FILES`); every other result goes in ``results`` here,
+    in the caller's thread. A batch holds either entries that the folder's listing
+    (``regular``: given only with no cache) names as regular files straight in the folder,
+    small and not empty (read by :func:`read_batch` with no stat and no other check first),
+    or the ``(entry, path, resolved)`` that the engine's ``locate`` found to be read."""
+    if type(checker.cache) is not NoCache or checker.root_fd is None:
+        regular = frozenset()  # with a cache, the general read stores what it reads
+    direct: list[Any] = []
+    other: list[tuple[Any, Any, Any]] = []
+    direct_bytes = other_bytes = 0
+    for e in cached_hits(checker, entries, results):
+        size = e.size
+        if size and size <= SMALL_BYTES and e.path in regular:
+            direct.append(e)
+            direct_bytes += size
+            if direct_bytes >= BATCH_BYTES or len(direct) >= BATCH_FILES:
+                yield direct
+                direct, direct_bytes = [], 0
             continue
-        if buf is None:
-            buf = spare_buffer()  # hashing's read buffers, reused; longer than SMALL_BYTES
-            view = memoryview(buf)
-        held = _held(memo, checker, entry)
-        result = fd = None
-        try:
-            fd = os.open(relative, _O_READ, dir_fd=root_fd)  # no link followed, no blocking on a FIFO
-        except OSError:
-            pass
-        if fd is not None:
+        located = checker.locate(e)
+        if isinstance(located, FileResult):
+            results[e.path] = located
+            continue
+        other.append((e, *located))
+        other_bytes += size or BATCH_BYTES
+        if other_bytes >= BATCH_BYTES or len(other) >= BATCH_FILES:
+            yield other
+            other, other_bytes = [], 0
+    for batch in (direct, other):
+        if batch:
+            yield batch
+
+
+def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -> None:
+    """Put in ``results`` the result of each file of one of :func:`batches`' batches."""
+    if type(batch[0]) is tuple:
+        for item in batch:  # the general read: it diagnoses what it finds
+            results[item[0].path] = checker.read_and_compare(*item)
+        return
+    # Entries the listing named regular files straight in the folder (there is no cache:
+    # with one, the general read stores each digest with the stat key it was read under).
+    memo = _templates(checker.manifest, checker.all_digests)
+    root_fd, progress = checker.root_fd, checker.progress
+    open_, preadv, close, sha256 = os.open, os.preadv, os.close, hashlib.sha256
+    buf = spare_buffer()  # hashing's read buffers, reused; longer than SMALL_BYTES
+    view = memoryview(buf)
+    again = []
+    try:
+        for entry in batch:
+            name, size = entry.path, entry.size
+            held = memo.get(name) or _held(memo, checker, entry)
+            try:
+                fd = open_(name, _O_READ, dir_fd=root_fd)  # no link followed, no blocking on a FIFO
+            except OSError:
+                again.append(entry)
+                continue
             try:
                 # one byte more than the size: a file that grew returns it (a folder or FIFO raises)
-                if os.preadv(fd, [view[:size + 1]], 0) == size and _same(held, entry, view[:size]):
-                    result = held[2]  # no cache: nothing stored, the bytes read are the verdict
-                    if progress is not None:
-                        progress(size)
+                got = preadv(fd, [view[:size + 1]], 0)
             except OSError:
-                result = None
+                got = None
             finally:
-                os.close(fd)
-        if result is None:  # anything else: the general checks diagnose it from the file itself
-            result = checker.check(entry) if resolved is None else checker.read_and_compare(*item)
-        out.append(result)
-    if buf is not None:
+                close(fd)
+            # no cache: nothing is stored, the bytes read are the verdict
+            if got == size and (sha256(view[:size]).hexdigest() == held[3] if held[3] else
+                                _same(held, entry, view[:size])):
+                results[name] = held[2]
+                if progress is not None:
+                    progress(size)
+            else:
+                again.append(entry)
+    finally:
         keep_buffer(buf)
-    return out
+    for entry in again:  # anything unusual: the general checks diagnose it from the file itself
+        results[entry.path] = checker.check(entry)
 
 
 def _same(held: tuple, entry: Any, chunk: Any) -> bool:

@@ -258,3 +258,33 @@ def test_an_empty_entry_is_not_matched_by_a_device_put_in_its_place(tmp_path, mo
     report = verify(manifest, directory, cache=False)
     assert report.result("empty.txt").diagnosis == "not_a_file", report.result("empty.txt").message
     assert report.result("empty.txt").message == "is a device file, not a regular file; not opened"
+
+
+def test_a_small_file_with_no_sha256_is_read_once_and_compared_by_its_own_digests(tmp_path, model):
+    # The one-call read compares the sha256 inline and every other digest (md5, git's blob id,
+    # several at once with all_digests) through the same compare the general read makes.
+    _, directory = model
+    names = ("part-0.bin", "part-1.bin", "part-2.bin")
+    blob = {n: hashlib.sha1(b"blob %d\x00" % len(FILES[n]) + FILES[n]).hexdigest() for n in names}
+    lines = ["modelguard: 1", "model: local/tiny", "components:", "  weights: {required: true}", "files:"]
+    lines += ["- path: part-0.bin", f"  size: {len(FILES['part-0.bin'])}", "  component: weights",
+              f"  md5: {hashlib.md5(FILES['part-0.bin']).hexdigest()}"]
+    lines += ["- path: part-1.bin", f"  size: {len(FILES['part-1.bin'])}", "  component: weights",
+              f"  git_sha1: {blob['part-1.bin']}"]
+    lines += ["- path: part-2.bin", f"  size: {len(FILES['part-2.bin'])}", "  component: weights",
+              f"  git_sha1: {blob['part-2.bin']}", f"  sha256: {hashlib.sha256(FILES['part-2.bin']).hexdigest()}"]
+    manifest = parse_manifest_text("\n".join(lines) + "\n", "tiny.yaml")
+    for all_digests in (False, True):
+        report = verify(manifest, directory, cache=False, all_digests=all_digests)
+        assert report.ok, report.summary()
+        assert report.result("part-2.bin").message.endswith(
+            "sha256+git_sha1)" if all_digests else "sha256)"), report.result("part-2.bin").message
+    for name in names:
+        changed = bytearray(FILES[name])
+        changed[100] ^= 1
+        (directory / name).write_bytes(bytes(changed))  # same size, one bit other
+    for all_digests in (False, True):
+        report = verify(manifest, directory, cache=False, all_digests=all_digests)
+        assert {n: report.result(n).diagnosis for n in names} == dict.fromkeys(names, "digest_mismatch")
+        assert report.result("part-0.bin").message.startswith("right size, wrong content: md5: expected ")
+        assert report.result("part-1.bin").message.startswith("right size, wrong content: git_sha1: expected ")
