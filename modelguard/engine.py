@@ -28,7 +28,7 @@ from .quickpath import ManifestOrder, batches, manifest_order, read_batch
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
-from .statcache import NoCache, open_cache
+from .statcache import open_cache
 from .statindex import folder_view
 
 _O_READ = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -403,10 +403,9 @@ def verify_directory(
 
     workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
     try:
-        # files the folder's digest index answers cost an lstat each (quickpath.cached_hits);
-        # with no cache, a small regular file straight in the folder goes to a reader as listed
-        regular = checker.regular_names() if type(checker.cache) is NoCache else frozenset()
-        run_parallel(batches(checker, order.by_size, regular, results), lambda batch: read_batch(checker, batch, results),
+        # files the folder's digest index answers cost an lstat each (quickpath.cached_hits); a
+        # small regular file straight in the folder goes to a reader as the folder's listing names it
+        run_parallel(batches(checker, order.by_size, results), lambda batch: read_batch(checker, batch, results),
                      workers=workers, thread_name="modelguard-verify")
         # files the manifest does not list; the folder still open (its listing's entries look up
         # a link relative to it), and listed once when regular_names listed it (before the reads:

@@ -105,7 +105,7 @@ def manifest_order(manifest: Any) -> ManifestOrder:
 def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileResult]) -> list[Any]:
     """Put in ``results`` every entry its folder index answers; return the others, in order."""
     view = checker.cache
-    records = view.records if type(view) is FolderView else None
+    records = view.records if type(view) is FolderView and view.believed else None
     if not records:
         return list(entries)
     rest = []
@@ -198,28 +198,33 @@ def _frozen(result: FileResult) -> FileResult:
     return result
 
 
-def batches(checker: Any, entries: Iterable[Any], regular: frozenset[str],
-            results: dict[str, FileResult]) -> Iterator[list[Any]]:
+def batches(checker: Any, entries: Iterable[Any], results: dict[str, FileResult]) -> Iterator[list[Any]]:
     """``entries`` (largest first) whose bytes must be read, in batches for the readers (up to
     :data:`BATCH_BYTES` or :data:`BATCH_FILES`); every other result goes in ``results`` here,
     in the caller's thread. A batch holds either entries that the folder's listing
-    (``regular``: given only with no cache) names as regular files straight in the folder,
-    small and not empty (read by :func:`read_batch` with no stat and no other check first),
-    or the ``(entry, path, resolved)`` that the engine's ``locate`` found to be read."""
-    if type(checker.cache) is not NoCache or checker.root_fd is None:
-        regular = frozenset()  # with a cache, the general read stores what it reads
+    (:meth:`~modelguard.engine._Checker.regular_names`, taken when the first such file is
+    met) names as regular files straight in the folder, small and not empty, read by
+    :func:`read_batch` with no other check first; or the ``(entry, path, resolved)`` that the
+    engine's ``locate`` found to be read. The first kind only with no cache or the cache's
+    folder index (:class:`~modelguard.statindex.FolderView`), where such a file's read
+    stores its record: whatever the index does not hold is read, not looked up again."""
+    listed = type(checker.cache) in (NoCache, FolderView) and checker.root_fd is not None
+    regular: frozenset[str] | None = None
     direct: list[Any] = []
     other: list[tuple[Any, Any, Any]] = []
     direct_bytes = other_bytes = 0
     for e in cached_hits(checker, entries, results):
         size = e.size
-        if size and size <= SMALL_BYTES and e.path in regular:
-            direct.append(e)
-            direct_bytes += size
-            if direct_bytes >= BATCH_BYTES or len(direct) >= BATCH_FILES:
-                yield direct
-                direct, direct_bytes = [], 0
-            continue
+        if listed and size and size <= SMALL_BYTES and "/" not in e.path:
+            if regular is None:
+                regular = checker.regular_names()
+            if e.path in regular:
+                direct.append(e)
+                direct_bytes += size
+                if direct_bytes >= BATCH_BYTES or len(direct) >= BATCH_FILES:
+                    yield direct
+                    direct, direct_bytes = [], 0
+                continue
         located = checker.locate(e)
         if isinstance(located, FileResult):
             results[e.path] = located
@@ -240,11 +245,17 @@ def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -
         for item in batch:  # the general read: it diagnoses what it finds
             results[item[0].path] = checker.read_and_compare(*item)
         return
-    # Entries the listing named regular files straight in the folder (there is no cache:
-    # with one, the general read stores each digest with the stat key it was read under).
+    # Entries the listing named regular files straight in the folder. With the cache's folder
+    # index (which cached_hits found holds no record that answers): the opened file's stat key
+    # (fstat) is looked up among the cache's entries, then, read and verified, stored as the
+    # record of that key: the bytes hashed are that file's, and a later change, or another file
+    # renamed into its place, changes the key.
     memo = _templates(checker.manifest, checker.all_digests)
     root_fd, progress = checker.root_fd, checker.progress
-    open_, preadv, close, sha256 = os.open, os.preadv, os.close, hashlib.sha256
+    cache = checker.cache
+    store, lookup = (cache.store, cache.lookup) if type(cache) is FolderView else (None, None)
+    prefix = checker.root_text + os.sep
+    open_, preadv, close, fstat, is_reg, sha256 = os.open, os.preadv, os.close, os.fstat, stat.S_ISREG, hashlib.sha256
     buf = spare_buffer()  # hashing's read buffers, reused; longer than SMALL_BYTES
     view = memoryview(buf)
     again = []
@@ -257,17 +268,27 @@ def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -
             except OSError:
                 again.append(entry)
                 continue
+            st = None
             try:
+                if store is not None:
+                    st = fstat(fd)
+                    if not is_reg(st.st_mode) or st.st_size != size:
+                        again.append(entry)
+                        continue
+                    if lookup(prefix + name, st, held[0]) == held[0]:  # an entry the index did not hold
+                        results[name] = held[1]
+                        continue
                 # one byte more than the size: a file that grew returns it (a folder or FIFO raises)
                 got = preadv(fd, [view[:size + 1]], 0)
             except OSError:
                 got = None
             finally:
                 close(fd)
-            # no cache: nothing is stored, the bytes read are the verdict
             if got == size and (sha256(view[:size]).hexdigest() == held[3] if held[3] else
                                 _same(held, entry, view[:size])):
                 results[name] = held[2]
+                if st is not None:
+                    store(prefix + name, st, held[0])
                 if progress is not None:
                     progress(size)
             else:

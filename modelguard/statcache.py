@@ -30,8 +30,10 @@ key is a miss: never an error, never a pass. A file whose timestamps are younger
 unchanged (git's "racily clean" problem).
 
 Store: one small JSON file per entry, named by the sha256 of the file's path, in
-``<cache dir>/digests/v1/``, written to a temporary file and renamed into place; plus, per
-model folder, an index of its entries (:mod:`modelguard.statindex`) read once per verify.
+``<cache dir>/digests/v1/``, written to a temporary file and renamed into place (what
+:meth:`StatCache.store` writes: ``lock add`` stores that way); a verify stores instead into its
+model folder's index (:mod:`modelguard.statindex`), written once per verify and read once
+per verify, and reads an entry only where that index has no record.
 Not sqlite: its WAL mode needs shared memory that network file systems (NFS home
 directories on clusters) do not give, while ``rename`` is atomic on every POSIX file
 system, so several processes can read and write without a lock and a reader sees a whole
@@ -394,6 +396,9 @@ def open_cache(cache: Any, *, rehash: bool | None = None) -> Any:
     if callable(getattr(cache, "lookup", None)) and callable(getattr(cache, "store", None)):
         if isinstance(cache, NoCache):
             return cache
+        if type(cache) is StatCache and rehash and not cache.rehash:  # the same store, nothing believed
+            return StatCache(cache.root, racy_window_ns=cache.racy_window_ns, max_age_s=cache.max_age_s,
+                             rehash=True, index_settle_ns=cache.index_settle_ns)
         return _StoreOnly(cache) if rehash and not getattr(cache, "rehash", False) else cache
     raise UsageError(
         f"cache must be True, False, a directory or an object with lookup() and store(), not {type(cache).__name__}",

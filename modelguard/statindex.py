@@ -1,19 +1,25 @@
-"""A model folder's index in the digest cache: its files' entries read in one go.
+"""A model folder's index in the digest cache: the digests a verify stored, read in one go.
 
-A warm verify costs a stat per file and one read of this index, instead of an open, read
-and parse of one :mod:`modelguard.statcache` entry per file. Each record is a copy of an
-entry (path, stat key, digests, when stored), trusted as entries are: the index lives in
-the same private folder, is opened relative to it without following links and without
-blocking, must be a regular file of this user's that group and others cannot write, and is
-bounded in size; anything odd reads as an empty index. A record counts only for the stat
-key it holds and until it expires (``MODELGUARD_CACHE_MAX_AGE``); with ``rehash`` no index
-is read. A record that misses is dropped and the entry itself is read; a file stored again
-drops its record; entries read that way are copied into the index. Only entries older than
-the cache's ``index_settle_ns`` are copied, so an entry is in an index only once it has
-stood unchanged for that long.
+A cold verify stores what it verified as records of the folder's index, written once at the
+end of the verify (one file written, not one :mod:`modelguard.statcache` entry file per file:
+creating a file costs far more than hashing a small one, above all on the network file
+systems that hold home directories on clusters). A warm verify costs a stat per file and one
+read of this index. Each record is what an entry holds (path, stat key, digests, when
+stored), trusted as entries are: the index lives in the same private folder, is opened
+relative to it without following links and without blocking, must be a regular file of this
+user's that group and others cannot write, and is bounded in size; anything odd reads as an
+empty index. A record counts only for the stat key it holds and until it expires
+(``MODELGUARD_CACHE_MAX_AGE``); a file modified within the cache's racy window gets none (a
+later write in the same timestamp tick would leave the key unchanged); with ``rehash`` no
+record is believed, and what the verify reads is stored afresh. A record that misses is
+dropped and the file's entry, if any, is read: entries are what ``lock add`` stores through
+the cache itself; one read that way is copied into the index once older than the cache's
+``index_settle_ns``.
 
 Name: ``<sha256 of the folder's absolute path>.idx`` beside the entries; written (temporary
-file, renamed into place) at the end of a verify that added or dropped records.
+file, renamed into place) at the end of a verify that added or dropped records. Two verifies
+of one folder at once: the last to finish writes the index; a record the other added is
+lost, and its file is read again next time.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 from .private_dirs import O_NOFOLLOW, owned_by_us, replace_private_file
-from .statcache import DIGEST_LENGTHS as _LENGTHS, HEX as _HEX, StatCache
+from .statcache import DIGEST_LENGTHS as _LENGTHS, HEX as _HEX, StatCache, valid_digest
 
 FORMAT = 1
 _MAX_INDEX_BYTES = 64 << 20
@@ -38,8 +44,8 @@ _O_READ = (os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os,
 
 def folder_view(cache: Any, folder: str) -> Any:
     """What the engine looks digests up in for the files of ``folder``: a :class:`FolderView`
-    of a :class:`StatCache`, or ``cache`` itself (no cache, a caller's own object, rehash)."""
-    if type(cache) is StatCache and not cache.rehash:
+    of a :class:`StatCache`, or ``cache`` itself (no cache, a caller's own object)."""
+    if type(cache) is StatCache:
         return FolderView(cache, folder)
     return cache
 
@@ -54,6 +60,7 @@ class FolderView:
         self.cache = cache
         self.name = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest() + ".idx"
         self.records: dict[str, Any] = {}
+        self.believed = not cache.rehash  # with rehash no record or entry is believed (records are kept)
         now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
         self.oldest_ns, self.newest_ns = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
         self.changed = False
@@ -100,6 +107,8 @@ class FolderView:
         return dict(doc["files"])
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
+        if not self.believed:
+            return None
         records = self.records
         real = path if type(path) is str and path in records else os.path.abspath(os.fspath(path))
         record = records.get(real)
@@ -121,6 +130,8 @@ class FolderView:
                 pass
             del records[real]
             self.changed = True
+        if self.dir_fd is None:  # no store folder yet: no entry to read (a verify's stores go in the index)
+            return None
         digests, read = self.cache.lookup_entry(real, st, algorithms)
         if read is not None:
             entry_st, entry = read
@@ -130,10 +141,27 @@ class FolderView:
         return digests
 
     def store(self, path: Any, st: os.stat_result, digests: Mapping[str, str]) -> None:
-        """Store the entry; the file's record is dropped (the entry is copied in again once settled)."""
-        self.cache.store(path, st, digests)
-        if self.records.pop(os.path.abspath(os.fspath(path)), None) is not None:
-            self.changed = True
+        """Remember ``digests`` (of content that verified) for the file at ``path``, read under
+        ``st``, as a record of this folder's index, written with the others by :meth:`finish`:
+        one write per verify, not one entry file per file (creating a file costs far more than
+        hashing a small one, above all on a network file system). The caller has checked that
+        the path still names the file it read (the engine stats it again right after the read).
+        Skipped, as the cache's own store is, when the digests are not valid or the file was
+        modified within the cache's racy window (a later write in the same timestamp tick
+        would leave the stat key unchanged)."""
+        real = os.path.abspath(os.fspath(path))
+        if (not digests or not all(valid_digest(a, v) for a, v in digests.items())
+                or time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < self.cache.racy_window_ns):
+            return  # a record the file already has stays: it was stored when its key had settled
+        key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        merged = dict(digests)
+        held = self.records.get(real)
+        if (type(held) is list and len(held) == 7 and held[:5] == key and type(held[6]) is dict
+                and type(held[5]) is int and self.oldest_ns <= held[5] <= self.newest_ns):
+            # the same file's other digests (md5 kept when sha256 is added)
+            merged = {**{a: v for a, v in held[6].items() if valid_digest(a, v)}, **merged}
+        self.records[real] = [*key, time.time_ns(), dict(sorted(merged.items()))]
+        self.changed = True
 
     def finish(self) -> None:
         """Write the index when this verify added or dropped records. Never raises."""

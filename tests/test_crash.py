@@ -73,8 +73,11 @@ def _assert_cache_store_sound(cache_root: Path) -> None:
     for f in entries.iterdir():
         if f.name.startswith(".tmp-"):
             continue  # a write cut short: never read as an entry
-        doc = json.loads(f.read_bytes())  # a whole entry: rename is atomic
-        assert doc["format"] == 1 and len(doc["key"]) == 5
+        doc = json.loads(f.read_bytes())  # a whole entry or index: rename is atomic
+        if f.suffix == ".idx":  # a folder's index: a verify's records
+            assert doc["format"] == 1 and all(len(record) == 7 for record in doc["files"].values())
+        else:
+            assert doc["format"] == 1 and len(doc["key"]) == 5
 
 
 def test_sigkill_of_fetch_into_the_hf_cache(repo, hub, isolated_env):

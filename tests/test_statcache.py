@@ -77,6 +77,24 @@ def entry_file(cache: StatCache, path: Path) -> Path:
     return Path(cache._entry_file(os.path.realpath(path)))
 
 
+def store_entries(cache: StatCache, directory: Path, files: dict[str, bytes]) -> None:
+    """One entry file per file, as ``lock add`` stores them (StatCache.store); a verify writes
+    none (what verifies goes into its folder's index), but reads them where the index has no record."""
+    for name, data in files.items():
+        path = os.path.realpath(directory / name)
+        cache.store(path, os.stat(path), {"sha256": hashlib.sha256(data).hexdigest()})
+        assert entry_file(cache, directory / name).is_file()
+
+
+def index_record(cache: StatCache, directory: Path, name: str) -> list | None:
+    """The record a verify stored for ``name`` in its folder's index, or None."""
+    indexes = sorted(cache.entries.glob("*.idx")) if cache.entries.is_dir() else []
+    assert len(indexes) <= 1, indexes
+    if not indexes:
+        return None
+    return json.loads(indexes[0].read_text())["files"].get(os.path.realpath(directory / name))
+
+
 # --------------------------------------------------------------------------- hits
 
 
@@ -104,7 +122,7 @@ def test_default_cache_is_durable_across_processes_and_no_cache_rehashes(minilm_
 
     assert cached_flags() == {"config.json": False, "model.safetensors": False, "tokenizer.json": False}
     entries = isolated_env / "mgcache" / "digests" / f"v{FORMAT_VERSION}"
-    assert len(list(entries.glob("*.json"))) == 3
+    assert len(list(entries.glob("*.idx"))) == 1 and list(entries.glob("*.json")) == []  # one index write
     assert cached_flags() == {"config.json": True, "model.safetensors": True, "tokenizer.json": True}
     assert cached_flags("--no-cache") == {"config.json": False, "model.safetensors": False, "tokenizer.json": False}
     proc = run_cli("verify", str(MINILM_MANIFEST), str(minilm_dir))
@@ -144,6 +162,7 @@ def test_just_written_file_is_not_stored(tmp_path, model, reads):
     assert report.ok and not any(r.cached for r in report.files)
     assert reads.total() == sum(len(d) for d in files.values())
     assert not entry_file(cache, directory / "model.bin").exists()
+    assert index_record(cache, directory, "model.bin") is None
 
 
 def test_failed_file_is_never_stored(tmp_path, model):
@@ -153,8 +172,8 @@ def test_failed_file_is_never_stored(tmp_path, model):
         f.write(b"\x00\x01\x02")
     report = verify(manifest, directory, cache=cache)
     assert report.result("head.pt").diagnosis == "digest_mismatch"
-    assert not entry_file(cache, directory / "head.pt").exists()
-    assert entry_file(cache, directory / "model.bin").exists()
+    assert index_record(cache, directory, "head.pt") is None
+    assert index_record(cache, directory, "model.bin") is not None
 
 
 # --------------------------------------------------------------------------- changed files
@@ -208,7 +227,7 @@ def test_replaced_file_with_size_and_mtime_restored_fails(tmp_path, model):
 def test_stale_entry_with_other_digest_makes_the_file_read_again(tmp_path, model, reads):
     manifest, directory, files = model
     cache = no_race_cache(tmp_path)
-    verify(manifest, directory, cache=cache)
+    store_entries(cache, directory, files)
     target = entry_file(cache, directory / "head.pt")
     doc = json.loads(target.read_text())
     doc["digests"]["sha256"] = "0" * 64  # e.g. stored while checking against another manifest
@@ -216,15 +235,16 @@ def test_stale_entry_with_other_digest_makes_the_file_read_again(tmp_path, model
     reads.reset()
     report = verify(manifest, directory, cache=cache)
     assert report.ok and not report.result("head.pt").cached
+    assert report.result("model.bin").cached and report.result("config.json").cached  # from their entries
     assert reads.total() == len(files["head.pt"])
 
 
 def test_key_includes_the_path(tmp_path, model):
-    manifest, directory, _ = model
+    manifest, directory, files = model
     cache = no_race_cache(tmp_path)
     link = tmp_path / "hardlink.bin"
-    os.link(directory / "model.bin", link)  # (linking changes the ctime: link before verifying)
-    verify(manifest, directory, cache=cache)
+    os.link(directory / "model.bin", link)  # (linking changes the ctime: link before storing)
+    store_entries(cache, directory, files)
     st = os.stat(link)
     assert st == os.stat(directory / "model.bin")
     assert cache.lookup(directory / "model.bin", st, ["sha256"]) is not None  # same inode, same stat
@@ -255,7 +275,7 @@ def test_all_digests_needs_every_digest_then_hits(tmp_path, model, reads):
     report = verify(manifest, directory, cache=cache, all_digests=True)
     assert report.ok and not any(r.cached for r in report.files)
     assert reads.total() == sum(len(d) for d in files.values())
-    stored = json.loads(entry_file(cache, directory / "model.bin").read_text())["digests"]
+    stored = index_record(cache, directory, "model.bin")[6]
     assert stored == {"md5": hashlib.md5(files["model.bin"]).hexdigest(),
                       "sha256": hashlib.sha256(files["model.bin"]).hexdigest()}
     reads.reset()
@@ -299,7 +319,7 @@ def _corrupt_entries(kind: str, target: Path) -> None:
 def test_corrupt_store_is_a_miss_and_heals(tmp_path, model, reads, kind):
     manifest, directory, files = model
     cache = no_race_cache(tmp_path)
-    verify(manifest, directory, cache=cache)
+    store_entries(cache, directory, files)
     target = entry_file(cache, directory / "model.bin")
     _corrupt_entries(kind, target)
     reads.reset()
@@ -308,15 +328,15 @@ def test_corrupt_store_is_a_miss_and_heals(tmp_path, model, reads, kind):
     assert report.ok and r.status == "ok" and not r.cached
     assert report.result("head.pt").cached
     assert reads.total() == len(files["model.bin"])
-    if kind != "directory":  # the next store replaces the damaged entry
-        assert json.loads(target.read_text())["digests"]["sha256"] == hashlib.sha256(files["model.bin"]).hexdigest()
-        assert verify(manifest, directory, cache=cache).result("model.bin").cached
+    # what the read verified is stored in the folder's index, which answers from then on
+    assert index_record(cache, directory, "model.bin")[6] == {"sha256": hashlib.sha256(files["model.bin"]).hexdigest()}
+    assert verify(manifest, directory, cache=cache).result("model.bin").cached
 
 
 def test_store_from_a_newer_format_version_is_a_miss(tmp_path, model, reads):
     manifest, directory, files = model
     cache = no_race_cache(tmp_path)
-    verify(manifest, directory, cache=cache)
+    store_entries(cache, directory, files)
     target = entry_file(cache, directory / "model.bin")
     doc = json.loads(target.read_text())
     doc["format"] = FORMAT_VERSION + 1
@@ -450,10 +470,24 @@ def test_bad_cache_argument_from_verify(model):
 
 
 def _set_entry_age(cache: StatCache, path: Path, age_s: float) -> None:
+    """Make what the cache holds for ``path`` (its record in the folder's index, where a verify
+    stored it, else its entry file) ``age_s`` seconds old."""
+    stored_at = time.time_ns() - int(age_s * 1e9)
+    for index in cache.entries.glob("*.idx"):
+        doc = json.loads(index.read_text())
+        record = doc["files"].get(os.path.realpath(path))
+        if record is not None:
+            record[5] = stored_at
+            index.write_text(json.dumps(doc))
+            return
     target = entry_file(cache, path)
     doc = json.loads(target.read_text())
-    doc["stored_at_ns"] = time.time_ns() - int(age_s * 1e9)
+    doc["stored_at_ns"] = stored_at
     target.write_text(json.dumps(doc))
+
+
+def _stored_at(cache: StatCache, path: Path) -> int:
+    return index_record(cache, path.parent, path.name)[5]
 
 
 def _walk_modes(top: Path):
@@ -480,7 +514,7 @@ def test_cache_folders_are_private_whatever_the_umask(tmp_path, model, umask, re
             assert stat.S_IMODE(st.st_mode) == 0o700, (path, oct(st.st_mode))
         else:
             assert stat.S_IMODE(st.st_mode) == 0o600, (path, oct(st.st_mode))
-    assert len([p for p in seen if p.suffix == ".json"]) == 3
+    assert len([p for p in seen if p.suffix == ".idx"]) == 1 and not [p for p in seen if p.suffix == ".json"]
     reads.reset()
     assert all(r.cached for r in verify(manifest, directory, cache=StatCache(cache.root)).files)
     assert reads.total() == 0
@@ -518,7 +552,7 @@ def test_odd_entry_is_a_miss_and_never_hangs(tmp_path, model, isolated_env, kind
     manifest_path = tmp_path / "tiny.yaml"
     manifest_path.write_text(_manifest_text(files))
     cache = StatCache(isolated_env / "mgcache", racy_window_ns=0)
-    verify(manifest, directory, cache=cache)
+    store_entries(cache, directory, files)
     target = entry_file(cache, directory / "model.bin")
     valid = target.read_bytes()
     target.unlink()
@@ -562,8 +596,7 @@ def test_expired_entry_is_rehashed_then_stored_again(tmp_path, model, reads):
     assert report.ok
     assert not report.result("model.bin").cached and report.result("head.pt").cached
     assert reads.total() == len(files["model.bin"])
-    stored = json.loads(entry_file(cache, directory / "model.bin").read_text())["stored_at_ns"]
-    assert time.time_ns() - stored < 60 * 10**9  # stored afresh
+    assert time.time_ns() - _stored_at(cache, directory / "model.bin") < 60 * 10**9  # stored afresh
     reads.reset()
     assert all(r.cached for r in verify(manifest, directory, cache=cache).files)
     assert reads.total() == 0
@@ -646,8 +679,7 @@ def test_rehash_reads_every_file_and_refreshes_the_store(tmp_path, model, reads)
     report = verify(manifest, directory, cache=cache, rehash=True)
     assert report.ok and not any(r.cached for r in report.files)
     assert reads.total() == sum(len(d) for d in files.values())
-    stored = json.loads(entry_file(cache, directory / "model.bin").read_text())["stored_at_ns"]
-    assert time.time_ns() - stored < 60 * 10**9
+    assert time.time_ns() - _stored_at(cache, directory / "model.bin") < 60 * 10**9
 
 
 def test_rehash_from_the_environment(tmp_path, model, monkeypatch, reads):

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from modelguard import verify  # noqa: E402
 from modelguard.manifest import load_manifest  # noqa: E402
 from modelguard.hashing import usable_cpus  # noqa: E402
-from modelguard.statcache import StatCache  # noqa: E402
+from modelguard.statcache import RACY_WINDOW_NS, StatCache  # noqa: E402
 
 MiB = 1 << 20
 BLOCK = 16 * MiB
@@ -333,8 +333,7 @@ def load_runs(kind: str, path: Path, repeat: int, workdir: Path) -> dict[str, li
 
     warm_env = dict(base, MODELGUARD_CACHE_DIR=str(warm_cache))
     hashlib_loop(sorted(p for p in path.rglob("*") if p.is_file()), ())  # into the page cache
-    run("guarded warm", warm_env)  # stores the entries (files older than the racy window)
-    time.sleep(2.1)  # entries settle, then a load copies them into the folder's index
+    run("guarded warm", warm_env)  # stores the digests in the folder's index (files older than the racy window)
     run("guarded warm", warm_env)
     run("unguarded", base)  # warm-up of the interpreter's own caches
     for i in range(repeat):
@@ -342,7 +341,7 @@ def load_runs(kind: str, path: Path, repeat: int, workdir: Path) -> dict[str, li
         times["unguarded"].append(run("unguarded", base))
         times["guarded cold"].append(run("guarded cold", dict(base, MODELGUARD_CACHE_DIR=str(cold_cache))))
         times["guarded warm"].append(run("guarded warm", warm_env))
-        if not any(cold_cache.rglob("*.json")):
+        if not any(cold_cache.rglob("*.idx")):
             raise SystemExit(f"bench: the guarded cold load of {path} stored no digest: was it verified?")
         shutil.rmtree(cold_cache, ignore_errors=True)
     return times
@@ -466,15 +465,28 @@ def main(argv: list[str] | None = None) -> int:
                                                f"scale {scale:g})", bge.bytes, times_b,
                                                "hashlib sha256, one-thread loop")
 
-        # (c) small files
+        # (c) small files; the empty-cache case stores every digest (files older than the racy window)
+        wait = (max(os.stat(f).st_ctime_ns for f in small.files) + RACY_WINDOW_NS) / 1e9 - time.time()
+        if wait > 0:
+            time.sleep(wait + 0.1)
+        fresh_caches: list[Path] = []
+
+        def verify_into_an_empty_cache() -> None:
+            fresh_caches.append(root / f"empty-cache-{len(fresh_caches)}")
+            if not verify(small.manifest, small.directory, cache=StatCache(fresh_caches[-1])).ok:
+                raise SystemExit("benchmark data did not verify")
+
         tools_c = {
             "hashlib sha256, one-thread loop": lambda: hashlib_loop(small.files, ("sha256",)),
             "modelguard verify (cold)": mg_verify(small),
             "modelguard verify (cold, one reader thread)": lambda: verify(small.manifest, small.directory, cache=False,
                                                                            max_workers=1),
+            "modelguard verify (cold, empty digest cache)": verify_into_an_empty_cache,
             "os.lstat of every file (the floor of a warm verify)": lambda: lstat_loop(small.files),
         }
         times_c = measure(tools_c, max(repeat, 15))
+        for folder in fresh_caches:
+            shutil.rmtree(folder, ignore_errors=True)
         results["small_files"] = print_table(f"(c) {n_small} files of 4-64 KiB", small.bytes, times_c,
                                              "hashlib sha256, one-thread loop")
 
@@ -488,15 +500,14 @@ def main(argv: list[str] | None = None) -> int:
         results["sharded"] = print_table(f"(d) sharded model, {shards} x {shard_gb:g} GiB ({cpus} usable CPUs)",
                                          sharded.bytes, times_d, "hashlib sha256, one-thread loop")
 
-        # warm: the stat cache filled by one verify, its entries settled into the folder index
+        # warm: the folder indexes of the stat cache written by one verify each
         cache = StatCache(root / "digest-cache")
         newest = max(os.stat(f).st_ctime_ns for c in (large_sha, bge, small) for f in c.files)
         wait = (newest + cache.racy_window_ns) / 1e9 - time.time() + 0.1
         if wait > 0:
             time.sleep(wait)
         for case in (large_sha, bge, small):
-            assert verify(case.manifest, case.directory, cache=cache).ok  # stores the entries
-        time.sleep(cache.index_settle_ns / 1e9 + 0.1)
+            assert verify(case.manifest, case.directory, cache=cache).ok  # writes the folder's index
         warm: dict[str, dict] = {}
         print(f"\nwarm verify (stat cache hit; median of {warm_repeat} runs; 'x faster' = cold median / warm median)")
         print(f"  {'case':<44} {'warm ms':>9} {'cold ms':>10} {'x faster':>9} {'us/file':>8}")
@@ -506,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             ("(b) bge-m3-shaped dir, manifest file", bge, times_b["modelguard verify (cold)"]),
             (f"(c) {n_small} small files", small, times_c["modelguard verify (cold)"]),
         ):
-            report = verify(case.manifest, case.directory, cache=cache)  # copies the entries into the index
+            report = verify(case.manifest, case.directory, cache=cache)  # a warm-up run
             assert report.ok, report.summary()
             target = case.manifest_path if "manifest file" in label else case.manifest
             runs = []
