@@ -63,6 +63,7 @@ class FolderView:
         self.believed = not cache.rehash  # with rehash no record or entry is believed (records are kept)
         now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
         self.oldest_ns, self.newest_ns = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
+        self.started_ns = now  # before any read of this verify: the racy window counts from here
         self.changed = False
         self.dir_fd: int | None = None
         try:
@@ -144,14 +145,16 @@ class FolderView:
         """Remember ``digests`` (of content that verified) for the file at ``path``, read under
         ``st``, as a record of this folder's index, written with the others by :meth:`finish`:
         one write per verify, not one entry file per file (creating a file costs far more than
-        hashing a small one, above all on a network file system). The caller has checked that
-        the path still names the file it read (the engine stats it again right after the read).
-        Skipped, as the cache's own store is, when the digests are not valid or the file was
-        modified within the cache's racy window (a later write in the same timestamp tick
-        would leave the stat key unchanged)."""
+        hashing a small one, above all on a network file system). ``st`` is the stat of the
+        file whose bytes were hashed, taken from its open descriptor before the read: a record never claims digests for a key whose content was not hashed (a file
+        changed or renamed into the path since then has another key). Skipped, as the cache's
+        own store is, when the digests are not valid or the file was modified within the
+        cache's racy window before this verify began (so before the read began: a write later in
+        the same timestamp tick, while the read was under way, would leave the key unchanged,
+        however long the read then took)."""
         real = os.path.abspath(os.fspath(path))
         if (not digests or not all(valid_digest(a, v) for a, v in digests.items())
-                or time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < self.cache.racy_window_ns):
+                or self.started_ns - max(st.st_mtime_ns, st.st_ctime_ns) < self.cache.racy_window_ns):
             return  # a record the file already has stays: it was stored when its key had settled
         key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         merged = dict(digests)

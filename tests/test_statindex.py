@@ -128,6 +128,29 @@ def test_a_file_modified_within_the_racy_window_gets_no_record(tmp_path, model):
     assert not any(r.cached for r in verify(manifest, directory, cache=cache).files)
 
 
+def test_a_file_modified_just_before_its_read_gets_no_record_however_long_the_read(tmp_path, model):
+    # The racy window counts from when the file's read began, not from when its digests are
+    # stored: a write in the same timestamp tick as the file's last one, made while the read is
+    # under way (after its stat key was taken), leaves the key unchanged. A read that outlasts
+    # the window (a large file, a slow disk, a stalled thread; here a progress callback that
+    # waits) must not make a just-modified file's record stand.
+    manifest, directory, files = model
+    cache = StatCache(tmp_path / "mgcache", racy_window_ns=500_000_000, index_settle_ns=0)
+    name = "sub/dir/tokenizer.json"  # not straight in the folder: the general read, progress during it
+    (directory / name).write_bytes(files[name])  # modified just now
+
+    def slow(n: int) -> None:
+        if n == len(files[name]):
+            time.sleep(0.6)  # the read of the young file outlasts the window
+
+    report = verify(manifest, directory, cache=cache, progress=slow, max_workers=1)
+    assert report.ok and not report.result(name).cached
+    records = json.loads(index_files(cache)[0].read_bytes())["files"] if index_files(cache) else {}
+    assert os.path.abspath(directory / name) not in records, records.keys()
+    again = verify(manifest, directory, cache=cache)
+    assert again.ok and not again.result(name).cached  # read again, not answered by a record
+
+
 def test_file_changed_after_indexing_is_read_and_fails(tmp_path, model):
     manifest, directory, files = model
     cache = settled_cache(tmp_path)
