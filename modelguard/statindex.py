@@ -11,7 +11,9 @@ user's that group and others cannot write, and is bounded in size; anything odd 
 empty index. A record counts only for the stat key it holds and until it expires
 (``MODELGUARD_CACHE_MAX_AGE``); a file modified within the cache's racy window gets none (a
 later write in the same timestamp tick would leave the key unchanged); with ``rehash`` no
-record is believed, and what the verify reads is stored afresh. A record that misses is
+record is believed: each file's record (and entry) is dropped as the file is read, and it is
+stored afresh only if it verifies (a file a rehash found changed under an unchanged key is not answered from its
+old record again). A record that misses is
 dropped and the file's entry, if any, is read: entries are what ``lock add`` stores through
 the cache itself; one read that way is copied into the index once older than the cache's
 ``index_settle_ns``.
@@ -60,7 +62,7 @@ class FolderView:
         self.cache = cache
         self.name = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest() + ".idx"
         self.records: dict[str, Any] = {}
-        self.believed = not cache.rehash  # with rehash no record or entry is believed (records are kept)
+        self.believed = not cache.rehash  # rehash: no record or entry believed (those of files not read kept)
         now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
         self.oldest_ns, self.newest_ns = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
         self.started_ns = now  # before any read of this verify: the racy window counts from here
@@ -108,7 +110,15 @@ class FolderView:
         return dict(doc["files"])
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
-        if not self.believed:
+        if not self.believed:  # rehash: the file is read, and its record stored afresh only if it verifies
+            real = os.path.abspath(os.fspath(path))
+            if self.records.pop(real, None) is not None:
+                self.changed = True
+            if self.dir_fd is not None:  # and its entry, if any, no longer answers for it
+                try:
+                    os.unlink(self.cache._entry_name(real), dir_fd=self.dir_fd)
+                except OSError:
+                    pass
             return None
         records = self.records
         real = path if type(path) is str and path in records else os.path.abspath(os.fspath(path))
@@ -158,7 +168,7 @@ class FolderView:
             return  # a record the file already has stays: it was stored when its key had settled
         key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         merged = dict(digests)
-        held = self.records.get(real)
+        held = self.records.get(real) if self.believed else None  # rehash: no digest kept unread
         if (type(held) is list and len(held) == 7 and held[:5] == key and type(held[6]) is dict
                 and type(held[5]) is int and self.oldest_ns <= held[5] <= self.newest_ns):
             # the same file's other digests (md5 kept when sha256 is added)

@@ -725,6 +725,10 @@ def test_guard_rehash_setting(tmp_path, isolated_env, monkeypatch, reads):
         modelguard.install()
         monkeypatch.setenv("MODELGUARD_REHASH", "1")
         assert bytes_read_by_a_guarded_check() == total
+        # a rehash believes no record and drops those it read; the files are younger than the
+        # guard's racy window, so it stored none afresh: store them again, as above
+        verify(load_manifest(directory / "modelguard.yaml"), directory,
+               cache=StatCache(isolated_env / "mgcache", racy_window_ns=0))
         modelguard.install(rehash=False)
         assert bytes_read_by_a_guarded_check() == 0
     finally:
@@ -756,15 +760,22 @@ def test_memory_map_write_is_caught_with_rehash_and_after_expiry(tmp_path, model
         assert plain.returncode == 0 and "model.bin" in plain.stdout and "cached" in plain.stdout
     else:  # this file system stamped the write: the key changed and the file is read
         assert plain.returncode == 1
+    if blind:  # once the record has expired, caught too
+        index = next(cache.entries.glob("*.idx"))
+        kept = index.read_bytes()
+        _set_entry_age(cache, path, 8 * 24 * 3600)
+        expired = run_cli("verify", str(manifest_path), str(directory))
+        assert expired.returncode == 1, expired.stdout
+        assert "right size, wrong content: sha256: expected" in expired.stdout
+        index.write_bytes(kept)  # the record as it was before it expired
+        assert run_cli("verify", str(manifest_path), str(directory)).returncode == 0
     rehashed = run_cli("verify", str(manifest_path), str(directory), "--rehash")
     assert rehashed.returncode == 1, rehashed.stdout
     assert "model.bin" in rehashed.stdout and "right size, wrong content: sha256: expected" in rehashed.stdout
-    # the failure is not stored, and the entry kept is the old one: after it expires, caught too
-    if blind:
-        _set_entry_age(cache, path, 8 * 24 * 3600)
-    expired = run_cli("verify", str(manifest_path), str(directory))
-    assert expired.returncode == 1, expired.stdout
-    assert "right size, wrong content: sha256: expected" in expired.stdout
+    # the failure is not stored, and the record the rehash found wrong is dropped: caught from then on
+    after = run_cli("verify", str(manifest_path), str(directory))
+    assert after.returncode == 1, after.stdout
+    assert "right size, wrong content: sha256: expected" in after.stdout
 
 
 # --------------------------------------------------------------------------- trust: another user

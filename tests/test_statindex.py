@@ -151,6 +151,41 @@ def test_a_file_modified_just_before_its_read_gets_no_record_however_long_the_re
     assert again.ok and not again.result(name).cached  # read again, not answered by a record
 
 
+@pytest.mark.parametrize("source", ["index record", "entry"])
+def test_a_rehash_that_finds_a_file_changed_leaves_nothing_vouching_for_it(tmp_path, model, source):
+    # What the stat key cannot see (bytes changed through a shared memory map, the disk's bit
+    # rot) is what rehash is for. Once a rehash has read a file and found other bytes than the
+    # cache claims (its folder index's record, or the entry ``lock add`` stored), a plain verify
+    # must not answer that file from the cache again.
+    manifest, directory, files = model
+    for name in ("part-3.bin", "sub/dir/tokenizer.json"):  # the one-call read and the general read
+        cache = settled_cache(tmp_path)
+        fill(manifest, directory, cache)
+        changed = bytearray(files[name])
+        changed[0] ^= 1
+        (directory / name).write_bytes(bytes(changed))  # same size, other bytes
+        index, forged = forge_index(cache, directory, files, name)
+        if source == "index record":
+            index.write_text(forged)  # the record as stored before the bytes changed under the same key
+        else:  # the entry as lock add stored it before the bytes changed, and no record
+            doc = json.loads(index.read_bytes())
+            del doc["files"][os.path.abspath(directory / name)]
+            index.write_text(json.dumps(doc))
+            real = os.path.realpath(directory / name)
+            cache.store(real, os.stat(real), {"sha256": hashlib.sha256(files[name]).hexdigest()})
+        assert verify(manifest, directory, cache=StatCache(cache.root)).result(name).cached  # (the limit)
+        rehashed = verify(manifest, directory, cache=cache, rehash=True)
+        r = rehashed.result(name)
+        assert r.diagnosis == "digest_mismatch" and not r.cached, r.message
+        report = verify(manifest, directory, cache=cache)
+        r = report.result(name)
+        assert not report.ok and r.diagnosis == "digest_mismatch" and not r.cached, r.message
+        assert r.message.startswith("right size, wrong content: sha256: expected "), r.message
+        assert report.result("part-1.bin").cached  # the others stored afresh by the rehash
+        (directory / name).write_bytes(files[name])
+        cache.clear()
+
+
 def test_file_changed_after_indexing_is_read_and_fails(tmp_path, model):
     manifest, directory, files = model
     cache = settled_cache(tmp_path)
