@@ -156,11 +156,14 @@ def test_a_file_the_listing_named_that_changed_kind_or_grew_is_diagnosed_as_befo
     assert by_cache["none"] == by_cache["empty"]
 
 
-def test_a_file_swapped_after_the_listing_is_never_taken_for_the_listed_file(tmp_path, model, monkeypatch):
+@pytest.mark.parametrize("cache_kind", ["none", "folder index"])
+def test_a_file_swapped_after_the_listing_is_never_taken_for_the_listed_file(tmp_path, model, monkeypatch,
+                                                                             cache_kind):
     # The readers trust the folder's listing for the type and read one byte more than the size
-    # instead of an fstat: whatever took a listed file's place between the listing and the open
-    # (a FIFO, a folder, a link to the right bytes outside, a longer file with the right first
-    # bytes) must still fail the fast read and get the general diagnosis, without hanging.
+    # (with the folder index, an fstat of the opened file first): whatever took a listed file's
+    # place between the listing and the open (a FIFO, a folder, a link to the right bytes
+    # outside, a longer file with the right first bytes) must still fail the fast read and get
+    # the general diagnosis, without hanging, and never get a record.
     from modelguard import engine
 
     manifest, directory = model
@@ -181,7 +184,8 @@ def test_a_file_swapped_after_the_listing_is_never_taken_for_the_listed_file(tmp
 
     monkeypatch.setattr(engine._Checker, "regular_names", listing_then_swap)
     done: list = []
-    worker = threading.Thread(target=lambda: done.append(verify(manifest, directory, cache=False)), daemon=True)
+    cache = False if cache_kind == "none" else StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0)
+    worker = threading.Thread(target=lambda: done.append(verify(manifest, directory, cache=cache)), daemon=True)
     worker.start()
     worker.join(60)
     assert done, "verify did not finish (a FIFO was opened for reading?)"
@@ -189,6 +193,10 @@ def test_a_file_swapped_after_the_listing_is_never_taken_for_the_listed_file(tmp
     assert found == {"part-0.bin": "not_a_file", "part-1.bin": "not_a_file", "part-2.bin": "symlink_escape",
                      "part-3.bin": "oversized", "part-4.bin": "ok", "tokenizer.json": "ok",
                      "sub/config.json": "ok"}, found
+    if cache:
+        records = json.loads(next(cache.entries.glob("*.idx")).read_text())["files"]
+        assert sorted(os.path.relpath(p, directory) for p in records) == ["part-4.bin", "sub/config.json",
+                                                                          "tokenizer.json"]
 
 
 def test_a_hit_remembered_from_an_earlier_verify_still_needs_its_stat_key_and_age(tmp_path, model):
