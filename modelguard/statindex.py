@@ -12,16 +12,16 @@ empty index. A record counts only for the stat key it holds and until it expires
 (``MODELGUARD_CACHE_MAX_AGE``); a file modified within the cache's racy window gets none (a
 later write in the same timestamp tick would leave the key unchanged); with ``rehash`` no
 record is believed: each file's record (and entry) is dropped as the file is read, and it is
-stored afresh only if it verifies (a file a rehash found changed under an unchanged key is not answered from its
-old record again). A record that misses is
-dropped and the file's entry, if any, is read: entries are what ``lock add`` stores through
-the cache itself; one read that way is copied into the index once older than the cache's
-``index_settle_ns``.
+stored afresh only if it verifies (a file a rehash found changed under an unchanged key is
+not answered from its old record again). A record that misses is dropped and the file's
+entry, if any, is read: entries are what ``lock add`` stores through the cache itself; one
+read that way is copied into the index once older than the cache's ``index_settle_ns``.
 
 Name: ``<sha256 of the folder's absolute path>.idx`` beside the entries; written (temporary
-file, renamed into place) at the end of a verify that added or dropped records. Two verifies
-of one folder at once: the last to finish writes the index; a record the other added is
-lost, and its file is read again next time.
+file, renamed into place) at the end of a verify that added or dropped records, as the
+index then on disk with this verify's own changes applied: two verifies of one folder at once
+keep each other's changes (short of both writing at the same instant: then the changes of
+the one that wrote first are lost).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class FolderView:
         self.oldest_ns, self.newest_ns = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
         self.started_ns = now  # before any read of this verify: the racy window counts from here
         self.changed = False
+        self.touched: set[str] = set()  # paths whose record this verify added, replaced or dropped
         self.dir_fd: int | None = None
         try:
             self.dir_fd = cache.store_fd(create=False)
@@ -114,6 +115,7 @@ class FolderView:
             real = os.path.abspath(os.fspath(path))
             if self.records.pop(real, None) is not None:
                 self.changed = True
+                self.touched.add(real)
             if self.dir_fd is not None:  # and its entry, if any, no longer answers for it
                 try:
                     os.unlink(self.cache._entry_name(real), dir_fd=self.dir_fd)
@@ -141,6 +143,7 @@ class FolderView:
                 pass
             del records[real]
             self.changed = True
+            self.touched.add(real)
         if self.dir_fd is None:  # no store folder yet: no entry to read (a verify's stores go in the index)
             return None
         digests, read = self.cache.lookup_entry(real, st, algorithms)
@@ -149,6 +152,7 @@ class FolderView:
             if time.time_ns() - max(entry_st.st_mtime_ns, entry_st.st_ctime_ns) >= self.cache.index_settle_ns:
                 records[real] = [*entry["key"], entry["stored_at_ns"], entry["digests"]]
                 self.changed = True
+                self.touched.add(real)
         return digests
 
     def store(self, path: Any, st: os.stat_result, digests: Mapping[str, str]) -> None:
@@ -175,9 +179,12 @@ class FolderView:
             merged = {**{a: v for a, v in held[6].items() if valid_digest(a, v)}, **merged}
         self.records[real] = [*key, time.time_ns(), dict(sorted(merged.items()))]
         self.changed = True
+        self.touched.add(real)
 
     def finish(self) -> None:
-        """Write the index when this verify added or dropped records. Never raises."""
+        """Write the index when this verify added or dropped records: its own changes applied to
+        the index as it is now, so what another verify of the folder wrote meanwhile stays (a
+        record it dropped is not put back, one it added is not lost). Never raises."""
         if not self.changed:
             return
         try:
@@ -186,7 +193,19 @@ class FolderView:
             dir_fd = self.cache.store_fd(create=True)
             if dir_fd is None:
                 return
-            data = json.dumps({"format": FORMAT, "files": self.records}, separators=(",", ":")).encode()
+            self.dir_fd = dir_fd
+            try:
+                now = self._read()
+            except Exception:  # anything odd is an empty index
+                now = {}
+            mine = self.records
+            for path in self.touched:
+                if path in mine:
+                    now[path] = mine[path]
+                else:
+                    now.pop(path, None)
+            self.records = now
+            data = json.dumps({"format": FORMAT, "files": now}, separators=(",", ":")).encode()
             if len(data) <= _MAX_INDEX_BYTES:
                 replace_private_file(dir_fd, self.name, data)
                 self.changed = False

@@ -186,6 +186,37 @@ def test_a_rehash_that_finds_a_file_changed_leaves_nothing_vouching_for_it(tmp_p
         cache.clear()
 
 
+def test_a_verify_that_ends_later_keeps_what_another_verify_of_the_folder_wrote_meanwhile(tmp_path, model):
+    # Two verifies of one folder at once (two processes, or a progress callback as here): the one
+    # that writes the index last must not put back a record the other dropped (a rehash that
+    # found the file changed under its unchanged key) nor drop one the other added.
+    manifest, directory, files = model
+    cache = settled_cache(tmp_path)
+    fill(manifest, directory, cache)
+    bad = "part-3.bin"
+    changed = bytearray(files[bad])
+    changed[0] ^= 1
+    (directory / bad).write_bytes(bytes(changed))  # same size, other bytes
+    index, forged = forge_index(cache, directory, files, bad)
+    index.write_text(forged)  # the record as stored before the bytes changed under the same key
+    slow = "sub/dir/tokenizer.json"  # read by the general read, which reports progress
+    (directory / slow).write_bytes(files[slow])  # a new stat key: read again, and stored
+    (directory / "part-1.bin").write_bytes(files["part-1.bin"])  # the same
+    inner: list = []
+
+    def meanwhile(n: int) -> None:
+        if n == len(files[slow]) and not inner:  # while the first verify reads: a rehash of the folder
+            inner.append(verify(manifest, directory, cache=settled_cache(tmp_path), rehash=True))
+
+    first = verify(manifest, directory, cache=settled_cache(tmp_path), progress=meanwhile, max_workers=1)
+    assert first.result(bad).cached  # (what the stat key cannot see)
+    assert inner and inner[0].result(bad).diagnosis == "digest_mismatch"
+    report = verify(manifest, directory, cache=cache)
+    r = report.result(bad)
+    assert r.diagnosis == "digest_mismatch" and not r.cached, r.message
+    assert all(x.cached for x in report.files if x.path != bad), report.summary()
+
+
 def test_file_changed_after_indexing_is_read_and_fails(tmp_path, model):
     manifest, directory, files = model
     cache = settled_cache(tmp_path)
