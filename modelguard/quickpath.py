@@ -9,15 +9,16 @@ answer at once (no record, a record that differs, a link, a missing file, a fold
 goes to the engine's general checks, which take every trust and diagnosis decision as before.
 
 :func:`batches` hands the readers the files whose bytes must be read, in batches. With no
-digest cache or the cache's folder index, a batch may hold only files straight in the model folder that the folder's
-listing says are regular files, smaller than one read buffer and not empty (an empty entry,
-which a device could match, goes the general way); :func:`read_batch` reads those in a tight
-loop: opened relative to the folder without following links or blocking, read with one call
-that asks for one byte more than the manifest's size into a reused buffer, and hashed from it
-(hashlib releases the GIL, so reader threads overlap). With no cache, no ``fstat``: the listing
-told the type, the read tells the size (a longer file returns the extra byte, a shorter one less), and a
-folder or FIFO put there since fails the read (a device node would need its own privilege to
-be put there). A read is taken to be short only at the end of the file. Every system call
+digest cache or the cache's folder index, a batch may hold only files straight in the model
+folder that the folder's listing says are regular files, smaller than one read buffer and not
+empty (an empty entry, which a device could match, goes the general way); :func:`read_batch`
+reads those in a tight loop: opened relative to the folder without following links or
+blocking, read with one call that asks for one byte more than the manifest's size into a
+reused buffer, and hashed from it (hashlib releases the GIL, so reader threads overlap). With
+no cache, no ``fstat``: the listing told the type, the read tells the size (a longer file
+returns the extra byte, a shorter one less), and a folder or FIFO put there since fails the
+read (a device node would need its own privilege to be put there). A read is taken to be
+short only at the end of the file. Every system call
 releases the GIL, and with two readers whatever Python work a file costs between the calls
 holds the other reader back, so the loop does nothing else: the digests to compare and the
 result are worked out once per manifest file, and the results go straight into the verify's

@@ -160,12 +160,13 @@ class FolderView:
         ``st``, as a record of this folder's index, written with the others by :meth:`finish`:
         one write per verify, not one entry file per file (creating a file costs far more than
         hashing a small one, above all on a network file system). ``st`` is the stat of the
-        file whose bytes were hashed, taken from its open descriptor before the read: a record never claims digests for a key whose content was not hashed (a file
-        changed or renamed into the path since then has another key). Skipped, as the cache's
-        own store is, when the digests are not valid or the file was modified within the
-        cache's racy window before this verify began (so before the read began: a write later in
-        the same timestamp tick, while the read was under way, would leave the key unchanged,
-        however long the read then took)."""
+        file whose bytes were hashed, taken from its open descriptor before the read: a record
+        never claims digests for a key whose content was not hashed (a file changed or renamed
+        into the path since then has another key). Skipped, as the cache's own store is, when
+        the digests are not valid or the file was modified within the cache's racy window
+        before this verify began (so before the read began: a write later in the same timestamp
+        tick, while the read was under way, would leave the key unchanged, however long the
+        read then took)."""
         real = os.path.abspath(os.fspath(path))
         if (not digests or not all(valid_digest(a, v) for a, v in digests.items())
                 or self.started_ns - max(st.st_mtime_ns, st.st_ctime_ns) < self.cache.racy_window_ns):
