@@ -135,13 +135,13 @@ def test_a_file_modified_just_before_its_read_gets_no_record_however_long_the_re
     # the window (a large file, a slow disk, a stalled thread; here a progress callback that
     # waits) must not make a just-modified file's record stand.
     manifest, directory, files = model
-    cache = StatCache(tmp_path / "mgcache", racy_window_ns=500_000_000, index_settle_ns=0)
+    cache = StatCache(tmp_path / "mgcache", racy_window_ns=1_000_000_000, index_settle_ns=0)
     name = "sub/dir/tokenizer.json"  # not straight in the folder: the general read, progress during it
     (directory / name).write_bytes(files[name])  # modified just now
 
     def slow(n: int) -> None:
         if n == len(files[name]):
-            time.sleep(0.6)  # the read of the young file outlasts the window
+            time.sleep(1.1)  # the read of the young file outlasts the window
 
     report = verify(manifest, directory, cache=cache, progress=slow, max_workers=1)
     assert report.ok and not report.result(name).cached
