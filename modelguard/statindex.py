@@ -60,7 +60,9 @@ class FolderView:
         import hashlib
 
         self.cache = cache
-        self.name = hashlib.sha256(os.path.abspath(folder).encode("utf-8", "surrogateescape")).hexdigest() + ".idx"
+        top = os.path.abspath(folder)
+        self.name = hashlib.sha256(top.encode("utf-8", "surrogateescape")).hexdigest() + ".idx"
+        self.prefix = top.rstrip(os.sep) + os.sep  # the engine's paths: this folder's, already absolute
         self.records: dict[str, Any] = {}
         self.believed = not cache.rehash  # rehash: no record or entry believed (those of files not read kept)
         now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
@@ -123,7 +125,7 @@ class FolderView:
                     pass
             return None
         records = self.records
-        real = path if type(path) is str and path in records else os.path.abspath(os.fspath(path))
+        real = path if type(path) is str and path.startswith(self.prefix) else os.path.abspath(os.fspath(path))
         record = records.get(real)
         if record is not None:
             try:  # the record's stat key, its age, then each digest asked for
@@ -167,7 +169,7 @@ class FolderView:
         before this verify began (so before the read began: a write later in the same timestamp
         tick, while the read was under way, would leave the key unchanged, however long the
         read then took)."""
-        real = os.path.abspath(os.fspath(path))
+        real = path if type(path) is str and path.startswith(self.prefix) else os.path.abspath(os.fspath(path))
         if (not digests or not all(valid_digest(a, v) for a, v in digests.items())
                 or self.started_ns - max(st.st_mtime_ns, st.st_ctime_ns) < self.cache.racy_window_ns):
             return  # a record the file already has stays: it was stored when its key had settled
