@@ -68,7 +68,6 @@ class FolderView:
         now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
         self.oldest_ns, self.newest_ns = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
         self.started_ns = now  # before any read of this verify: the racy window counts from here
-        self.changed = False
         self.touched: set[str] = set()  # paths whose record this verify added, replaced or dropped
         self.dir_fd: int | None = None
         try:
@@ -113,10 +112,9 @@ class FolderView:
         return dict(doc["files"])
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
+        real = path if type(path) is str and path.startswith(self.prefix) else os.path.abspath(os.fspath(path))
         if not self.believed:  # rehash: the file is read, and its record stored afresh only if it verifies
-            real = os.path.abspath(os.fspath(path))
             if self.records.pop(real, None) is not None:
-                self.changed = True
                 self.touched.add(real)
             if self.dir_fd is not None:  # and its entry, if any, no longer answers for it
                 try:
@@ -125,7 +123,6 @@ class FolderView:
                     pass
             return None
         records = self.records
-        real = path if type(path) is str and path.startswith(self.prefix) else os.path.abspath(os.fspath(path))
         record = records.get(real)
         if record is not None:
             try:  # the record's stat key, its age, then each digest asked for
@@ -144,7 +141,6 @@ class FolderView:
             except Exception:  # a malformed record: a miss
                 pass
             del records[real]
-            self.changed = True
             self.touched.add(real)
         if self.dir_fd is None:  # no store folder yet: no entry to read (a verify's stores go in the index)
             return None
@@ -153,7 +149,6 @@ class FolderView:
             entry_st, entry = read
             if time.time_ns() - max(entry_st.st_mtime_ns, entry_st.st_ctime_ns) >= self.cache.index_settle_ns:
                 records[real] = [*entry["key"], entry["stored_at_ns"], entry["digests"]]
-                self.changed = True
                 self.touched.add(real)
         return digests
 
@@ -181,14 +176,13 @@ class FolderView:
             # the same file's other digests (md5 kept when sha256 is added)
             merged = {**{a: v for a, v in held[6].items() if valid_digest(a, v)}, **merged}
         self.records[real] = [*key, time.time_ns(), dict(sorted(merged.items()))]
-        self.changed = True
         self.touched.add(real)
 
     def finish(self) -> None:
         """Write the index when this verify added or dropped records: its own changes applied to
         the index as it is now, so what another verify of the folder wrote meanwhile stays (a
         record it dropped is not put back, one it added is not lost). Never raises."""
-        if not self.changed:
+        if not self.touched:
             return
         try:
             import json
@@ -211,6 +205,6 @@ class FolderView:
             data = json.dumps({"format": FORMAT, "files": now}, separators=(",", ":")).encode()
             if len(data) <= _MAX_INDEX_BYTES:
                 replace_private_file(dir_fd, self.name, data)
-                self.changed = False
+                self.touched = set()
         except Exception:
             return
