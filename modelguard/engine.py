@@ -21,7 +21,7 @@ from .fs import (access_detail, containing_roots, file_type_name, human_size, op
                  zero_region)
 from .diagnosis import wrong_size
 from .hflisting import remedy as download_again
-from .hashing import FileChangedError, hash_fd, run_parallel, stat_key, usable_cpus
+from .hashing import FileChangedError, big_files, hash_fd, run_parallel, stat_key, usable_cpus, worth_a_pipeline
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .pieces import CHUNKED
 from .quickpath import ManifestOrder, batches, manifest_order, read_batch
@@ -64,6 +64,8 @@ class _Checker:
         self.remedy = remedy
         self.progress = progress
         self.listing: list[os.DirEntry] | None = None  # the model folder's entries, when listed
+        # the reader threads and the sizes of the big files they read (hashing.worth_a_pipeline)
+        self.readers, self.big = 1, ()
 
     def close(self) -> None:
         fd, self.root_fd = self.root_fd, None
@@ -230,7 +232,8 @@ class _Checker:
             pieces: list[str] = []
             try:
                 digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st,
-                                  piece_size=entry.piece_size, pieces=pieces)
+                                  piece_size=entry.piece_size, pieces=pieces,
+                                  threads=worth_a_pipeline(st.st_size, self.big, self.readers))
             except FileChangedError as exc:
                 return self.result(entry, "changed_while_reading", f"{exc}; not verified",
                                    remedy="wait until whatever is writing the file has finished, then verify again")
@@ -402,6 +405,8 @@ def verify_directory(
     order = manifest_order(manifest) if components is None else ManifestOrder.of(entries)
 
     workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
+    checker.readers = workers
+    checker.big = big_files(e.size for e in entries)
     try:
         # files the folder's digest index answers cost an lstat each (quickpath.cached_hits); a
         # small regular file straight in the folder goes to a reader as the folder's listing names it

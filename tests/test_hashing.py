@@ -221,12 +221,15 @@ def test_import_modelguard_loads_no_engine_and_keeps_verify_the_function():
 
 
 def test_verify_reads_in_parallel_through_the_pipeline(tmp_path, monkeypatch):
-    """verify() with several files, some large enough for the pipeline, every digest checked."""
+    """verify() with several files, the largest hashed in the pipeline, every digest checked."""
     from modelguard import verify
     from modelguard.manifest import parse_manifest_text
 
     monkeypatch.setattr(hashing, "PIPELINE_MIN_SIZE", 64 * 1024)
-    files = {f"shard-{i}.bin": os.urandom(40_000 * (i + 1)) for i in range(6)}
+    files = {f"shard-{i}.bin": os.urandom(40_000 * (i + 1) if i < 5 else 1_200_000) for i in range(6)}
+    pipelined = []
+    real = hashing._read_pipelined
+    monkeypatch.setattr(hashing, "_read_pipelined", lambda fd, size, *rest: pipelined.append(size) or real(fd, size, *rest))
     lines = ["modelguard: 1", "model: local/shards", "components:", "  w: {required: true}", "files:"]
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -238,7 +241,8 @@ def test_verify_reads_in_parallel_through_the_pipeline(tmp_path, monkeypatch):
     report = verify(manifest, tmp_path, all_digests=True, cache=False, progress=seen.append, max_workers=3)
     assert report.ok, report.summary()
     assert sum(seen) == sum(len(d) for d in files.values())
-    assert report.result("shard-5.bin").message == "ok (240.00 KB, sha256+md5)"
+    assert report.result("shard-5.bin").message == "ok (1.20 MB, sha256+md5)"
+    assert pipelined == [1_200_000]  # the others would keep the other readers busy meanwhile
     assert not [t for t in threading.enumerate() if t.name in ("modelguard-verify", "modelguard-hash")]
     with open(tmp_path / "shard-4.bin", "r+b") as f:
         f.seek(100_000)
@@ -301,3 +305,30 @@ def test_fast_path_lookup_never_leaves_the_model_directory(tmp_path):
     result = report.files[0]
     assert (result.status, result.diagnosis) == ("failed", "symlink_escape")
     assert result.message == f"links outside the model directory (to {tmp_path / 'outside.bin'}); not followed"
+
+
+@pytest.mark.parametrize(("sizes", "readers", "expected"), [
+    ((3 << 20, 3 << 20), 2, []),  # two equal shards, two readers: each core reads and hashes one
+    ((3 << 20, 3 << 20), 1, [3 << 20, 3 << 20]),  # one reader: the hashing thread takes the other core
+    ((3 << 20, 1 << 20, 20_000), 2, [3 << 20]),  # one big file: the second core would sit idle
+    ((3 << 20, 3 << 20, 3 << 20, 3 << 20), 4, []),
+    ((4 << 20, 3 << 20, 1 << 20), 4, [4 << 20, 3 << 20]),  # four readers, three files: cores to spare
+], ids=["two-shards-two-readers", "one-reader", "one-big-file", "four-shards-four-readers", "cores-to-spare"])
+def test_verify_hashes_a_file_beside_its_read_only_while_a_core_would_sit_idle(tmp_path, monkeypatch, sizes,
+                                                                                readers, expected):
+    from modelguard import verify
+    from modelguard.manifest import parse_manifest_text
+
+    monkeypatch.setattr(hashing, "PIPELINE_MIN_SIZE", 1 << 20)
+    pipelined = []
+    real = hashing._read_pipelined
+    monkeypatch.setattr(hashing, "_read_pipelined", lambda fd, size, *rest: pipelined.append(size) or real(fd, size, *rest))
+    lines = ["modelguard: 1", "model: local/shards", "components:", "  w: {required: true}", "files:"]
+    for i, size in enumerate(sizes):
+        data = os.urandom(size)
+        (tmp_path / f"part-{i}.bin").write_bytes(data)
+        lines += [f"- path: part-{i}.bin", f"  size: {size}", "  component: w", f"  sha256: {reference(data)['sha256']}"]
+    manifest = parse_manifest_text("\n".join(lines) + "\n")
+    report = verify(manifest, tmp_path, cache=False, max_workers=readers)
+    assert report.ok, report.summary()
+    assert sorted(pipelined, reverse=True) == expected
