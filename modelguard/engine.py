@@ -24,7 +24,7 @@ from .hflisting import remedy as download_again
 from .hashing import FileChangedError, big_files, hash_fd, run_parallel, stat_key, usable_cpus, worth_a_pipeline
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .pieces import CHUNKED
-from .quickpath import ManifestOrder, batches, manifest_order, read_batch
+from .quickpath import batches, manifest_order, read_batch
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
@@ -382,7 +382,6 @@ def verify_directory(
             remedy=(f"download the model first: {fetch_command(manifest.model, manifest.revision, local_dir=root)}"
                     if "/" in manifest.model else None),
         )
-    entries = manifest.files
     if components is not None:
         wanted = set(components)
         unknown = wanted - set(manifest.components)
@@ -391,7 +390,6 @@ def verify_directory(
                 f"unknown component(s) {', '.join(sorted(unknown))} for {manifest.model}",
                 expected="one of: " + ", ".join(manifest.components), actual=", ".join(sorted(unknown)),
             )
-        entries = tuple(e for e in entries if e.component in wanted)
     checker = _Checker(
         manifest, root, all_digests=all_digests, cache=cache, rehash=rehash,
         remedy=default_remedy(manifest, root), progress=progress,
@@ -402,21 +400,27 @@ def verify_directory(
     # checks overlap the hashing; largest files first so the readers do not end on one big file.
     # Small files go to a reader in batches (quickpath.batches), each file read once.
     results: dict[str, FileResult] = {}
-    order = manifest_order(manifest) if components is None else ManifestOrder.of(entries)
+    order = manifest_order(manifest, None if components is None else frozenset(wanted))
 
-    workers = max_workers or min(len(entries), usable_cpus(), 8) or 1
+    workers = max_workers or min(len(order.by_size), usable_cpus(), 8) or 1
     checker.readers = workers
-    checker.big = big_files(e.size for e in entries)
+    checker.big = big_files(e.size for e in order.by_size)
     try:
         # files the folder's digest index answers cost an lstat each (quickpath.cached_hits); a
         # small regular file straight in the folder goes to a reader as the folder's listing names it
-        run_parallel(batches(checker, order.by_size, results), lambda batch: read_batch(checker, batch, results),
-                     workers=workers, thread_name="modelguard-verify")
-        # files the manifest does not list; the folder still open (its listing's entries look up
-        # a link relative to it), and listed once when regular_names listed it (before the reads:
-        # a file made during the verify is not seen, as one made just after it would not be)
-        extra = () if components is not None else tuple(
-            rel for rel in walk_files(root, known=order.paths, top=checker.listing) if rel not in order.paths)
+        extra: list[tuple[str, ...]] = [()]
+
+        def unlisted() -> None:
+            # files the manifest does not list, looked for while the readers read; the folder
+            # still open (its listing's entries look up a link relative to it), and listed once
+            # when regular_names listed it (before the reads: a file made during the verify is
+            # not seen, as one made just after it would not be)
+            if components is None:
+                extra[0] = tuple(rel for rel in walk_files(root, known=order.paths, top=checker.listing)
+                                 if rel not in order.paths)
+
+        run_parallel(batches(checker, order, results), lambda batch: read_batch(checker, batch, results),
+                     workers=workers, thread_name="modelguard-verify", meanwhile=unlisted)
     finally:
         checker.close()
         finish = getattr(checker.cache, "finish", None)
@@ -425,6 +429,6 @@ def verify_directory(
     ordered = tuple(map(results.__getitem__, order.by_path))
     return VerifyReport(
         model=manifest.model, revision=manifest.revision, directory=str(root),
-        manifest_source=manifest.source, files=ordered, extra_files=extra,
+        manifest_source=manifest.source, files=ordered, extra_files=extra[0],
         strict_extra=strict_extra, elapsed_s=time.perf_counter() - start, expectations=manifest.origin,
     )

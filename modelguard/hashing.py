@@ -31,8 +31,14 @@ PIPELINE_MIN_SIZE = 8 << 20
 
 
 def big_files(sizes: Iterable[int | None]) -> tuple[int, ...]:
-    """The sizes of :data:`PIPELINE_MIN_SIZE` or more among ``sizes`` (None: unknown)."""
-    return tuple(size for size in sizes if size and size >= PIPELINE_MIN_SIZE)
+    """The sizes of :data:`PIPELINE_MIN_SIZE` or more at the start of ``sizes`` (largest first;
+    None: unknown); the rest is not looked at."""
+    big = []
+    for size in sizes:
+        if not size or size < PIPELINE_MIN_SIZE:
+            break
+        big.append(size)
+    return tuple(big)
 
 
 def worth_a_pipeline(size: int, big: Sequence[int], readers: int) -> bool:
@@ -342,16 +348,22 @@ def run_parallel(
     *,
     workers: int,
     thread_name: str = "modelguard-hash",
+    meanwhile: Callable[[], Any] | None = None,
 ) -> list[R]:
     """``[work(item) for item in items]`` on ``workers`` threads; the one thread pool of modelguard.
 
     ``items`` is consumed in the calling thread as the workers run, so producing the next item
     (a stat, a cache lookup) overlaps the hashing of earlier ones; no thread starts until the
-    first item arrives. Plain threads and a queue, not an executor: a future per file costs GIL
-    time. The first exception ``work`` raised is raised here once every thread has stopped.
+    first item arrives. ``meanwhile()``, when given, runs in the calling thread once ``items``
+    is used up, while the workers still run. Plain threads and a queue, not an executor: a
+    future per file costs GIL time. The first exception ``work`` raised is raised here once
+    every thread has stopped.
     """
     if workers <= 1:
-        return [work(item) for item in items]
+        done = [work(item) for item in items]
+        if meanwhile is not None:
+            meanwhile()
+        return done
     import queue
     import threading
 
@@ -379,6 +391,8 @@ def run_parallel(
                     t.start()
             tasks.put((count, item))
             count += 1
+        if meanwhile is not None:
+            meanwhile()
     finally:
         for _ in threads:
             tasks.put(None)

@@ -73,7 +73,7 @@ def _per_manifest(manifest: Any, key: tuple, make: Callable[[], Any]) -> Any:
     held = _MEMO.get(key)
     if held is not None and held[0]() is manifest:
         return held[1]
-    if len(_MEMO) >= 48:  # three kinds per manifest (templates, order, hits)
+    if len(_MEMO) >= 48:  # a few kinds per manifest (templates, orders, hits)
         _MEMO.clear()
     value = make()
     _MEMO[key] = (weakref.ref(manifest), value)
@@ -92,25 +92,55 @@ class ManifestOrder(NamedTuple):
     by_size: tuple  # largest first: the readers do not end on one big file
     by_path: tuple[str, ...]  # the paths in the report's order
     paths: frozenset[str]  # every listed path: what is not among them is an extra file
+    # by_size less the small files straight in the folder below: larger than those, the rest
+    large: tuple
+    rest: tuple
+    # the small files straight in the folder (see batches), largest first, in the batches a
+    # reader takes: (their names, the batch)
+    small: tuple[tuple[tuple[str, ...], list], ...]
 
     @classmethod
     def of(cls, entries: Iterable[Any]) -> ManifestOrder:
         entries = tuple(entries)
-        return cls(tuple(sorted(entries, key=lambda e: -(e.size or 0))), tuple(sorted(e.path for e in entries)),
-                   frozenset(e.path for e in entries))
+        by_size = tuple(sorted(entries, key=lambda e: -(e.size or 0)))
+        large, rest, small, batch, batch_bytes = [], [], [], [], 0
+        for e in by_size:
+            if not _small_and_straight_in(e):
+                (large if (e.size or 0) > SMALL_BYTES else rest).append(e)
+                continue
+            batch.append(e)
+            batch_bytes += e.size
+            if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+                small.append(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            small.append(batch)
+        return cls(by_size, tuple(sorted(e.path for e in entries)), frozenset(e.path for e in entries),
+                   tuple(large), tuple(rest), tuple((tuple(e.path for e in b), b) for b in small))
 
 
-def manifest_order(manifest: Any) -> ManifestOrder:
-    """:class:`ManifestOrder` of all of ``manifest``'s files, kept while it is in use."""
-    return _per_manifest(manifest, (id(manifest), "order"), lambda: ManifestOrder.of(manifest.files))
+def _small_and_straight_in(entry: Any) -> bool:
+    """Whether ``entry`` may go in a batch that :func:`read_batch` reads in its tight loop, once
+    the folder's listing names it a regular file."""
+    return bool(entry.size) and entry.size <= SMALL_BYTES and "/" not in entry.path
 
 
-def cached_hits(checker: Any, entries: Iterable[Any], results: dict[str, FileResult]) -> list[Any]:
-    """Put in ``results`` every entry its folder index answers; return the others, in order."""
+def manifest_order(manifest: Any, components: frozenset[str] | None = None) -> ManifestOrder:
+    """:class:`ManifestOrder` of ``manifest``'s files (of ``components`` only, when given),
+    kept while the manifest is in use."""
+    if components is None:
+        return _per_manifest(manifest, (id(manifest), "order"), lambda: ManifestOrder.of(manifest.files))
+    return _per_manifest(manifest, (id(manifest), "order", components),
+                         lambda: ManifestOrder.of(e for e in manifest.files if e.component in components))
+
+
+def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) -> tuple | list[Any]:
+    """Put in ``results`` every entry its folder index answers; return the others, in order
+    (``entries`` itself when the index holds no record to look at)."""
     view = checker.cache
     records = view.records if type(view) is FolderView and view.believed else None
     if not records:
-        return list(entries)
+        return entries  # itself: batches() knows then that nothing was answered
     rest = []
     lstat, is_reg = os.lstat, stat.S_ISREG
     oldest, newest = view.oldest_ns, view.newest_ns
@@ -201,29 +231,50 @@ def _frozen(result: FileResult) -> FileResult:
     return result
 
 
-def batches(checker: Any, entries: Iterable[Any], results: dict[str, FileResult]) -> Iterator[list[Any]]:
-    """``entries`` (largest first) whose bytes must be read, in batches for the readers (up to
-    :data:`BATCH_BYTES` or :data:`BATCH_FILES`); every other result goes in ``results`` here,
-    in the caller's thread. A batch holds either entries that the folder's listing
+def batches(checker: Any, order: ManifestOrder, results: dict[str, FileResult]) -> Iterator[list[Any]]:
+    """``order``'s files (largest first) whose bytes must be read, in batches for the readers
+    (up to :data:`BATCH_BYTES` or :data:`BATCH_FILES`); every other result goes in ``results``
+    here, in the caller's thread. A batch holds either entries that the folder's listing
     (:meth:`~modelguard.engine._Checker.regular_names`, taken when the first such file is
     met) names as regular files straight in the folder, small and not empty, read by
     :func:`read_batch` with no other check first; or the ``(entry, path, resolved)`` that the
     engine's ``locate`` found to be read. The first kind only with no cache or the cache's
     folder index (:class:`~modelguard.statindex.FolderView`), where such a file's read
-    stores its record: whatever the index does not hold is read, not looked up again."""
+    stores its record: whatever the index does not hold is read, not looked up again. When the
+    index answered nothing (a cold verify), those batches are the ones worked out once for the
+    manifest (:attr:`ManifestOrder.small`), handed on whole when the listing names each of
+    their files a regular file: no work per file here while the readers read."""
     listed = type(checker.cache) in (NoCache, FolderView) and checker.root_fd is not None
-    regular: frozenset[str] | None = None
+    todo = cached_hits(checker, order.by_size, results)
+    if not listed or todo is not order.by_size:
+        yield from _batched(checker, todo, listed, results)
+        return
+    # largest first, the folder listed where the first small file comes (as the loop below does)
+    yield from _batched(checker, order.large, False, results)
+    regular = checker.regular_names() if order.small else frozenset()
+    yield from _batched(checker, order.rest, False, results)
+    if order.small:
+        for names, batch in order.small:
+            if regular.issuperset(names):
+                yield batch  # read, not changed, by read_batch: the same list serves every verify
+            else:
+                yield from _batched(checker, batch, True, results, regular)
+
+
+def _batched(checker: Any, entries: Iterable[Any], listed: bool, results: dict[str, FileResult],
+             regular: frozenset[str] | None = None) -> Iterator[list[Any]]:
+    """:func:`batches` of ``entries``, one by one (``listed``: small files straight in the
+    folder may take the tight loop)."""
     direct: list[Any] = []
     other: list[tuple[Any, Any, Any]] = []
     direct_bytes = other_bytes = 0
-    for e in cached_hits(checker, entries, results):
-        size = e.size
-        if listed and size and size <= SMALL_BYTES and "/" not in e.path:
+    for e in entries:
+        if listed and _small_and_straight_in(e):
             if regular is None:
                 regular = checker.regular_names()
             if e.path in regular:
                 direct.append(e)
-                direct_bytes += size
+                direct_bytes += e.size
                 if direct_bytes >= BATCH_BYTES or len(direct) >= BATCH_FILES:
                     yield direct
                     direct, direct_bytes = [], 0
@@ -233,7 +284,7 @@ def batches(checker: Any, entries: Iterable[Any], results: dict[str, FileResult]
             results[e.path] = located
             continue
         other.append((e, *located))
-        other_bytes += size or BATCH_BYTES
+        other_bytes += e.size or BATCH_BYTES
         if other_bytes >= BATCH_BYTES or len(other) >= BATCH_FILES:
             yield other
             other, other_bytes = [], 0
