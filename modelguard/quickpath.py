@@ -144,23 +144,22 @@ def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) ->
     rest = []
     lstat, is_reg = os.lstat, stat.S_ISREG
     oldest, newest = view.oldest_ns, view.newest_ns
-    prefix = checker.root_text + os.sep
     plain_dirs = checker.plain_dirs
     memo = _templates(checker.manifest, checker.all_digests)
     checked = _per_manifest(checker.manifest, (id(checker.manifest), checker.all_digests, "hits"), dict)
-    for entry in entries:
+    _, paths, raw_paths = _full_paths(checker, entries)
+    for entry, path, raw in zip(entries, paths, raw_paths):
         relative = entry.path
         if "/" in relative and relative.rpartition("/")[0] not in plain_dirs:
             if checker.plain_file(relative) is None:  # learns the folder, once
                 rest.append(entry)
                 continue
-        path = prefix + relative
         record = records.get(path)
         if record is None:
             rest.append(entry)
             continue
         try:
-            st = lstat(path)
+            st = lstat(raw)
         except OSError:
             rest.append(entry)
             continue
@@ -201,6 +200,21 @@ def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) ->
             pass
         rest.append(entry)
     return rest
+
+
+def _full_paths(checker: Any, entries: tuple) -> tuple[tuple, tuple[str, ...], tuple[bytes, ...]]:
+    """``(entries, their paths, the same encoded)`` under the checked folder, made once per
+    manifest, sequence of its entries and folder: a path made afresh costs a concatenation and
+    the hashing of a new string, and a ``str`` path costs an encoding in every ``lstat``."""
+    prefix = checker.root_text + os.sep
+
+    def make() -> tuple[tuple, tuple[str, ...], tuple[bytes, ...]]:
+        paths = tuple(prefix + e.path for e in entries)
+        return entries, paths, tuple(map(os.fsencode, paths))
+
+    # the value holds ``entries``: while it is kept, no other sequence can have that id
+    held = _per_manifest(checker.manifest, (id(checker.manifest), "paths", id(entries), prefix), make)
+    return held if held[0] is entries else make()
 
 
 def _held(memo: dict[str, tuple], checker: Any, entry: Any) -> tuple:
