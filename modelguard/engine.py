@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import UsageError
-from .fs import (access_detail, containing_roots, file_type_name, human_size, opened_path, walk_files, within,
-                 zero_region)
+from .fs import (access_detail, containing_roots, file_type_name, human_size, linked_file, opened_path, walk_files,
+                 within, zero_region)
 from .diagnosis import wrong_size
 from .hflisting import remedy as download_again
 from .hashing import FileChangedError, big_files, hash_fd, run_parallel, stat_key, usable_cpus, worth_a_pipeline
@@ -55,6 +55,7 @@ class _Checker:
         self.root_text = os.fspath(self.roots[0]).rstrip(os.sep)
         self._dir_text = os.fspath(directory)
         self.plain_dirs: set[str] = set()  # folders below the root found to be plain folders
+        self.link_folders: dict = {}  # fs.linked_file's folders, for this verify
         try:  # files straight in the model folder are opened relative to it
             self.root_fd: int | None = os.open(self.root_text, _O_READ | getattr(os, "O_DIRECTORY", 0))
         except OSError:
@@ -106,6 +107,11 @@ class _Checker:
             resolved, st = plain
             return self._cached_or_read(entry, None, resolved, st, use_cache)
         path = self.directory / entry.path
+        folder = entry.path.rpartition("/")[0]
+        if not folder or folder in self.plain_dirs:  # a link in a plain folder, to a file within the roots
+            linked = linked_file(f"{self.root_text}{os.sep}{entry.path}", self.roots, self.link_folders)
+            if linked is not None:
+                return self._cached_or_read(entry, path, linked[0], linked[1], use_cache)
         # Symlinks: a link may only resolve inside the model directory (or, for a
         # Hugging Face cache snapshot, into that repository's blobs folder).
         try:

@@ -30,6 +30,60 @@ def within(path: Path, roots: Iterable[Path]) -> bool:
     return False
 
 
+_UNSEEN = object()
+
+
+def linked_file(link: str, roots: Iterable[Path], folders: dict) -> tuple[str, os.stat_result] | None:
+    """``(real path, lstat)`` of the regular file the symlink ``link`` resolves to, when it
+    resolves inside ``roots`` through no other link: the layout of a Hugging Face cache
+    snapshot, whose files link to ``../../blobs/<hash>``. ``link``'s folder must be a real
+    folder (no link on its path); ``folders`` keeps, for one verify, the real folder each
+    (folder, target's folder) pair names, so a file costs a ``readlink`` and an ``lstat``, where
+    resolving its path costs an ``lstat`` per part. None for anything else (not a link, a
+    folder on the way that is a link, a link to a link, outside ``roots``): the caller then
+    resolves the path the general way, which says what it is."""
+    try:
+        target = os.readlink(link)
+    except OSError:  # not a link, or gone
+        return None
+    head, slash, name = target.rpartition("/")
+    if name in ("", ".", ".."):
+        return None
+    key = ("" if target.startswith("/") else link.rpartition(os.sep)[0], head if slash else "")
+    folder = folders.get(key, _UNSEEN)
+    if folder is _UNSEEN:
+        folder = folders[key] = _real_folder(*key, roots)
+    if folder is None:
+        return None
+    real = folder.rstrip(os.sep) + os.sep + name
+    try:
+        st = os.lstat(real)
+    except OSError:
+        return None
+    return (real, st) if stat.S_ISREG(st.st_mode) else None
+
+
+def _real_folder(start: str, head: str, roots: Iterable[Path]) -> str | None:
+    """The folder ``head`` names from the real folder ``start`` ("": from ``/``), when each
+    folder entered on the way is a real folder, not a link (the parent of a real folder is
+    its real parent), and it lies within ``roots``; else None."""
+    current = start
+    for part in head.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = current.rpartition(os.sep)[0]
+            continue
+        current = current + os.sep + part
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return None
+        except OSError:
+            return None
+    folder = current or os.sep
+    return folder if within(folder, roots) else None
+
+
 def opened_path(fd: int) -> Path | None:
     """The real path of the open file ``fd`` (Linux /proc), or None where it cannot be told."""
     try:
@@ -96,7 +150,10 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
             else:
                 with os.scandir(current) as listing:
                     entries = list(listing)
-            found = [e for e in entries if prefix + e.name not in known or e.is_dir()] if known else entries
+            # a listed name is entered only when it is a real folder (a link is never entered):
+            # no stat of a link's target per listed file
+            found = [e for e in entries if prefix + e.name not in known or e.is_dir(follow_symlinks=False)] \
+                if known else entries
         except OSError:
             continue
         for entry in found:

@@ -38,7 +38,7 @@ import weakref
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
-from .fs import human_size
+from .fs import human_size, linked_file
 from .hashing import CHUNK_SIZE, keep_buffer, new_hasher, spare_buffer
 from .report import OK, FileResult
 from .statcache import NoCache
@@ -148,21 +148,28 @@ def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) ->
     memo = _templates(checker.manifest, checker.all_digests)
     checked = _per_manifest(checker.manifest, (id(checker.manifest), checker.all_digests, "hits"), dict)
     _, paths, raw_paths = _full_paths(checker, entries)
+    roots, link_folders = checker.roots, checker.link_folders
     for entry, path, raw in zip(entries, paths, raw_paths):
         relative = entry.path
         if "/" in relative and relative.rpartition("/")[0] not in plain_dirs:
-            if checker.plain_file(relative) is None:  # learns the folder, once
+            checker.plain_file(relative)  # learns the folder, once
+            if relative.rpartition("/")[0] not in plain_dirs:
                 rest.append(entry)
                 continue
         record = records.get(path)
-        if record is None:
-            rest.append(entry)
-            continue
-        try:
-            st = lstat(raw)
-        except OSError:
-            rest.append(entry)
-            continue
+        if record is not None:
+            try:
+                st = lstat(raw)
+            except OSError:
+                rest.append(entry)
+                continue
+        else:  # a link (a Hugging Face cache snapshot's) has its target's record
+            linked = linked_file(path, roots, link_folders)
+            record = None if linked is None else records.get(linked[0])
+            if record is None:
+                rest.append(entry)
+                continue
+            st = linked[1]
         known = checked.get(relative)
         if known is not None and known[0] is record:  # this record object was checked before
             _, key, stored, result = known

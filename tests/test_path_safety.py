@@ -157,6 +157,82 @@ def test_hf_cache_link_into_another_repos_blobs_escapes(tmp_path):
     assert report.result("config.json").ok
 
 
+def _hub_layout(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, Path]:
+    """A Hugging Face cache repository whose snapshot links every file (subfolders' too) to
+    ``../../blobs/<sha256>`` as huggingface_hub makes them: ``(snapshot, blobs folder)``."""
+    repo = tmp_path / "hub" / "models--org--linked"
+    snap, blobs = repo / "snapshots" / ("b" * 40), repo / "blobs"
+    blobs.mkdir(parents=True)
+    for name, data in files.items():
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, (snap / name).parent), snap / name)
+    return snap, blobs
+
+
+HUB_FILES = {"model.safetensors": b"m" * 300, "config.json": b'{"a": 1}', "1_Pooling/config.json": b'{"p": 2}'}
+
+
+def test_a_hub_snapshot_is_answered_from_the_digest_index_through_its_links(tmp_path, monkeypatch):
+    # Each link is followed with a readlink and an lstat of its blob (the folders on the way
+    # checked once): no path is resolved part by part for each file, cold or warm.
+    from modelguard.statcache import StatCache
+
+    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
+    cache = StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0)
+    resolved = []
+    real_realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p, *a, **k: resolved.append(os.fspath(p)) or real_realpath(p, *a, **k))
+    cold = verify(manifest, snap, cache=cache)
+    assert cold.ok, cold.summary()
+    warm = verify(manifest, snap, cache=cache)
+    assert warm.ok and all(r.cached for r in warm.files), [r.message for r in warm.files]
+    assert not [p for p in resolved if os.path.basename(p) in ("model.safetensors", "config.json")], resolved
+    # a link pointed at another blob of the same size: that blob's record does not answer for the file
+    other = blobs / "other"
+    other.write_bytes(b'{"a": 2}')
+    (snap / "config.json").unlink()
+    os.symlink("../../blobs/other", snap / "config.json")
+    report = verify(manifest, snap, cache=cache)
+    bad = report.result("config.json")
+    assert bad.diagnosis == "digest_mismatch" and not bad.cached, bad.message
+    assert [r.path for r in report.failures] == ["config.json"]
+
+
+def test_a_hub_snapshot_whose_blobs_folder_is_a_link_verifies_the_general_way(tmp_path):
+    from modelguard.statcache import StatCache
+
+    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    elsewhere = tmp_path / "disk" / "blobs"
+    elsewhere.parent.mkdir()
+    os.replace(blobs, elsewhere)
+    os.symlink(elsewhere, blobs)  # the cache's blobs kept on another disk
+    manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
+    cache = StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0)
+    assert verify(manifest, snap, cache=False).ok
+    assert verify(manifest, snap, cache=cache).ok
+    warm = verify(manifest, snap, cache=cache)
+    assert warm.ok and all(r.cached for r in warm.files), [r.message for r in warm.files]
+
+
+@pytest.mark.parametrize("absolute", [False, True], ids=["relative", "absolute"])
+def test_a_hub_snapshot_link_out_of_the_repository_escapes_cold_and_warm(tmp_path, absolute):
+    from modelguard.statcache import StatCache
+
+    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b'{"a": 1}')  # the right bytes, in the wrong place
+    (snap / "config.json").unlink()
+    os.symlink(outside if absolute else os.path.relpath(outside, snap), snap / "config.json")
+    manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
+    cache = StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0)
+    for chosen in (False, cache, cache):
+        r = verify(manifest, snap, cache=chosen).result("config.json")
+        assert r.diagnosis == "symlink_escape" and str(outside) in r.message, r.message
+
+
 def test_fifo_in_the_directory_does_not_hang(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
