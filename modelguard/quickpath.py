@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from .fs import human_size
-from .hashing import CHUNK_SIZE, keep_buffer, new_hasher, spare_buffer
+from .hashing import CHUNK_SIZE, big_files, keep_buffer, new_hasher, spare_buffer
 from .report import OK, FileResult
 from .statcache import NoCache
 from .statindex import FolderView
@@ -246,6 +246,8 @@ def batches(checker: Any, order: ManifestOrder, results: dict[str, FileResult]) 
     their files a regular file: no work per file here while the readers read."""
     listed = type(checker.cache) in (NoCache, FolderView) and checker.root_fd is not None
     todo = cached_hits(checker, order.by_size, results)
+    if todo is not order.by_size:  # a big file the index answered is not read: it keeps no reader busy
+        checker.big = big_files(e.size for e in todo)
     if not listed or todo is not order.by_size:
         yield from _batched(checker, todo, listed, results)
         return

@@ -332,3 +332,34 @@ def test_verify_hashes_a_file_beside_its_read_only_while_a_core_would_sit_idle(t
     report = verify(manifest, tmp_path, cache=False, max_workers=readers)
     assert report.ok, report.summary()
     assert sorted(pipelined, reverse=True) == expected
+
+
+def test_a_big_file_the_cache_answers_keeps_no_reader_busy(tmp_path, monkeypatch):
+    """Of two shards, the one the folder's digest index still answers is not read: the other,
+    read alone on two readers, is hashed beside its read (the second core would sit idle)."""
+    from modelguard import verify
+    from modelguard.manifest import parse_manifest_text
+    from modelguard.statcache import StatCache
+
+    monkeypatch.setattr(hashing, "PIPELINE_MIN_SIZE", 1 << 20)
+    pipelined = []
+    real = hashing._read_pipelined
+    monkeypatch.setattr(hashing, "_read_pipelined", lambda fd, size, *rest: pipelined.append(size) or real(fd, size, *rest))
+    model = tmp_path / "model"
+    model.mkdir()
+    lines = ["modelguard: 1", "model: local/shards", "components:", "  w: {required: true}", "files:"]
+    shards = {f"part-{i}.bin": os.urandom(3 << 20) for i in range(2)}
+    for name, data in shards.items():
+        (model / name).write_bytes(data)
+        lines += [f"- path: {name}", f"  size: {len(data)}", "  component: w", f"  sha256: {reference(data)['sha256']}"]
+    manifest = parse_manifest_text("\n".join(lines) + "\n")
+    cache = StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0)
+    report = verify(manifest, model, cache=cache, max_workers=2)
+    assert report.ok, report.summary()
+    assert pipelined == []  # both read at once: each core reads and hashes one
+    (model / "new.bin").write_bytes(shards["part-1.bin"])  # the same bytes, another file (a download again)
+    os.replace(model / "new.bin", model / "part-1.bin")
+    report = verify(manifest, model, cache=cache, max_workers=2)
+    assert report.ok, report.summary()
+    assert [r.message for r in report.files] == ["ok (3.15 MB, sha256, cached)", "ok (3.15 MB, sha256)"]
+    assert pipelined == [3 << 20]
