@@ -4,8 +4,10 @@ A file is read once, whatever the number of digests. Small files are hashed in t
 thread. Large ones go through a pipeline: the calling thread reads chunks into a small ring of
 buffers and one thread per digest hashes them. Reading overlaps hashing, and two digests
 (md5 + sha256) cost the wall time of the slower one, not the sum: hashlib releases the GIL
-while it hashes. Several files are hashed in parallel by :func:`run_parallel`, the one thread
-pool that :func:`hash_files`, the verify engine, ``build`` and the Hub cache scan share.
+while it hashes. The verify engine asks for the pipeline (and for a file's pieces on every
+core, below) only while a core would otherwise sit idle (:func:`worth_a_pipeline`). Several
+files are hashed in parallel by :func:`run_parallel`, the one thread pool that
+:func:`hash_files`, the verify engine, ``build`` and the Hub cache scan share.
 
 One large file on every core: verifying a file's chunk digests (:mod:`modelguard.pieces`),
 :func:`hash_fd` hands its pieces to one thread per core, each piece read in order by one thread.
