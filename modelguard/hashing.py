@@ -43,12 +43,13 @@ def big_files(sizes: Iterable[int | None]) -> tuple[int, ...]:
     return tuple(big)
 
 
-def worth_a_pipeline(size: int, big: Sequence[int], readers: int) -> bool:
+def worth_a_pipeline(size: int, big: Sequence[int], readers: int, cores: int = 0) -> bool:
     """Whether a file of ``size`` bytes, one of ``big`` (:func:`big_files`) read by ``readers``
-    reader threads, is hashed in a thread of its own beside its read (:func:`hash_fd`'s
-    ``threads``). The pipeline only pays while a core would otherwise sit idle. Each other big
-    file keeps a reader busy for at most this file's read (a fraction of it when smaller); when
-    those keep at least half of the other readers busy, every core is already reading and
+    reader threads on ``cores`` cores (taken to be ``readers`` when fewer), is hashed in a
+    thread of its own beside its read (:func:`hash_fd`'s ``threads``). The pipeline only pays
+    while a core would otherwise sit idle. Each other big file keeps a reader busy for at most
+    this file's read (a fraction of it when smaller), and at most the other readers are busy;
+    when those keep at least half of the other cores busy, every core is already reading and
     hashing, and a hashing thread per file only adds switches and moves each chunk to another
     core's cache (two 1 GiB shards on two cores: 0.91 of two cores' speed with the pipeline,
     0.96 without)."""
@@ -56,8 +57,8 @@ def worth_a_pipeline(size: int, big: Sequence[int], readers: int) -> bool:
         return False
     if readers <= 1:
         return True
-    busy = sum(min(1.0, other / size) for other in big) - (1 if size in big else 0)
-    return 2 * busy < readers - 1
+    busy = min(readers - 1, sum(min(1.0, other / size) for other in big) - (1 if size in big else 0))
+    return 2 * busy < max(readers, cores) - 1
 
 
 # Chunks in flight per file in the pipeline (memory: RING_BUFFERS * CHUNK_SIZE per file).
