@@ -243,7 +243,9 @@ def batches(checker: Any, order: ManifestOrder, results: dict[str, FileResult]) 
     stores its record: whatever the index does not hold is read, not looked up again. When the
     index answered nothing (a cold verify), those batches are the ones worked out once for the
     manifest (:attr:`ManifestOrder.small`), handed on whole when the listing names each of
-    their files a regular file: no work per file here while the readers read."""
+    their files a regular file: no work per file here while the readers read. Otherwise the
+    big files the index answered leave the checker's ``big`` before any is read: they keep no
+    reader busy (:func:`~modelguard.hashing.worth_a_pipeline`)."""
     listed = type(checker.cache) in (NoCache, FolderView) and checker.root_fd is not None
     todo = cached_hits(checker, order.by_size, results)
     if todo is not order.by_size:  # a big file the index answered is not read: it keeps no reader busy
