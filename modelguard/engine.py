@@ -65,8 +65,9 @@ class _Checker:
         self.remedy = remedy
         self.progress = progress
         self.listing: list[os.DirEntry] | None = None  # the model folder's entries, when listed
-        # the reader threads and the sizes of the big files they read (hashing.worth_a_pipeline)
-        self.readers, self.big = 1, ()
+        # the reader threads, the cores they run on and the sizes of the big files they read
+        # (hashing.worth_a_pipeline)
+        self.readers, self.cores, self.big = 1, 1, ()
 
     def close(self) -> None:
         fd, self.root_fd = self.root_fd, None
@@ -239,7 +240,7 @@ class _Checker:
             try:
                 digests = hash_fd(fd, self.algorithms_for(entry), progress=self.progress, stat_before=st,
                                   piece_size=entry.piece_size, pieces=pieces,
-                                  threads=worth_a_pipeline(st.st_size, self.big, self.readers))
+                                  threads=worth_a_pipeline(st.st_size, self.big, self.readers, self.cores))
             except FileChangedError as exc:
                 return self.result(entry, "changed_while_reading", f"{exc}; not verified",
                                    remedy="wait until whatever is writing the file has finished, then verify again")
@@ -408,8 +409,9 @@ def verify_directory(
     results: dict[str, FileResult] = {}
     order = manifest_order(manifest, None if components is None else frozenset(wanted))
 
-    workers = max_workers or min(len(order.by_size), usable_cpus(), 8) or 1
-    checker.readers = workers
+    cores = usable_cpus()
+    workers = max_workers or min(len(order.by_size), cores, 8) or 1
+    checker.readers, checker.cores = workers, cores
     checker.big = big_files(e.size for e in order.by_size)
     try:
         # files the folder's digest index answers cost an lstat each (quickpath.cached_hits); a

@@ -4,8 +4,10 @@ A file is read once, whatever the number of digests. Small files are hashed in t
 thread. Large ones go through a pipeline: the calling thread reads chunks into a small ring of
 buffers and one thread per digest hashes them. Reading overlaps hashing, and two digests
 (md5 + sha256) cost the wall time of the slower one, not the sum: hashlib releases the GIL
-while it hashes. Several files are hashed in parallel by :func:`run_parallel`, the one thread
-pool that :func:`hash_files`, the verify engine, ``build`` and the Hub cache scan share.
+while it hashes. The verify engine asks for the pipeline (and for a file's pieces on every
+core, below) only while a core would otherwise sit idle (:func:`worth_a_pipeline`). Several
+files are hashed in parallel by :func:`run_parallel`, the one thread pool that
+:func:`hash_files`, the verify engine, ``build`` and the Hub cache scan share.
 
 One large file on every core: verifying a file's chunk digests (:mod:`modelguard.pieces`),
 :func:`hash_fd` hands its pieces to one thread per core, each piece read in order by one thread.
@@ -41,12 +43,13 @@ def big_files(sizes: Iterable[int | None]) -> tuple[int, ...]:
     return tuple(big)
 
 
-def worth_a_pipeline(size: int, big: Sequence[int], readers: int) -> bool:
+def worth_a_pipeline(size: int, big: Sequence[int], readers: int, cores: int = 0) -> bool:
     """Whether a file of ``size`` bytes, one of ``big`` (:func:`big_files`) read by ``readers``
-    reader threads, is hashed in a thread of its own beside its read (:func:`hash_fd`'s
-    ``threads``). The pipeline only pays while a core would otherwise sit idle. Each other big
-    file keeps a reader busy for at most this file's read (a fraction of it when smaller); when
-    those keep at least half of the other readers busy, every core is already reading and
+    reader threads on ``cores`` cores (taken to be ``readers`` when fewer), is hashed in a
+    thread of its own beside its read (:func:`hash_fd`'s ``threads``). The pipeline only pays
+    while a core would otherwise sit idle. Each other big file keeps a reader busy for at most
+    this file's read (a fraction of it when smaller), and at most the other readers are busy;
+    when those keep at least half of the other cores busy, every core is already reading and
     hashing, and a hashing thread per file only adds switches and moves each chunk to another
     core's cache (two 1 GiB shards on two cores: 0.91 of two cores' speed with the pipeline,
     0.96 without)."""
@@ -54,8 +57,8 @@ def worth_a_pipeline(size: int, big: Sequence[int], readers: int) -> bool:
         return False
     if readers <= 1:
         return True
-    busy = sum(min(1.0, other / size) for other in big) - (1 if size in big else 0)
-    return 2 * busy < readers - 1
+    busy = min(readers - 1, sum(min(1.0, other / size) for other in big) - (1 if size in big else 0))
+    return 2 * busy < max(readers, cores) - 1
 
 
 # Chunks in flight per file in the pipeline (memory: RING_BUFFERS * CHUNK_SIZE per file).

@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from .fs import human_size, linked_file
-from .hashing import CHUNK_SIZE, keep_buffer, new_hasher, spare_buffer
+from .hashing import CHUNK_SIZE, big_files, keep_buffer, new_hasher, spare_buffer
 from .report import OK, FileResult
 from .statcache import NoCache
 from .statindex import FolderView
@@ -264,9 +264,13 @@ def batches(checker: Any, order: ManifestOrder, results: dict[str, FileResult]) 
     stores its record: whatever the index does not hold is read, not looked up again. When the
     index answered nothing (a cold verify), those batches are the ones worked out once for the
     manifest (:attr:`ManifestOrder.small`), handed on whole when the listing names each of
-    their files a regular file: no work per file here while the readers read."""
+    their files a regular file: no work per file here while the readers read. Otherwise the
+    big files the index answered leave the checker's ``big`` before any is read: they keep no
+    reader busy (:func:`~modelguard.hashing.worth_a_pipeline`)."""
     listed = type(checker.cache) in (NoCache, FolderView) and checker.root_fd is not None
     todo = cached_hits(checker, order.by_size, results)
+    if todo is not order.by_size:  # a big file the index answered is not read: it keeps no reader busy
+        checker.big = big_files(e.size for e in todo)
     if not listed or todo is not order.by_size:
         yield from _batched(checker, todo, listed, results)
         return

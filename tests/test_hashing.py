@@ -316,10 +316,11 @@ def test_fast_path_lookup_never_leaves_the_model_directory(tmp_path):
 ], ids=["two-shards-two-readers", "one-reader", "one-big-file", "four-shards-four-readers", "cores-to-spare"])
 def test_verify_hashes_a_file_beside_its_read_only_while_a_core_would_sit_idle(tmp_path, monkeypatch, sizes,
                                                                                 readers, expected):
-    from modelguard import verify
+    from modelguard import engine, verify
     from modelguard.manifest import parse_manifest_text
 
     monkeypatch.setattr(hashing, "PIPELINE_MIN_SIZE", 1 << 20)
+    monkeypatch.setattr(engine, "usable_cpus", lambda: readers)  # a core per reader, none left over
     pipelined = []
     real = hashing._read_pipelined
     monkeypatch.setattr(hashing, "_read_pipelined", lambda fd, size, *rest: pipelined.append(size) or real(fd, size, *rest))
@@ -332,3 +333,67 @@ def test_verify_hashes_a_file_beside_its_read_only_while_a_core_would_sit_idle(t
     report = verify(manifest, tmp_path, cache=False, max_workers=readers)
     assert report.ok, report.summary()
     assert sorted(pipelined, reverse=True) == expected
+
+
+def test_a_big_file_the_cache_answers_keeps_no_reader_busy(tmp_path, monkeypatch):
+    """Of two shards, the one the folder's digest index still answers is not read: the other,
+    read alone on two readers, is hashed beside its read (the second core would sit idle)."""
+    from modelguard import engine, verify
+    from modelguard.manifest import parse_manifest_text
+    from modelguard.statcache import StatCache
+
+    monkeypatch.setattr(hashing, "PIPELINE_MIN_SIZE", 1 << 20)
+    monkeypatch.setattr(engine, "usable_cpus", lambda: 2)
+    pipelined = []
+    real = hashing._read_pipelined
+    monkeypatch.setattr(hashing, "_read_pipelined", lambda fd, size, *rest: pipelined.append(size) or real(fd, size, *rest))
+    model = tmp_path / "model"
+    model.mkdir()
+    lines = ["modelguard: 1", "model: local/shards", "components:", "  w: {required: true}", "files:"]
+    shards = {f"part-{i}.bin": os.urandom(3 << 20) for i in range(2)}
+    for name, data in shards.items():
+        (model / name).write_bytes(data)
+        lines += [f"- path: {name}", f"  size: {len(data)}", "  component: w", f"  sha256: {reference(data)['sha256']}"]
+    manifest = parse_manifest_text("\n".join(lines) + "\n")
+    cache = StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0)
+    report = verify(manifest, model, cache=cache, max_workers=2)
+    assert report.ok, report.summary()
+    assert pipelined == []  # both read at once: each core reads and hashes one
+    (model / "new.bin").write_bytes(shards["part-1.bin"])  # the same bytes, another file (a download again)
+    os.replace(model / "new.bin", model / "part-1.bin")
+    report = verify(manifest, model, cache=cache, max_workers=2)
+    assert report.ok, report.summary()
+    assert [r.message for r in report.files] == ["ok (3.15 MB, sha256, cached)", "ok (3.15 MB, sha256)"]
+    assert pipelined == [3 << 20]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["sha256", "pieces"])
+def test_two_shards_on_a_machine_of_more_cores_than_readers_are_hashed_beside_their_reads(tmp_path, monkeypatch,
+                                                                                          chunked):
+    """Two shards, two readers, eight cores: six cores would sit idle, so each shard is hashed
+    beside its read (its pieces on every core, when the manifest lists them)."""
+    from modelguard import engine, verify
+    from modelguard.manifest import parse_manifest_text
+
+    monkeypatch.setattr(hashing, "PIPELINE_MIN_SIZE", 1 << 20)
+    monkeypatch.setattr(hashing, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(engine, "usable_cpus", lambda: 8)
+    pipelined = []
+    real_pipeline, real_pieces = hashing._read_pipelined, hashing._hash_pieces
+    monkeypatch.setattr(hashing, "_read_pipelined",
+                        lambda fd, size, *rest: pipelined.append(size) or real_pipeline(fd, size, *rest))
+    monkeypatch.setattr(hashing, "_hash_pieces",
+                        lambda fd, size, *rest: pipelined.append(size) or real_pieces(fd, size, *rest))
+    lines = ["modelguard: 1", "model: local/shards", "components:", "  w: {required: true}", "files:"]
+    for i in range(2):
+        data = os.urandom(3 << 20)
+        (tmp_path / f"part-{i}.bin").write_bytes(data)
+        lines += [f"- path: part-{i}.bin", f"  size: {len(data)}", "  component: w", f"  sha256: {reference(data)['sha256']}"]
+        if chunked:
+            lines += ["  chunks:", "    size: 1048576", "    sha256:"]
+            lines += [f"    - {hashlib.sha256(data[k:k + (1 << 20)]).hexdigest()}" for k in range(0, len(data), 1 << 20)]
+    manifest = parse_manifest_text("\n".join(lines) + "\n")
+    report = verify(manifest, tmp_path, cache=False)
+    assert report.ok, report.summary()
+    assert {r.message for r in report.files} == {f"ok (3.15 MB, {'sha256_chunks' if chunked else 'sha256'})"}
+    assert pipelined == [3 << 20, 3 << 20]
