@@ -1,12 +1,15 @@
-"""The engine's two hot loops, for the common case: files reached through no link.
+"""The engine's two hot loops, for the common case: files reached through no link (or
+through a Hugging Face cache snapshot's one link to its blob).
 
 :func:`cached_hits` answers, in the caller's thread, every file whose stat key and digests
 its folder's index (:mod:`modelguard.statindex`) still holds: one ``lstat`` and a record
-compare per file, no other work. A record found to hold the expected digests is remembered by
-identity (the index's records are never changed in place), so a later verify that meets the
-same record compares only the stat key, the type and the record's age. Whatever it cannot
-answer at once (no record, a record that differs, a link, a missing file, a folder on the way)
-goes to the engine's general checks, which take every trust and diagnosis decision as before.
+compare per file, no other work (a snapshot's link: a ``readlink`` and the ``lstat`` of its
+blob, :func:`~modelguard.fs.linked_file`, and the blob's record). A record found to hold the
+expected digests is remembered by identity (the index's records are never changed in place),
+so a later verify that meets the same record compares only the stat key, the type and the
+record's age. Whatever it cannot answer at once (no record, a record that differs, any other
+link, a missing file, a folder on the way) goes to the engine's general checks, which take
+every trust and diagnosis decision as before.
 
 :func:`batches` hands the readers the files whose bytes must be read, in batches. With no
 digest cache or the cache's folder index, a batch may hold only files straight in the model
