@@ -24,7 +24,8 @@ from .hflisting import remedy as download_again
 from .hashing import FileChangedError, big_files, hash_fd, run_parallel, stat_key, usable_cpus, worth_a_pipeline
 from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .pieces import CHUNKED
-from .quickpath import batches, manifest_order, read_batch
+from .quickpath import batches, read_batch
+from .readplan import manifest_order
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
@@ -56,6 +57,7 @@ class _Checker:
         self._dir_text = os.fspath(directory)
         self.plain_dirs: set[str] = set()  # folders below the root found to be plain folders
         self.link_folders: dict = {}  # fs.linked_file's folders, for this verify
+        self.folder_fds: dict[str, int] = {}  # blob folders opened for quickpath's reads (-1: not to be)
         try:  # files straight in the model folder are opened relative to it
             self.root_fd: int | None = os.open(self.root_text, _O_READ | getattr(os, "O_DIRECTORY", 0))
         except OSError:
@@ -73,6 +75,10 @@ class _Checker:
         fd, self.root_fd = self.root_fd, None
         if fd is not None:
             os.close(fd)
+        fds, self.folder_fds = self.folder_fds, {}
+        for fd in fds.values():
+            if fd >= 0:
+                os.close(fd)
 
     def result(self, entry: FileEntry, diagnosis: str, message: str, *, status: str = FAILED,
                expected: Mapping[str, Any] | None = None, actual: Mapping[str, Any] | None = None,

@@ -30,6 +30,12 @@ the engine's general checks, which diagnose it from the file itself. With the fo
 ``fstat`` of the opened file gives its stat key (a regular file of the manifest's size, else the
 general checks), the cache's entries are looked up under it, and a read that verified is stored
 as the record of that key; with a caller's own cache object every file goes to the general read.
+A Hugging Face cache snapshot's small files, links to ``../../blobs/<sha256>``, go in batches
+of their own (:class:`Linked`) once :func:`~modelguard.fs.linked_file` has followed each to a
+regular file of the manifest's size: the blob folder is opened once per verify (without
+following a link, and found through ``/proc`` to be the folder checked), and each blob is read
+by the same kind of loop relative to it, its record stored under the blob's path as the
+general read stores it.
 """
 
 from __future__ import annotations
@@ -37,25 +43,21 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import weakref
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator
 
-from .fs import human_size, linked_file
-from .hashing import CHUNK_SIZE, big_files, keep_buffer, new_hasher, spare_buffer
+from .fs import human_size, linked_file, opened_path
+from .hashing import big_files, keep_buffer, new_hasher, spare_buffer
+from .readplan import BATCH_BYTES, BATCH_FILES, ManifestOrder, per_manifest, small_and_straight_in
 from .report import OK, FileResult
 from .statcache import NoCache
 from .statindex import FolderView
 
-SMALL_BYTES = CHUNK_SIZE - 1  # files up to this size are read with one call (and one byte more) in read_batch
-BATCH_BYTES = 1 << 20  # small files handed to a reader thread together, up to this many bytes
-BATCH_FILES = 64
 _O_READ = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
            | getattr(os, "O_NOFOLLOW", 0))
 _NEW = object.__new__
 _SET = object.__setattr__
 _HASHERS = {"sha256": hashlib.sha256}
-_MEMO: dict[tuple, tuple[Any, Any]] = {}  # (id(manifest), what): (weak reference, value)
 
 
 def ok_result(entry: Any, required: bool, size: int, digests: dict[str, str], cached: bool) -> FileResult:
@@ -70,71 +72,10 @@ def ok_result(entry: Any, required: bool, size: int, digests: dict[str, str], ca
     return result
 
 
-def _per_manifest(manifest: Any, key: tuple, make: Callable[[], Any]) -> Any:
-    """``make()``, once per frozen :class:`Manifest` and ``key`` (a frozen manifest does not
-    change); kept for the last few manifests verified."""
-    held = _MEMO.get(key)
-    if held is not None and held[0]() is manifest:
-        return held[1]
-    if len(_MEMO) >= 48:  # a few kinds per manifest (templates, orders, hits)
-        _MEMO.clear()
-    value = make()
-    _MEMO[key] = (weakref.ref(manifest), value)
-    return value
-
-
 def _templates(manifest: Any, all_digests: bool) -> dict[str, tuple]:
     """Per manifest file, what a cache hit needs: the digests to compare and the result (a
     hit's result is the same every time the file is unchanged); filled as files are met."""
-    return _per_manifest(manifest, (id(manifest), all_digests), dict)
-
-
-class ManifestOrder(NamedTuple):
-    """A manifest's files in the orders a verify of all of them uses, worked out once."""
-
-    by_size: tuple  # largest first: the readers do not end on one big file
-    by_path: tuple[str, ...]  # the paths in the report's order
-    paths: frozenset[str]  # every listed path: what is not among them is an extra file
-    # by_size less the small files straight in the folder below: larger than those, the rest
-    large: tuple
-    rest: tuple
-    # the small files straight in the folder (see batches), largest first, in the batches a
-    # reader takes: (their names, the batch)
-    small: tuple[tuple[tuple[str, ...], list], ...]
-
-    @classmethod
-    def of(cls, entries: Iterable[Any]) -> ManifestOrder:
-        entries = tuple(entries)
-        by_size = tuple(sorted(entries, key=lambda e: -(e.size or 0)))
-        large, rest, small, batch, batch_bytes = [], [], [], [], 0
-        for e in by_size:
-            if not _small_and_straight_in(e):
-                (large if (e.size or 0) > SMALL_BYTES else rest).append(e)
-                continue
-            batch.append(e)
-            batch_bytes += e.size
-            if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_FILES:
-                small.append(batch)
-                batch, batch_bytes = [], 0
-        if batch:
-            small.append(batch)
-        return cls(by_size, tuple(sorted(e.path for e in entries)), frozenset(e.path for e in entries),
-                   tuple(large), tuple(rest), tuple((tuple(e.path for e in b), b) for b in small))
-
-
-def _small_and_straight_in(entry: Any) -> bool:
-    """Whether ``entry`` may go in a batch that :func:`read_batch` reads in its tight loop, once
-    the folder's listing names it a regular file."""
-    return bool(entry.size) and entry.size <= SMALL_BYTES and "/" not in entry.path
-
-
-def manifest_order(manifest: Any, components: frozenset[str] | None = None) -> ManifestOrder:
-    """:class:`ManifestOrder` of ``manifest``'s files (of ``components`` only, when given),
-    kept while the manifest is in use."""
-    if components is None:
-        return _per_manifest(manifest, (id(manifest), "order"), lambda: ManifestOrder.of(manifest.files))
-    return _per_manifest(manifest, (id(manifest), "order", components),
-                         lambda: ManifestOrder.of(e for e in manifest.files if e.component in components))
+    return per_manifest(manifest, (id(manifest), all_digests), dict)
 
 
 def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) -> tuple | list[Any]:
@@ -149,7 +90,7 @@ def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) ->
     oldest, newest = view.oldest_ns, view.newest_ns
     plain_dirs = checker.plain_dirs
     memo = _templates(checker.manifest, checker.all_digests)
-    checked = _per_manifest(checker.manifest, (id(checker.manifest), checker.all_digests, "hits"), dict)
+    checked = per_manifest(checker.manifest, (id(checker.manifest), checker.all_digests, "hits"), dict)
     _, paths, raw_paths = _full_paths(checker, entries)
     roots, link_folders = checker.roots, checker.link_folders
     for entry, path, raw in zip(entries, paths, raw_paths):
@@ -223,7 +164,7 @@ def _full_paths(checker: Any, entries: tuple) -> tuple[tuple, tuple[str, ...], t
         return entries, paths, tuple(map(os.fsencode, paths))
 
     # the value holds ``entries``: while it is kept, no other sequence can have that id
-    held = _per_manifest(checker.manifest, (id(checker.manifest), "paths", id(entries), prefix), make)
+    held = per_manifest(checker.manifest, (id(checker.manifest), "paths", id(entries), prefix), make)
     return held if held[0] is entries else make()
 
 
@@ -295,9 +236,10 @@ def _batched(checker: Any, entries: Iterable[Any], listed: bool, results: dict[s
     folder may take the tight loop)."""
     direct: list[Any] = []
     other: list[tuple[Any, Any, Any]] = []
-    direct_bytes = other_bytes = 0
+    linked = Linked()
+    direct_bytes = other_bytes = linked_bytes = 0
     for e in entries:
-        if listed and _small_and_straight_in(e):
+        if listed and small_and_straight_in(e):
             if regular is None:
                 regular = checker.regular_names()
             if e.path in regular:
@@ -306,6 +248,14 @@ def _batched(checker: Any, entries: Iterable[Any], listed: bool, results: dict[s
                 if direct_bytes >= BATCH_BYTES or len(direct) >= BATCH_FILES:
                     yield direct
                     direct, direct_bytes = [], 0
+                continue
+            blob = _blob(checker, e)
+            if blob is not None:  # a snapshot's link to its blob
+                linked.append(blob)
+                linked_bytes += e.size
+                if linked_bytes >= BATCH_BYTES or len(linked) >= BATCH_FILES:
+                    yield linked
+                    linked, linked_bytes = Linked(), 0
                 continue
         located = checker.locate(e)
         if isinstance(located, FileResult):
@@ -316,13 +266,47 @@ def _batched(checker: Any, entries: Iterable[Any], listed: bool, results: dict[s
         if other_bytes >= BATCH_BYTES or len(other) >= BATCH_FILES:
             yield other
             other, other_bytes = [], 0
-    for batch in (direct, other):
+    for batch in (direct, linked, other):
         if batch:
             yield batch
 
 
+class Linked(list):
+    """A batch of small files that are a snapshot's links: ``(entry, folder descriptor, blob's
+    name, blob's path)`` each (:func:`_blob`)."""
+
+
+def _blob(checker: Any, entry: Any) -> tuple[Any, int, str, str] | None:
+    """``entry``'s item of a :class:`Linked` batch, when its file is a link that
+    :func:`~modelguard.fs.linked_file` follows to a regular file of the manifest's size in a
+    folder opened once per verify (without following a link, and found by ``/proc`` to be the
+    folder checked: a read relative to it cannot leave it); else None."""
+    found = linked_file(checker.root_text + os.sep + entry.path, checker.roots, checker.link_folders)
+    if found is None or found[1].st_size != entry.size:
+        return None
+    real = found[0]
+    folder, _, name = real.rpartition(os.sep)
+    fds = checker.folder_fds
+    fd = fds.get(folder)
+    if fd is None:
+        try:
+            fd = os.open(folder or os.sep, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            fd = -1
+        else:
+            opened = opened_path(fd)
+            if opened is None or os.fspath(opened) != (folder or os.sep):
+                os.close(fd)
+                fd = -1
+        fds[folder] = fd
+    return None if fd < 0 else (entry, fd, name, real)
+
+
 def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -> None:
     """Put in ``results`` the result of each file of one of :func:`batches`' batches."""
+    if type(batch) is Linked:
+        return _read_linked(checker, batch, results)
     if type(batch[0]) is tuple:
         for item in batch:  # the general read: it diagnoses what it finds
             results[item[0].path] = checker.read_and_compare(*item)
@@ -378,6 +362,56 @@ def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -
     finally:
         keep_buffer(buf)
     for entry in again:  # anything unusual: the general checks diagnose it from the file itself
+        results[entry.path] = checker.check(entry)
+
+
+def _read_linked(checker: Any, batch: Linked, results: dict[str, FileResult]) -> None:
+    """:func:`read_batch`'s loop for a :class:`Linked` batch: each blob opened relative to its
+    folder's descriptor without following a link or blocking, and read with one call of one
+    byte more than its size; with the folder index, its stat key (``fstat``) looked up and a
+    verified read stored under the blob's path, as the general read stores it. Anything
+    unusual goes to the general checks."""
+    memo = _templates(checker.manifest, checker.all_digests)
+    progress, cache = checker.progress, checker.cache
+    store, lookup = (cache.store, cache.lookup) if type(cache) is FolderView else (None, None)
+    buf = spare_buffer()
+    view = memoryview(buf)
+    again = []
+    try:
+        for entry, dir_fd, name, real in batch:
+            size = entry.size
+            held = memo.get(entry.path) or _held(memo, checker, entry)
+            try:
+                fd = os.open(name, _O_READ, dir_fd=dir_fd)
+            except OSError:
+                again.append(entry)
+                continue
+            st = None
+            try:
+                if store is not None:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                        again.append(entry)
+                        continue
+                    if lookup(real, st, held[0]) == held[0]:
+                        results[entry.path] = held[1]
+                        continue
+                got = os.preadv(fd, [view[:size + 1]], 0)
+            except OSError:
+                got = None
+            finally:
+                os.close(fd)
+            if got == size and _same(held, entry, view[:size]):
+                results[entry.path] = held[2]
+                if st is not None:
+                    store(real, st, held[0])
+                if progress is not None:
+                    progress(size)
+            else:
+                again.append(entry)
+    finally:
+        keep_buffer(buf)
+    for entry in again:
         results[entry.path] = checker.check(entry)
 
 

@@ -296,3 +296,91 @@ def test_a_small_file_with_no_sha256_is_read_once_and_compared_by_its_own_digest
         assert {n: report.result(n).diagnosis for n in names} == dict.fromkeys(names, "digest_mismatch")
         assert report.result("part-0.bin").message.startswith("right size, wrong content: md5: expected ")
         assert report.result("part-1.bin").message.startswith("right size, wrong content: git_sha1: expected ")
+
+
+def hub_snapshot(tmp_path: Path) -> tuple[Path, Path]:
+    """FILES as a Hugging Face cache repository holds them: blobs named by their sha256 and a
+    snapshot of links to ``../../blobs/<sha256>`` (``../../../blobs`` from a subfolder)."""
+    repo = tmp_path / "hub" / "models--local--tiny"
+    snap, blobs = repo / "snapshots" / ("c" * 40), repo / "blobs"
+    blobs.mkdir(parents=True)
+    for name, data in FILES.items():
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, (snap / name).parent), snap / name)
+    return snap, blobs
+
+
+def break_blobs(snap: Path, blobs: Path) -> None:
+    """break_files for a snapshot: the blobs' bytes changed through the links."""
+    (snap / "part-0.bin").write_bytes(FILES["part-0.bin"][:-10])  # truncated
+    (snap / "part-1.bin").write_bytes(bytes(len(FILES["part-1.bin"])))  # zero_filled
+    flipped = bytearray(FILES["part-2.bin"])
+    flipped[100] ^= 1
+    (snap / "part-2.bin").write_bytes(bytes(flipped))  # digest_mismatch, same size
+    (snap / "part-3.bin").resolve().unlink()  # missing: the link dangles
+    outside = snap.parents[3] / "outside.bin"
+    outside.write_bytes(FILES["part-4.bin"])
+    (snap / "part-4.bin").unlink()
+    (snap / "part-4.bin").symlink_to(outside)  # symlink_escape
+    fifo = (snap / "tokenizer.json").resolve()
+    fifo.unlink()
+    os.mkfifo(fifo)  # not_a_file, never read
+    (snap / "sub" / "config.json").write_bytes(b'{"hidden_size": 9}\n')
+
+
+@pytest.mark.parametrize("cache_kind", ["none", "empty", "warm index"])
+def test_every_broken_blob_of_a_hub_snapshot_is_diagnosed_as_before(tmp_path, model, cache_kind):
+    # The snapshot's links are followed to their blobs and those read in the tight loop: each
+    # broken blob still gets the general checks' diagnosis and message.
+    manifest, _ = model
+    snap, blobs = hub_snapshot(tmp_path)
+    cache = {"none": False, "empty": tmp_path / "empty-cache",
+             "warm index": warm_cache(tmp_path, manifest, snap) if cache_kind == "warm index" else None}[cache_kind]
+    assert verify(manifest, snap, cache=cache).ok
+    break_blobs(snap, blobs)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(verify(manifest, snap, cache=cache)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done, "verify did not finish (a FIFO was opened for reading?)"
+    report = done[0]
+    assert {r.path: r.diagnosis for r in report.files} == EXPECTED
+    assert not any(r.cached for r in report.files)
+    messages = {r.path: r.message for r in report.files}
+    assert messages["part-0.bin"].startswith(f"truncated: {len(FILES['part-0.bin']) - 10} of "
+                                             f"{len(FILES['part-0.bin'])} bytes"), messages["part-0.bin"]
+    assert "every byte is zero" in messages["part-1.bin"]
+    assert messages["part-2.bin"].startswith("right size, wrong content: sha256: expected ")
+    assert messages["part-3.bin"].startswith("dangling symlink (points to ../../blobs/"), messages["part-3.bin"]
+    assert messages["part-4.bin"].startswith("links outside the model directory (to ")
+    assert messages["tokenizer.json"] == "is a FIFO (named pipe), not a regular file; not opened"
+
+
+def test_a_blob_swapped_after_its_link_was_followed_is_never_taken_for_it(tmp_path, model, monkeypatch):
+    from modelguard import quickpath
+
+    manifest, _ = model
+    snap, blobs = hub_snapshot(tmp_path)
+    followed = quickpath._blob
+    swapped = []
+
+    def follow_then_swap(checker, entry):
+        item = followed(checker, entry)
+        if item is not None and entry.path == "part-2.bin":
+            blob = Path(item[3])
+            blob.unlink()
+            os.mkfifo(blob)  # after the link was followed: the read must not block on it
+            swapped.append(blob)
+        return item
+
+    monkeypatch.setattr(quickpath, "_blob", follow_then_swap)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(verify(manifest, snap, cache=False)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert swapped and done, "verify did not finish (a FIFO was opened for reading?)"
+    r = done[0].result("part-2.bin")
+    assert r.diagnosis == "not_a_file" and r.message == "is a FIFO (named pipe), not a regular file; not opened"
+    assert [x.path for x in done[0].failures] == ["part-2.bin"]

@@ -145,6 +145,25 @@ def make_small(root: Path, count: int, sizes: tuple[int, int], seed: bytes) -> C
     return Case(f"{count} small files", d, [d / p for p, *_ in entries], mpath)
 
 
+def make_hub_layout(root: Path, small: Case) -> Case:
+    """``small``'s files as a Hugging Face cache repository holds them: each a blob (a hard
+    link to the same bytes, a copy where links are not to be had) named by its sha256, and a
+    snapshot folder of links to ``../../blobs/<sha256>``; the same manifest."""
+    repo = root / "hub" / "models--bench--small-files"
+    snap, blobs = repo / "snapshots" / ("0" * 40), repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    for entry in small.manifest.files:
+        blob = blobs / entry.digests["sha256"]
+        try:
+            os.link(small.directory / entry.path, blob)
+        except OSError:
+            shutil.copyfile(small.directory / entry.path, blob)
+        os.symlink(f"../../blobs/{blob.name}", snap / entry.path)
+    return Case(f"{small.name}, hub cache layout", snap, [snap / e.path for e in small.manifest.files],
+                small.manifest_path)
+
+
 def make_sharded(root: Path, shards: int, size: int, seed: bytes) -> Case:
     d = root / "sharded"
     entries = []
@@ -434,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         large_sha, large_md5, large_both = make_large(root, large_size, seed)
         bge = make_bge_m3_shaped(root, scale, seed)
         small = make_small(root, n_small, (4 * 1024, 64 * 1024), seed)
+        hub = make_hub_layout(root, small)
         sharded = make_sharded(root, shards, shard_size, seed)
         os.sync()  # write-back done before timing
         for case in (large_sha, bge, small, sharded):  # into the page cache
@@ -493,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             "modelguard verify (cold, one reader thread)": lambda: verify(small.manifest, small.directory, cache=False,
                                                                            max_workers=1),
             "modelguard verify (cold, empty digest cache)": verify_into_an_empty_cache,
+            "modelguard verify (cold, hub cache links)": mg_verify(hub),
             "os.lstat of every file (the floor of a warm verify)": lambda: lstat_loop(small.files),
         }
         times_c = measure(tools_c, max(repeat, 15))
@@ -513,11 +534,11 @@ def main(argv: list[str] | None = None) -> int:
 
         # warm: the folder indexes of the stat cache written by one verify each
         cache = StatCache(root / "digest-cache")
-        newest = max(os.stat(f).st_ctime_ns for c in (large_sha, bge, small) for f in c.files)
+        newest = max(os.stat(f).st_ctime_ns for c in (large_sha, bge, small, hub) for f in c.files)
         wait = (newest + cache.racy_window_ns) / 1e9 - time.time() + 0.1
         if wait > 0:
             time.sleep(wait)
-        for case in (large_sha, bge, small):
+        for case in (large_sha, bge, small, hub):
             assert verify(case.manifest, case.directory, cache=cache).ok  # writes the folder's index
         warm: dict[str, dict] = {}
         print(f"\nwarm verify (stat cache hit; median of {warm_repeat} runs; 'x faster' = cold median / warm median)")
@@ -527,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             ("(b) bge-m3-shaped dir, manifest object", bge, times_b["modelguard verify (cold)"]),
             ("(b) bge-m3-shaped dir, manifest file", bge, times_b["modelguard verify (cold)"]),
             (f"(c) {n_small} small files", small, times_c["modelguard verify (cold)"]),
+            (f"(c) {n_small} small files, hub cache layout", hub,
+             times_c["modelguard verify (cold, hub cache links)"]),
         ):
             report = verify(case.manifest, case.directory, cache=cache)  # a warm-up run
             assert report.ok, report.summary()
