@@ -233,6 +233,26 @@ def test_a_hub_snapshot_link_out_of_the_repository_escapes_cold_and_warm(tmp_pat
         assert r.diagnosis == "symlink_escape" and str(outside) in r.message, r.message
 
 
+@pytest.mark.parametrize("target,diagnosis,said", [
+    ("config.json", "unreadable", "path cannot be resolved: Symlink loop"),
+    ("../../blobs/{blob}/x", "missing", "dangling symlink (points to ../../blobs/{blob}/x)"),
+], ids=["loop", "through-a-file"])
+def test_a_listed_link_that_cannot_be_followed_hides_no_unlisted_file_beside_it(tmp_path, target, diagnosis, said):
+    # The search for unlisted files never follows a listed link: one whose target cannot be
+    # stat'ed (a loop, a file used as a folder) does not make it skip the rest of the folder.
+    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    blob = hashlib.sha256(HUB_FILES["config.json"]).hexdigest()
+    (snap / "config.json").unlink()
+    os.symlink(target.format(blob=blob), snap / "config.json")
+    (snap / "extra.txt").write_bytes(b"not in the manifest")
+    manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
+    report = verify(manifest, snap, cache=False, strict_extra=True)
+    assert report.extra_files == ("extra.txt",), report.extra_files
+    assert [r.path for r in report.failures] == ["config.json"]
+    bad = report.result("config.json")
+    assert bad.diagnosis == diagnosis and said.format(blob=blob) in bad.message, bad.message
+
+
 def test_fifo_in_the_directory_does_not_hang(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
