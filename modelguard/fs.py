@@ -13,9 +13,12 @@ from typing import Iterable
 def containing_roots(directory: Path) -> list[Path]:
     """Directories a file may resolve into: the model dir, and for a HF cache
     snapshot, that repo's own blobs folder."""
-    roots = [directory.resolve()]
-    if directory.parent.name == "snapshots":
-        roots.append((directory.parent.parent / "blobs").resolve())
+    # the resolved folder tells whether it is a snapshot: a relative path ("." inside it) or
+    # a link to it names no "snapshots" parent itself
+    real = directory.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots":
+        roots.append((real.parent.parent / "blobs").resolve())
     return roots
 
 

@@ -9,6 +9,7 @@ refused with a message that names the manifest, the entry and the field. Reading
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -220,6 +221,10 @@ def check_relative_path(path: Any, where: str = "path", source: str = "<manifest
         refuse("empty or '.' path segments are not allowed")
     if any(ord(ch) < 32 for ch in path):
         refuse("contains control characters")
+    try:  # a lone surrogate (a "\ud800" escape) names no file: no file system call takes it
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        refuse("contains a lone surrogate, which no file name can hold")
     return str(PurePosixPath(path))
 
 

@@ -249,6 +249,19 @@ def test_unsafe_path_is_refused(tmp_path, path, problem):
     assert "\x00" not in exc.message and "\n" not in exc.message.split(": unsafe path")[0]
 
 
+def test_a_path_with_a_lone_surrogate_is_refused_with_no_traceback(tmp_path):
+    # YAML's "\ud800" escape gives a string no file system call can take.
+    sha = hashlib.sha256(b"a").hexdigest()
+    path = tmp_path / "m.yaml"
+    path.write_text("modelguard: 1\nmodel: a/b\ncomponents:\n  w: {required: true}\nfiles:\n"
+                    f'- path: "\\ud800x.bin"\n  size: 1\n  component: w\n  sha256: {sha}\n')
+    (tmp_path / "d").mkdir()
+    result = run_cli("verify", str(path), str(tmp_path / "d"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "unsafe path '\\ud800x.bin': contains a lone surrogate, which no file name can hold" in result.stderr
+
+
 def test_duplicate_path_is_refused(tmp_path):
     data = good()
     data["files"].append(dict(data["files"][0]))

@@ -253,6 +253,20 @@ def test_a_listed_link_that_cannot_be_followed_hides_no_unlisted_file_beside_it(
     assert bad.diagnosis == diagnosis and said.format(blob=blob) in bad.message, bad.message
 
 
+@pytest.mark.parametrize("how", ["relative path", "through a link"])
+def test_a_hub_snapshot_named_by_a_relative_path_or_a_link_still_has_its_blobs(tmp_path, monkeypatch, how):
+    snap, _ = _hub_layout(tmp_path, HUB_FILES)
+    manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
+    if how == "relative path":
+        monkeypatch.chdir(snap.parent)
+        given = Path(snap.name)
+    else:
+        given = tmp_path / "model"
+        os.symlink(snap, given)
+    report = verify(manifest, given, cache=False)
+    assert report.ok, report.summary()
+
+
 def test_fifo_in_the_directory_does_not_hang(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
