@@ -58,12 +58,13 @@ class _Checker:
         self.plain_dirs: set[str] = set()  # folders below the root found to be plain folders
         self.link_folders: dict = {}  # fs.linked_file's folders, for this verify
         self.folder_fds: dict[str, int] = {}  # blob folders opened for quickpath's reads (-1: not to be)
+        self.all_digests = all_digests
+        # the cache first: a cache argument refused leaves no folder open
+        self.cache = folder_view(open_cache(cache, rehash=rehash), self.root_text)
         try:  # files straight in the model folder are opened relative to it
             self.root_fd: int | None = os.open(self.root_text, _O_READ | getattr(os, "O_DIRECTORY", 0))
         except OSError:
             self.root_fd = None
-        self.all_digests = all_digests
-        self.cache = folder_view(open_cache(cache, rehash=rehash), self.root_text)
         self.remedy = remedy
         self.progress = progress
         self.listing: list[os.DirEntry] | None = None  # the model folder's entries, when listed

@@ -384,3 +384,20 @@ def test_a_blob_swapped_after_its_link_was_followed_is_never_taken_for_it(tmp_pa
     r = done[0].result("part-2.bin")
     assert r.diagnosis == "not_a_file" and r.message == "is a FIFO (named pipe), not a regular file; not opened"
     assert [x.path for x in done[0].failures] == ["part-2.bin"]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to count open files")
+def test_a_verify_refused_for_its_cache_argument_leaves_no_folder_open(tmp_path, model):
+    from modelguard.errors import UsageError
+
+    manifest, directory = model
+    before = open_fds()
+    for _ in range(3):
+        with pytest.raises(UsageError, match="cache must be True, False, a directory or an object"):
+            verify(manifest, directory, cache=object())
+    assert open_fds() == before
+
