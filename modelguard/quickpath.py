@@ -58,6 +58,7 @@ _O_READ = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 
 _NEW = object.__new__
 _SET = object.__setattr__
 _HASHERS = {"sha256": hashlib.sha256}
+_FOLDERS = 8  # blob folders a verify keeps open for Linked batches (a snapshot's links: one)
 
 
 def ok_result(entry: Any, required: bool, size: int, digests: dict[str, str], cached: bool) -> FileResult:
@@ -289,6 +290,8 @@ def _blob(checker: Any, entry: Any) -> tuple[Any, int, str, str] | None:
     fds = checker.folder_fds
     fd = fds.get(folder)
     if fd is None:
+        if len(fds) >= _FOLDERS:  # links into many folders: the general path, no descriptor held per folder
+            return None
         try:
             fd = os.open(folder or os.sep, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
                          | getattr(os, "O_CLOEXEC", 0))

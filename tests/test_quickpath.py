@@ -401,3 +401,28 @@ def test_a_verify_refused_for_its_cache_argument_leaves_no_folder_open(tmp_path,
             verify(manifest, directory, cache=object())
     assert open_fds() == before
 
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to count open files")
+def test_links_into_many_folders_hold_no_descriptor_per_folder(tmp_path):
+    # Each snapshot file links into a folder of its own: the tight loop keeps a few folders
+    # open, the rest take the general path, so no read runs out of descriptors.
+    import resource
+
+    snap = tmp_path / "hub" / "models--local--tiny" / "snapshots" / ("d" * 40)
+    files = {}
+    for i in range(300):
+        data = os.urandom(200 + i)
+        (snap / f"d{i}").mkdir(parents=True)
+        (snap / f"d{i}" / "f").write_bytes(data)
+        os.symlink(f"d{i}/f", snap / f"l{i}")
+        files[f"l{i}"] = data
+    manifest = parse_manifest_text(manifest_text(files), "many.yaml")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = open_fds()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(before + 100, hard), hard))
+    try:
+        report = verify(manifest, snap, cache=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [(r.path, r.message) for r in report.files if not r.ok] == []
+    assert open_fds() == before
