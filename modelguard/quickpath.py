@@ -34,8 +34,8 @@ A Hugging Face cache snapshot's small files, links to ``../../blobs/<sha256>``, 
 of their own (:class:`Linked`) once :func:`~modelguard.fs.linked_file` has followed each to a
 regular file of the manifest's size: the blob folder is opened once per verify (without
 following a link, and found through ``/proc`` to be the folder checked), and each blob is read
-by the same kind of loop relative to it, its record stored under the blob's path as the
-general read stores it.
+by the same kind of loop relative to it while ``/proc`` still names the folder by its path, its
+record stored under the blob's path as the general read stores it.
 """
 
 from __future__ import annotations
@@ -371,19 +371,24 @@ def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -
 def _read_linked(checker: Any, batch: Linked, results: dict[str, FileResult]) -> None:
     """:func:`read_batch`'s loop for a :class:`Linked` batch: each blob opened relative to its
     folder's descriptor without following a link or blocking, and read with one call of one
-    byte more than its size; with the folder index, its stat key (``fstat``) looked up and a
-    verified read stored under the blob's path, as the general read stores it. Anything
-    unusual goes to the general checks."""
+    byte more than its size, while ``/proc`` still names its folder by the folder's path (not
+    moved since it was opened: :func:`_moved_folders`); with the folder index, its stat key
+    (``fstat``) looked up and a verified read stored under the blob's path, as the general
+    read stores it. Anything unusual goes to the general checks."""
     memo = _templates(checker.manifest, checker.all_digests)
     progress, cache = checker.progress, checker.cache
     store, lookup = (cache.store, cache.lookup) if type(cache) is FolderView else (None, None)
     buf = spare_buffer()
     view = memoryview(buf)
     again = []
+    moved = _moved_folders(batch)
     try:
         for entry, dir_fd, name, real in batch:
             size = entry.size
             held = memo.get(entry.path) or _held(memo, checker, entry)
+            if dir_fd in moved:
+                again.append(entry)
+                continue
             try:
                 fd = os.open(name, _O_READ, dir_fd=dir_fd)
             except OSError:
@@ -416,6 +421,17 @@ def _read_linked(checker: Any, batch: Linked, results: dict[str, FileResult]) ->
         keep_buffer(buf)
     for entry in again:
         results[entry.path] = checker.check(entry)
+
+
+def _moved_folders(batch: Linked) -> set[int]:
+    """``batch``'s folder descriptors that ``/proc`` no longer names by the folder's path (moved,
+    perhaps out of the roots, since :func:`_blob` checked it): the general checks take their files."""
+    moved = set()
+    for fd, folder in {item[1]: item[3].rpartition(os.sep)[0] or os.sep for item in batch}.items():
+        opened = opened_path(fd)
+        if opened is None or os.fspath(opened) != folder:
+            moved.add(fd)
+    return moved
 
 
 def _same(held: tuple, entry: Any, chunk: Any) -> bool:

@@ -426,3 +426,33 @@ def test_links_into_many_folders_hold_no_descriptor_per_folder(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert [(r.path, r.message) for r in report.files if not r.ok] == []
     assert open_fds() == before
+
+
+def test_a_blob_folder_moved_out_after_it_was_opened_is_not_read_from(tmp_path, model, monkeypatch):
+    # The blob folder, opened for the first link, is moved out of the repository and a link to
+    # a copy outside put in its place: no blob is then read from the folder (now outside the
+    # roots); each file gets the general path's diagnosis, as every link now leads outside.
+    from modelguard import quickpath
+
+    manifest, _ = model
+    snap, blobs = hub_snapshot(tmp_path)
+    outside = tmp_path / "outside-blobs"
+    followed, swapped = quickpath._blob, []
+
+    def follow_then_swap(checker, entry):
+        item = followed(checker, entry)
+        if item is not None and not swapped:
+            os.rename(blobs, tmp_path / "moved-blobs")
+            os.symlink(outside, blobs)
+            import shutil
+            shutil.copytree(tmp_path / "moved-blobs", outside)
+            swapped.append(entry.path)
+        return item
+
+    monkeypatch.setattr(quickpath, "_blob", follow_then_swap)
+    report = verify(manifest, snap, cache=False)
+    assert swapped
+    linked = [r for r in report.files if "/" not in r.path]
+    assert {r.path: r.diagnosis for r in linked} == dict.fromkeys((r.path for r in linked), "symlink_escape")
+    for r in linked:
+        assert r.message.startswith(f"links outside the model directory (to {outside}{os.sep}"), r.message
