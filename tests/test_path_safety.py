@@ -267,6 +267,25 @@ def test_a_hub_snapshot_named_by_a_relative_path_or_a_link_still_has_its_blobs(t
     assert report.ok, report.summary()
 
 
+
+@pytest.mark.parametrize("how", ["relative path", "through a link"])
+def test_a_hub_snapshot_named_by_a_relative_path_or_a_link_is_repaired_in_the_cache(tmp_path, monkeypatch, how):
+    # The remedy fetches into the cache as for the snapshot named by its own path, not into the
+    # snapshot folder as if it were a local_dir download.
+    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
+    (blobs / hashlib.sha256(HUB_FILES["config.json"]).hexdigest()).write_bytes(b'{"a": 2}')
+    expected = verify(manifest, snap, cache=False).result("config.json")
+    assert expected.diagnosis == "digest_mismatch" and "--local-dir" not in expected.remedy, expected.remedy
+    if how == "relative path":
+        monkeypatch.chdir(snap.parent)
+        given = Path(snap.name)
+    else:
+        given = tmp_path / "model"
+        os.symlink(snap, given)
+    got = verify(manifest, given, cache=False).result("config.json")
+    assert (got.diagnosis, got.message, got.remedy) == (expected.diagnosis, expected.message, expected.remedy)
+
 def test_fifo_in_the_directory_does_not_hang(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
