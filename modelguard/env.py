@@ -21,6 +21,22 @@ ENV_IDENTITY_PROVIDER = "MODELGUARD_IDENTITY_PROVIDER"
 SIGNING_VARIABLES = (ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATURE, ENV_IDENTITY, ENV_IDENTITY_PROVIDER)
 
 
+# The digest cache's switches (read by modelguard.statcache); named here so that the guard can
+# read them at program start without importing the cache and the hashing behind it.
+ENV_NO_CACHE = "MODELGUARD_NO_CACHE"
+ENV_REHASH = "MODELGUARD_REHASH"
+
+
+def env_flag(name: str) -> bool:
+    """Whether ``$name`` is set to anything but empty, 0, false, no or off (any case)."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def rehash_by_env() -> bool:
+    """Whether ``$MODELGUARD_REHASH`` asks for every file to be hashed in full."""
+    return env_flag(ENV_REHASH)
+
+
 def is_offline() -> bool:
     """True when $HF_HUB_OFFLINE (or $TRANSFORMERS_OFFLINE) switches the Hub off."""
     return any((os.environ.get(var) or "").strip().upper() in _TRUE for var in OFFLINE_VARIABLES)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+# Kept off the import path: this module loads at program start with modelguard.auto, and the
+# annotations (postponed) are never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ModelGuardError(Exception):

@@ -12,7 +12,6 @@ import sys
 import threading
 import warnings
 
-from .dependencies import describe_import_failure
 from .hooks import HOOKS
 from .policy import UnsupportedLibraryWarning
 
@@ -112,6 +111,8 @@ def apply_hook(import_name: str) -> None:
                 hook.unpatch()
             _refused[import_name] = f"patching failed: {exc}"
             if isinstance(exc, ImportError):  # a part of the library the hook wraps cannot be imported: say why
+                from .dependencies import describe_import_failure  # only when a hook cannot patch
+
                 detail = describe_import_failure(import_name, exc)
             else:
                 detail = f"{type(exc).__name__}: {exc}"

@@ -39,9 +39,8 @@ import os
 import threading
 from collections import namedtuple
 
-from .env import SIGNING_VARIABLES, is_offline
+from .env import SIGNING_VARIABLES, is_offline, rehash_by_env
 from .errors import UsageError
-from .statcache import rehash_by_env
 
 POLICIES = ("refuse", "repair", "warn")
 UNKNOWN_POLICIES = ("warn", "refuse", "allow")

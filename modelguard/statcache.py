@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .env import ENV_NO_CACHE, ENV_REHASH, env_flag, rehash_by_env  # noqa: F401 - the cache's switches
 from .errors import UsageError
 from .hashing import stat_key
 from .pieces import CHUNKED
@@ -63,9 +64,7 @@ FORMAT_VERSION = 1
 RACY_WINDOW_NS = 2_000_000_000
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600
 ENV_CACHE_DIR = "MODELGUARD_CACHE_DIR"
-ENV_NO_CACHE = "MODELGUARD_NO_CACHE"
 ENV_MAX_AGE = "MODELGUARD_CACHE_MAX_AGE"
-ENV_REHASH = "MODELGUARD_REHASH"
 DIGEST_LENGTHS = {"md5": 32, "sha256": 64, "git_sha1": 40, CHUNKED: 64}
 HEX = frozenset("0123456789abcdef")
 _MAX_ENTRY_BYTES = 64 * 1024
@@ -112,16 +111,7 @@ def default_cache_dir() -> Path | None:
 
 
 def cache_disabled_by_env() -> bool:
-    return _env_flag(ENV_NO_CACHE)
-
-
-def rehash_by_env() -> bool:
-    """Whether ``$MODELGUARD_REHASH`` asks for every file to be hashed in full."""
-    return _env_flag(ENV_REHASH)
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return env_flag(ENV_NO_CACHE)
 
 
 def parse_max_age(text: str, *, source: str = ENV_MAX_AGE) -> float:

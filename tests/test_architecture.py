@@ -67,6 +67,8 @@ CHEAP_IMPORTS = {
     ("modelguard.preload", "modelguard.signature_lock"),
     ("modelguard.safety", "modelguard.pickle_containers"),
     ("modelguard.safety", "modelguard.pickle_gate"),
+    # import modelguard.auto: the import-failure message (and typing behind it) only when a hook cannot patch
+    ("modelguard.importhooks", "modelguard.dependencies"),
 }
 MAX_LOCAL_IMPORTS = 20
 
