@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .env import ENV_NO_CACHE, ENV_REHASH, env_flag, rehash_by_env  # noqa: F401 - the cache's switches
+from .env import ENV_NO_CACHE, env_flag, rehash_by_env
 from .errors import UsageError
 from .hashing import stat_key
 from .pieces import CHUNKED
