@@ -12,30 +12,31 @@ link, a missing file, a folder on the way) goes to the engine's general checks, 
 every trust and diagnosis decision as before.
 
 :func:`batches` hands the readers the files whose bytes must be read, in batches. With no
-digest cache or the cache's folder index, a batch may hold only files straight in the model
-folder that the folder's listing says are regular files, smaller than one read buffer and not
-empty (an empty entry, which a device could match, goes the general way); :func:`read_batch`
+digest cache or the cache's folder index, a batch of the tight loop holds only files straight in
+the model folder that the folder's listing says are regular files, smaller than one read buffer
+and not empty (an empty entry, which a device could match, goes the general way); :func:`read_batch`
 reads those in a tight loop: opened relative to the folder without following links or
 blocking, read with one call that asks for one byte more than the manifest's size into a
 reused buffer, and hashed from it (hashlib releases the GIL, so reader threads overlap). With
 no cache, no ``fstat``: the listing told the type, the read tells the size (a longer file
 returns the extra byte, a shorter one less), and a folder or FIFO put there since fails the
 read (a device node would need its own privilege to be put there). A read is taken to be
-short only at the end of the file. Every system call
-releases the GIL, and with two readers whatever Python work a file costs between the calls
-holds the other reader back, so the loop does nothing else: the digests to compare and the
-result are worked out once per manifest file, and the results go straight into the verify's
-mapping. Anything unusual (open or read fails, other size, a digest that differs) is handed to
-the engine's general checks, which diagnose it from the file itself. With the folder index, an
-``fstat`` of the opened file gives its stat key (a regular file of the manifest's size, else the
-general checks), the cache's entries are looked up under it, and a read that verified is stored
-as the record of that key; with a caller's own cache object every file goes to the general read.
-A Hugging Face cache snapshot's small files, links to ``../../blobs/<sha256>``, go in batches
-of their own (:class:`Linked`) once :func:`~modelguard.fs.linked_file` has followed each to a
-regular file of the manifest's size: the blob folder is opened once per verify (without
-following a link, and found through ``/proc`` to be the folder checked), and each blob is read
-by the same kind of loop relative to it while ``/proc`` still names the folder by its path, its
-record stored under the blob's path as the general read stores it.
+short only at the end of the file. Every system call releases the GIL, and with two readers
+whatever Python work a file costs between the calls holds the other reader back, so the loop
+does nothing else: the digests to compare and the result are worked out once per manifest
+file, and the results go straight into the verify's mapping. Anything unusual (open or read
+fails, other size, a digest that differs) is handed to the engine's general checks, which
+diagnose it from the file itself. With the folder index, an ``fstat`` of the opened file gives
+its stat key (a regular file of the manifest's size, else the general checks), the cache's
+entries are looked up under it, and a read that verified is stored as the record of that key;
+with a caller's own cache object every file goes to the general read. With no cache or the
+folder index, a snapshot's small files straight in its folder (links to ``../../blobs/<sha256>``)
+go in batches of their own (:class:`Linked`) once :func:`~modelguard.fs.linked_file` followed
+each to a regular file of the manifest's size: the blob folder is opened once per verify
+without following a link and found through ``/proc`` to be the folder checked (at most eight
+held open: a link into a ninth goes the general way), and each blob is read by the same kind of
+loop relative to it if ``/proc``, asked once per batch, still names the folder by its path; its
+record is looked up and stored under the blob's path as the general read does.
 """
 
 from __future__ import annotations
@@ -203,15 +204,15 @@ def batches(checker: Any, order: ManifestOrder, results: dict[str, FileResult]) 
     here, in the caller's thread. A batch holds either entries that the folder's listing
     (:meth:`~modelguard.engine._Checker.regular_names`, taken when the first such file is
     met) names as regular files straight in the folder, small and not empty, read by
-    :func:`read_batch` with no other check first; or the ``(entry, path, resolved)`` that the
-    engine's ``locate`` found to be read. The first kind only with no cache or the cache's
-    folder index (:class:`~modelguard.statindex.FolderView`), where such a file's read
-    stores its record: whatever the index does not hold is read, not looked up again. When the
-    index answered nothing (a cold verify), those batches are the ones worked out once for the
-    manifest (:attr:`ManifestOrder.small`), handed on whole when the listing names each of
-    their files a regular file: no work per file here while the readers read. Otherwise the
-    big files the index answered leave the checker's ``big`` before any is read: they keep no
-    reader busy (:func:`~modelguard.hashing.worth_a_pipeline`)."""
+    :func:`read_batch` with no other check first; a :class:`Linked` batch of small files that
+    are a snapshot's links to their blobs (:func:`_blob`); or the ``(entry, path, resolved)``
+    that ``locate`` found to be read. The first two only with no cache or the folder index
+    (:class:`~modelguard.statindex.FolderView`), where such a file's read stores its record:
+    whatever the index does not hold is read, not looked up again. When the index held no
+    record to look at (cold), the first kind are the batches worked out once for the manifest
+    (:attr:`ManifestOrder.small`), handed on whole when the listing names each of their files
+    a regular file: no work per file here while the readers read. Otherwise the big files the
+    index answered leave the checker's ``big`` before any is read: they keep no reader busy."""
     listed = type(checker.cache) in (NoCache, FolderView) and checker.root_fd is not None
     todo = cached_hits(checker, order.by_size, results)
     if todo is not order.by_size:  # a big file the index answered is not read: it keeps no reader busy
