@@ -138,7 +138,8 @@ def hash_fd(
     files of :data:`PIPELINE_MIN_SIZE` bytes or more. ``stat_before``: ``os.fstat(fd)``
     if the caller has just taken it (saves a system call). :data:`CHUNKED` hashes each
     ``piece_size`` piece; its digests are appended to ``pieces`` when given. Asked for alone
-    on a file of several pieces, the pieces are hashed on one thread per core.
+    on a file of several pieces, the pieces are hashed on one thread per core (at most 8),
+    unless ``threads`` is False (then in this thread, in order).
 
     Raises :class:`FileChangedError` when the file's size, mtime or inode differ
     after the read from before it, so a file being written is never reported

@@ -1,8 +1,9 @@
-"""What a verify works out once per frozen manifest and keeps while the manifest is in use:
-its files in the orders a verify uses (:class:`ManifestOrder`: largest first for the readers,
-the report's order, the set of listed paths) and the batches its small files straight in the
-model folder make for :mod:`modelguard.quickpath`'s tight loop; :func:`per_manifest` is the
-one memo (a frozen manifest does not change; the memo holds a weak reference to it).
+"""What a verify works out once per frozen manifest (and set of components asked for) and keeps
+while the manifest is in use: its files in the orders a verify uses (:class:`ManifestOrder`:
+largest first for the readers, the report's order, the set of listed paths) and the batches its
+small files straight in the model folder make for :mod:`modelguard.quickpath`'s tight loop;
+:func:`per_manifest` is the one memo, which quickpath's per-file templates and paths use too (a
+frozen manifest does not change; the memo holds a weak reference to it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def per_manifest(manifest: Any, key: tuple, make: Callable[[], Any]) -> Any:
 
 
 class ManifestOrder(NamedTuple):
-    """A manifest's files in the orders a verify of all of them uses, worked out once."""
+    """A manifest's files (or those of some of its components) in the orders a verify uses,
+    worked out once."""
 
     by_size: tuple  # largest first: the readers do not end on one big file
     by_path: tuple[str, ...]  # the paths in the report's order
