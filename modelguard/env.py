@@ -1,4 +1,6 @@
-"""Settings read from the environment at call time: is the Hub switched off, where is it.
+"""Settings read from the environment at call time: is the Hub switched off, where is it, the
+names of the signature settings, and the digest cache's switches (``MODELGUARD_NO_CACHE``,
+``MODELGUARD_REHASH``: on when set to anything but empty, 0, false, no or off).
 
 One rule for "offline" everywhere (the guard, fetch, build --from-hub): ``HF_HUB_OFFLINE``
 or ``TRANSFORMERS_OFFLINE`` set to 1/true/yes/on, in any case.

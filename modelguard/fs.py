@@ -1,6 +1,7 @@
 """Filesystem safety shared by every module that opens a model's files: which folders a
-file may resolve into, whether a path lies inside them, what an open descriptor really
-is, and how to name a file type that is not a regular file."""
+file may resolve into, whether a path lies inside them, a Hugging Face cache snapshot's link
+followed to its blob without resolving its path part by part, what an open descriptor really
+is, the files of a folder, and how to name a file type that is not a regular file."""
 
 from __future__ import annotations
 

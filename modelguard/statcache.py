@@ -1,8 +1,9 @@
 """A durable cache of verified digests, keyed on what ``stat`` says about a file.
 
-After a file verifies, its digests are remembered under its absolute path and
-(device, inode, size, mtime_ns, ctime_ns). A later verify of the same unchanged file
-costs a stat and one small read instead of hashing gigabytes. Rewriting a file through
+After a file verifies, its digests are remembered under its real path (a link's: its
+target's) and (device, inode, size, mtime_ns, ctime_ns). A later verify of the same
+unchanged file costs a stat (its folder's index is read once per verify) instead of hashing
+gigabytes. Rewriting a file through
 ``write()`` changes its ctime, replacing it changes its inode, and neither can be set back
 (short of changing the system clock), so restoring size and mtime (``os.utime``) does not
 fool the key.
