@@ -429,8 +429,8 @@ def verify_directory(
         def unlisted() -> None:
             # files the manifest does not list, looked for while the readers read; the folder
             # still open (its listing's entries look up a link relative to it), and listed once
-            # when regular_names listed it (before the reads: a file made during the verify is
-            # not seen, as one made just after it would not be)
+            # when regular_names listed it (before the small files' reads: a file made later in
+            # the verify is not seen, as one made just after it would not be)
             if components is None:
                 extra[0] = tuple(rel for rel in walk_files(root, known=order.paths, top=checker.listing)
                                  if rel not in order.paths)
