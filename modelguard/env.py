@@ -23,8 +23,8 @@ ENV_IDENTITY_PROVIDER = "MODELGUARD_IDENTITY_PROVIDER"
 SIGNING_VARIABLES = (ENV_PUBLIC_KEY, ENV_REQUIRE_SIGNATURE, ENV_IDENTITY, ENV_IDENTITY_PROVIDER)
 
 
-# The digest cache's switches (read by modelguard.statcache); named here so that the guard can
-# read them at program start without importing the cache and the hashing behind it.
+# The digest cache's switches (read by modelguard.statcache); named here so that the guard's
+# policy reads the rehash switch without importing the cache and the hashing behind it.
 ENV_NO_CACHE = "MODELGUARD_NO_CACHE"
 ENV_REHASH = "MODELGUARD_REHASH"
 
