@@ -349,8 +349,6 @@ class _Checker:
 
 def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, str], str | None]:
     """The command that repairs a broken file of ``manifest`` in ``directory``."""
-    # a snapshot named by a relative path or through a link is fetched into the cache too
-    local_dir = None if Path(directory).resolve().parent.name == "snapshots" else directory
 
     def remedy(entry: FileEntry, diagnosis: str) -> str | None:
         if diagnosis in ("changed_while_reading",):
@@ -359,7 +357,9 @@ def default_remedy(manifest: Manifest, directory: Path) -> Callable[[FileEntry, 
             return download_again(manifest, directory)
         if "/" not in manifest.model:
             return f"restore {entry.path} from the source the manifest was built from"
-        return fetch_command(manifest.model, manifest.revision, local_dir=local_dir)
+        # a snapshot named by a relative path or through a link is fetched into the cache too
+        snapshot = Path(directory).resolve().parent.name == "snapshots"  # only for a failure
+        return fetch_command(manifest.model, manifest.revision, local_dir=None if snapshot else directory)
 
     return remedy
 
