@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import run_cli
+from helpers.hub_layout import snapshot_of_links
 from hostile import link_to, make_fifo, make_small_model_dir
 from modelguard.build import build_manifest
 from modelguard.errors import UnsafePathError, UsageError
@@ -125,20 +126,8 @@ def test_links_inside_the_directory_are_fine(tmp_path):
     assert report.ok, report.summary()
 
 
-def _hf_snapshot(cache: Path, repo: str, files: dict[str, bytes], rev: str = "a" * 40) -> Path:
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    snap = folder / "snapshots" / rev
-    snap.mkdir(parents=True)
-    (folder / "blobs").mkdir()
-    for name, data in files.items():
-        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        os.symlink(os.path.relpath(blob, snap), snap / name)
-    return snap
-
-
 def test_hf_cache_links_into_own_blobs_verify(tmp_path):
-    snap = _hf_snapshot(tmp_path / "hub", "org/good", {"model.safetensors": b"m" * 64, "config.json": b"{}"})
+    snap = snapshot_of_links(tmp_path / "hub", "org/good", {"model.safetensors": b"m" * 64, "config.json": b"{}"})[0]
     report = verify(_manifest(_entry("model.safetensors", b"m" * 64), _entry("config.json", b"{}")), snap,
                     cache=False)
     assert report.ok, report.summary()
@@ -146,8 +135,8 @@ def test_hf_cache_links_into_own_blobs_verify(tmp_path):
 
 def test_hf_cache_link_into_another_repos_blobs_escapes(tmp_path):
     hub = tmp_path / "hub"
-    other = _hf_snapshot(hub, "evil/other", {"model.safetensors": b"e" * 64})
-    snap = _hf_snapshot(hub, "org/good", {"config.json": b"{}"})
+    other, _ = snapshot_of_links(hub, "evil/other", {"model.safetensors": b"e" * 64})
+    snap, _ = snapshot_of_links(hub, "org/good", {"config.json": b"{}"})
     blob = (other / "model.safetensors").resolve()
     os.symlink(os.path.relpath(blob, snap), snap / "model.safetensors")
     report = verify(_manifest(_entry("model.safetensors", b"e" * 64), _entry("config.json", b"{}")), snap,
@@ -155,20 +144,6 @@ def test_hf_cache_link_into_another_repos_blobs_escapes(tmp_path):
     r = report.result("model.safetensors")
     assert r.diagnosis == "symlink_escape" and "models--evil--other/blobs" in r.message
     assert report.result("config.json").ok
-
-
-def _hub_layout(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, Path]:
-    """A Hugging Face cache repository whose snapshot links every file (subfolders' too) to
-    ``../../blobs/<sha256>`` as huggingface_hub makes them: ``(snapshot, blobs folder)``."""
-    repo = tmp_path / "hub" / "models--org--linked"
-    snap, blobs = repo / "snapshots" / ("b" * 40), repo / "blobs"
-    blobs.mkdir(parents=True)
-    for name, data in files.items():
-        blob = blobs / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / name).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blob, (snap / name).parent), snap / name)
-    return snap, blobs
 
 
 HUB_FILES = {"model.safetensors": b"m" * 300, "config.json": b'{"a": 1}', "1_Pooling/config.json": b'{"p": 2}'}
@@ -179,7 +154,7 @@ def test_a_hub_snapshot_is_answered_from_the_digest_index_through_its_links(tmp_
     # checked once): no path is resolved part by part for each file, cold or warm.
     from modelguard.statcache import StatCache
 
-    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    snap, blobs = snapshot_of_links(tmp_path / "hub", "org/linked", HUB_FILES, "b" * 40)
     manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
     cache = StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0)
     resolved = []
@@ -204,7 +179,7 @@ def test_a_hub_snapshot_is_answered_from_the_digest_index_through_its_links(tmp_
 def test_a_hub_snapshot_whose_blobs_folder_is_a_link_verifies_the_general_way(tmp_path):
     from modelguard.statcache import StatCache
 
-    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    snap, blobs = snapshot_of_links(tmp_path / "hub", "org/linked", HUB_FILES, "b" * 40)
     elsewhere = tmp_path / "disk" / "blobs"
     elsewhere.parent.mkdir()
     os.replace(blobs, elsewhere)
@@ -221,7 +196,7 @@ def test_a_hub_snapshot_whose_blobs_folder_is_a_link_verifies_the_general_way(tm
 def test_a_hub_snapshot_link_out_of_the_repository_escapes_cold_and_warm(tmp_path, absolute):
     from modelguard.statcache import StatCache
 
-    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    snap, blobs = snapshot_of_links(tmp_path / "hub", "org/linked", HUB_FILES, "b" * 40)
     outside = tmp_path / "outside.json"
     outside.write_bytes(b'{"a": 1}')  # the right bytes, in the wrong place
     (snap / "config.json").unlink()
@@ -240,7 +215,7 @@ def test_a_hub_snapshot_link_out_of_the_repository_escapes_cold_and_warm(tmp_pat
 def test_a_listed_link_that_cannot_be_followed_hides_no_unlisted_file_beside_it(tmp_path, target, diagnosis, said):
     # The search for unlisted files never follows a listed link: one whose target cannot be
     # stat'ed (a loop, a file used as a folder) does not make it skip the rest of the folder.
-    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    snap, blobs = snapshot_of_links(tmp_path / "hub", "org/linked", HUB_FILES, "b" * 40)
     blob = hashlib.sha256(HUB_FILES["config.json"]).hexdigest()
     (snap / "config.json").unlink()
     os.symlink(target.format(blob=blob), snap / "config.json")
@@ -253,16 +228,21 @@ def test_a_listed_link_that_cannot_be_followed_hides_no_unlisted_file_beside_it(
     assert bad.diagnosis == diagnosis and said.format(blob=blob) in bad.message, bad.message
 
 
-@pytest.mark.parametrize("how", ["relative path", "through a link"])
-def test_a_hub_snapshot_named_by_a_relative_path_or_a_link_still_has_its_blobs(tmp_path, monkeypatch, how):
-    snap, _ = _hub_layout(tmp_path, HUB_FILES)
-    manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
+def _named(how: str, snap: Path, tmp_path: Path, monkeypatch) -> Path:
+    """``snap`` named by a path relative to the working folder, or through a link to it."""
     if how == "relative path":
         monkeypatch.chdir(snap.parent)
-        given = Path(snap.name)
-    else:
-        given = tmp_path / "model"
-        os.symlink(snap, given)
+        return Path(snap.name)
+    given = tmp_path / "model"
+    os.symlink(snap, given)
+    return given
+
+
+@pytest.mark.parametrize("how", ["relative path", "through a link"])
+def test_a_hub_snapshot_named_by_a_relative_path_or_a_link_still_has_its_blobs(tmp_path, monkeypatch, how):
+    snap, _ = snapshot_of_links(tmp_path / "hub", "org/linked", HUB_FILES, "b" * 40)
+    manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
+    given = _named(how, snap, tmp_path, monkeypatch)
     report = verify(manifest, given, cache=False)
     assert report.ok, report.summary()
 
@@ -272,17 +252,12 @@ def test_a_hub_snapshot_named_by_a_relative_path_or_a_link_still_has_its_blobs(t
 def test_a_hub_snapshot_named_by_a_relative_path_or_a_link_is_repaired_in_the_cache(tmp_path, monkeypatch, how):
     # The remedy fetches into the cache as for the snapshot named by its own path, not into the
     # snapshot folder as if it were a local_dir download.
-    snap, blobs = _hub_layout(tmp_path, HUB_FILES)
+    snap, blobs = snapshot_of_links(tmp_path / "hub", "org/linked", HUB_FILES, "b" * 40)
     manifest = _manifest(*(_entry(name, data) for name, data in HUB_FILES.items()))
     (blobs / hashlib.sha256(HUB_FILES["config.json"]).hexdigest()).write_bytes(b'{"a": 2}')
     expected = verify(manifest, snap, cache=False).result("config.json")
     assert expected.diagnosis == "digest_mismatch" and "--local-dir" not in expected.remedy, expected.remedy
-    if how == "relative path":
-        monkeypatch.chdir(snap.parent)
-        given = Path(snap.name)
-    else:
-        given = tmp_path / "model"
-        os.symlink(snap, given)
+    given = _named(how, snap, tmp_path, monkeypatch)
     got = verify(manifest, given, cache=False).result("config.json")
     assert (got.diagnosis, got.message, got.remedy) == (expected.diagnosis, expected.message, expected.remedy)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.hub_layout import snapshot_of_links
 from modelguard import verify
 from modelguard.manifest import parse_manifest_text
 from modelguard.statcache import StatCache
@@ -102,6 +103,21 @@ EXPECTED = {"part-0.bin": "truncated", "part-1.bin": "zero_filled", "part-2.bin"
             "sub/config.json": "digest_mismatch"}
 
 
+def assert_diagnosed_as_before(report, missing: str) -> None:
+    """``report`` of a model broken by break_files or break_blobs: each file's diagnosis and
+    message as the general checks give them (``missing``: how the missing file's message starts)."""
+    assert {r.path: r.diagnosis for r in report.files} == EXPECTED
+    assert not any(r.cached for r in report.files)
+    messages = {r.path: r.message for r in report.files}
+    assert messages["part-0.bin"].startswith(f"truncated: {len(FILES['part-0.bin']) - 10} of "
+                                             f"{len(FILES['part-0.bin'])} bytes"), messages["part-0.bin"]
+    assert "every byte is zero" in messages["part-1.bin"]
+    assert messages["part-2.bin"].startswith("right size, wrong content: sha256: expected ")
+    assert messages["part-3.bin"].startswith(missing), messages["part-3.bin"]
+    assert messages["part-4.bin"].startswith("links outside the model directory (to ")
+    assert messages["tokenizer.json"] == "is a FIFO (named pipe), not a regular file; not opened"
+
+
 @pytest.mark.parametrize("cache_kind", ["none", "empty", "warm index"])
 def test_every_broken_file_is_diagnosed_as_before(tmp_path, model, cache_kind):
     manifest, directory = model
@@ -114,16 +130,7 @@ def test_every_broken_file_is_diagnosed_as_before(tmp_path, model, cache_kind):
     worker.join(60)
     assert done, "verify did not finish (a FIFO was opened for reading?)"
     report = done[0]
-    assert {r.path: r.diagnosis for r in report.files} == EXPECTED
-    assert not any(r.cached for r in report.files)
-    messages = {r.path: r.message for r in report.files}
-    assert messages["part-0.bin"].startswith(f"truncated: {len(FILES['part-0.bin']) - 10} of "
-                                             f"{len(FILES['part-0.bin'])} bytes"), messages["part-0.bin"]
-    assert "every byte is zero" in messages["part-1.bin"]
-    assert messages["part-2.bin"].startswith("right size, wrong content: sha256: expected ")
-    assert messages["part-3.bin"].startswith("missing: not in ")
-    assert messages["part-4.bin"].startswith("links outside the model directory (to ")
-    assert messages["tokenizer.json"] == "is a FIFO (named pipe), not a regular file; not opened"
+    assert_diagnosed_as_before(report, "missing: not in ")
 
 
 def test_a_link_inside_the_folder_still_verifies_cold_and_warm(tmp_path, model):
@@ -298,20 +305,6 @@ def test_a_small_file_with_no_sha256_is_read_once_and_compared_by_its_own_digest
         assert report.result("part-1.bin").message.startswith("right size, wrong content: git_sha1: expected ")
 
 
-def hub_snapshot(tmp_path: Path) -> tuple[Path, Path]:
-    """FILES as a Hugging Face cache repository holds them: blobs named by their sha256 and a
-    snapshot of links to ``../../blobs/<sha256>`` (``../../../blobs`` from a subfolder)."""
-    repo = tmp_path / "hub" / "models--local--tiny"
-    snap, blobs = repo / "snapshots" / ("c" * 40), repo / "blobs"
-    blobs.mkdir(parents=True)
-    for name, data in FILES.items():
-        blob = blobs / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / name).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blob, (snap / name).parent), snap / name)
-    return snap, blobs
-
-
 def break_blobs(snap: Path, blobs: Path) -> None:
     """break_files for a snapshot: the blobs' bytes changed through the links."""
     (snap / "part-0.bin").write_bytes(FILES["part-0.bin"][:-10])  # truncated
@@ -335,7 +328,7 @@ def test_every_broken_blob_of_a_hub_snapshot_is_diagnosed_as_before(tmp_path, mo
     # The snapshot's links are followed to their blobs and those read in the tight loop: each
     # broken blob still gets the general checks' diagnosis and message.
     manifest, _ = model
-    snap, blobs = hub_snapshot(tmp_path)
+    snap, blobs = snapshot_of_links(tmp_path / "hub", "local/tiny", FILES, "c" * 40)
     cache = {"none": False, "empty": tmp_path / "empty-cache",
              "warm index": warm_cache(tmp_path, manifest, snap) if cache_kind == "warm index" else None}[cache_kind]
     assert verify(manifest, snap, cache=cache).ok
@@ -346,23 +339,14 @@ def test_every_broken_blob_of_a_hub_snapshot_is_diagnosed_as_before(tmp_path, mo
     worker.join(60)
     assert done, "verify did not finish (a FIFO was opened for reading?)"
     report = done[0]
-    assert {r.path: r.diagnosis for r in report.files} == EXPECTED
-    assert not any(r.cached for r in report.files)
-    messages = {r.path: r.message for r in report.files}
-    assert messages["part-0.bin"].startswith(f"truncated: {len(FILES['part-0.bin']) - 10} of "
-                                             f"{len(FILES['part-0.bin'])} bytes"), messages["part-0.bin"]
-    assert "every byte is zero" in messages["part-1.bin"]
-    assert messages["part-2.bin"].startswith("right size, wrong content: sha256: expected ")
-    assert messages["part-3.bin"].startswith("dangling symlink (points to ../../blobs/"), messages["part-3.bin"]
-    assert messages["part-4.bin"].startswith("links outside the model directory (to ")
-    assert messages["tokenizer.json"] == "is a FIFO (named pipe), not a regular file; not opened"
+    assert_diagnosed_as_before(report, "dangling symlink (points to ../../blobs/")
 
 
 def test_a_blob_swapped_after_its_link_was_followed_is_never_taken_for_it(tmp_path, model, monkeypatch):
     from modelguard import quickpath
 
     manifest, _ = model
-    snap, blobs = hub_snapshot(tmp_path)
+    snap, blobs = snapshot_of_links(tmp_path / "hub", "local/tiny", FILES, "c" * 40)
     followed = quickpath._blob
     swapped = []
 
@@ -435,7 +419,7 @@ def test_a_blob_folder_moved_out_after_it_was_opened_is_not_read_from(tmp_path, 
     from modelguard import quickpath
 
     manifest, _ = model
-    snap, blobs = hub_snapshot(tmp_path)
+    snap, blobs = snapshot_of_links(tmp_path / "hub", "local/tiny", FILES, "c" * 40)
     outside = tmp_path / "outside-blobs"
     followed, swapped = quickpath._blob, []
 
