@@ -2,8 +2,8 @@
 through a Hugging Face cache snapshot's one link to its blob).
 
 :func:`cached_hits` answers, in the caller's thread, every file whose stat key and digests
-its folder's index (:mod:`modelguard.statindex`) still holds: one ``lstat`` and a record
-compare per file, no other work (a snapshot's link: a ``readlink`` and the ``lstat`` of its
+its folder's index (:mod:`modelguard.statindex`) still holds: one ``lstat`` (relative to the
+open model folder: its path is not walked again per file) and a record compare per file, no other work (a snapshot's link: a ``readlink`` and the ``lstat`` of its
 blob, :func:`~modelguard.fs.linked_file`, and the blob's record). A record found to hold the
 expected digests is remembered by identity (the index's records are never changed in place),
 so a later verify that meets the same record compares only the stat key, the type and the
@@ -49,7 +49,7 @@ from typing import Any, Iterable, Iterator
 
 from .fs import human_size, linked_file, opened_path
 from .hashing import big_files, keep_buffer, new_hasher, spare_buffer
-from .readplan import BATCH_BYTES, BATCH_FILES, ManifestOrder, per_manifest, small_and_straight_in
+from .readplan import BATCH_BYTES, BATCH_FILES, ManifestOrder, full_paths, per_manifest, small_and_straight_in
 from .report import OK, FileResult
 from .statcache import NoCache
 from .statindex import FolderView
@@ -93,9 +93,12 @@ def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) ->
     plain_dirs = checker.plain_dirs
     memo = _templates(checker.manifest, checker.all_digests)
     checked = per_manifest(checker.manifest, (id(checker.manifest), checker.all_digests, "hits"), dict)
-    _, paths, raw_paths = _full_paths(checker, entries)
+    _, paths, raw_paths, relative_paths = full_paths(checker.manifest, entries, checker.root_text)
     roots, link_folders = checker.roots, checker.link_folders
-    for entry, path, raw in zip(entries, paths, raw_paths):
+    # stat'ed relative to the open model folder: the path's folders are not walked again per file
+    fd = checker.root_fd
+    stat_at = os.stat
+    for entry, path, raw, rel in zip(entries, paths, raw_paths, relative_paths):
         relative = entry.path
         if "/" in relative and relative.rpartition("/")[0] not in plain_dirs:
             checker.plain_file(relative)  # learns the folder, once
@@ -105,7 +108,7 @@ def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) ->
         record = records.get(path)
         if record is not None:
             try:
-                st = lstat(raw)
+                st = lstat(raw) if fd is None else stat_at(rel, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 rest.append(entry)
                 continue
@@ -153,21 +156,6 @@ def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) ->
             pass
         rest.append(entry)
     return rest
-
-
-def _full_paths(checker: Any, entries: tuple) -> tuple[tuple, tuple[str, ...], tuple[bytes, ...]]:
-    """``(entries, their paths, the same encoded)`` under the checked folder, made once per
-    manifest, sequence of its entries and folder: a path made afresh costs a concatenation and
-    the hashing of a new string, and a ``str`` path costs an encoding in every ``lstat``."""
-    prefix = checker.root_text + os.sep
-
-    def make() -> tuple[tuple, tuple[str, ...], tuple[bytes, ...]]:
-        paths = tuple(prefix + e.path for e in entries)
-        return entries, paths, tuple(map(os.fsencode, paths))
-
-    # the value holds ``entries``: while it is kept, no other sequence can have that id
-    held = per_manifest(checker.manifest, (id(checker.manifest), "paths", id(entries), prefix), make)
-    return held if held[0] is entries else make()
 
 
 def _held(memo: dict[str, tuple], checker: Any, entry: Any) -> tuple:

@@ -1,13 +1,15 @@
 """What a verify works out once per frozen manifest (and set of components asked for) and keeps
 while the manifest is in use: its files in the orders a verify uses (:class:`ManifestOrder`:
 largest first for the readers, the report's order, the set of listed paths) and the batches its
-small files straight in the model folder make for :mod:`modelguard.quickpath`'s tight loop;
-:func:`per_manifest` is the one memo, which quickpath's per-file templates and paths use too (a
-frozen manifest does not change; the memo holds a weak reference to it).
+small files straight in the model folder make for :mod:`modelguard.quickpath`'s tight loop, and
+their paths (:func:`full_paths`); :func:`per_manifest` is the one memo, which quickpath's
+per-file templates use too (a frozen manifest does not change; the memo holds a weak
+reference to it).
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -79,3 +81,19 @@ def manifest_order(manifest: Any, components: frozenset[str] | None = None) -> M
         return per_manifest(manifest, (id(manifest), "order"), lambda: ManifestOrder.of(manifest.files))
     return per_manifest(manifest, (id(manifest), "order", components),
                          lambda: ManifestOrder.of(e for e in manifest.files if e.component in components))
+
+
+def full_paths(manifest: Any, entries: tuple, root_text: str) -> tuple[tuple, tuple, tuple, tuple]:
+    """``(entries, their paths, the same encoded, their relative paths encoded)`` under the
+    folder ``root_text``, made once per manifest, sequence of its entries and folder: a path
+    made afresh costs a concatenation and the hashing of a new string, and a ``str`` path costs
+    an encoding in every ``stat``."""
+    prefix = root_text + os.sep
+
+    def make() -> tuple[tuple, tuple, tuple, tuple]:
+        paths = tuple(prefix + e.path for e in entries)
+        return entries, paths, tuple(map(os.fsencode, paths)), tuple(os.fsencode(e.path) for e in entries)
+
+    # the value holds ``entries``: while it is kept, no other sequence can have that id
+    held = per_manifest(manifest, (id(manifest), "paths", id(entries), prefix), make)
+    return held if held[0] is entries else make()
