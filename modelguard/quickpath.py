@@ -1,15 +1,7 @@
-"""The engine's two hot loops, for the common case: files reached through no link (or
-through a Hugging Face cache snapshot's one link to its blob).
-
-:func:`cached_hits` answers, in the caller's thread, every file whose stat key and digests
-its folder's index (:mod:`modelguard.statindex`) still holds: one ``lstat`` (relative to the
-open model folder: its path is not walked again per file) and a record compare per file, no other work (a snapshot's link: a ``readlink`` and the ``lstat`` of its
-blob, :func:`~modelguard.fs.linked_file`, and the blob's record). A record found to hold the
-expected digests is remembered by identity (the index's records are never changed in place),
-so a later verify that meets the same record compares only the stat key, the type and the
-record's age. Whatever it cannot answer at once (no record, a record that differs, any other
-link, a missing file, a folder on the way) goes to the engine's general checks, which take
-every trust and diagnosis decision as before.
+"""The engine's cold loop, for the common case: files reached through no link (or through a
+Hugging Face cache snapshot's one link to its blob). What the folder's digest index answers
+never gets here: :func:`~modelguard.indexhits.cached_hits` answers it first, in the verify's
+thread.
 
 :func:`batches` hands the readers the files whose bytes must be read, in batches. With no
 digest cache or the cache's folder index, a batch of the tight loop holds only files straight in
@@ -44,146 +36,20 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from types import MappingProxyType
 from typing import Any, Iterable, Iterator
 
-from .fs import human_size, linked_file, opened_path
+from .fs import linked_file, opened_path
 from .hashing import big_files, keep_buffer, new_hasher, spare_buffer
-from .readplan import BATCH_BYTES, BATCH_FILES, ManifestOrder, full_paths, per_manifest, small_and_straight_in
-from .report import OK, FileResult
+from .indexhits import cached_hits, template_of, templates
+from .readplan import BATCH_BYTES, BATCH_FILES, ManifestOrder, small_and_straight_in
+from .report import FileResult
 from .statcache import NoCache
 from .statindex import FolderView
 
 _O_READ = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
            | getattr(os, "O_NOFOLLOW", 0))
-_NEW = object.__new__
-_SET = object.__setattr__
 _HASHERS = {"sha256": hashlib.sha256}
 _FOLDERS = 8  # blob folders a verify keeps open for Linked batches (a snapshot's links: one)
-
-
-def ok_result(entry: Any, required: bool, size: int, digests: dict[str, str], cached: bool) -> FileResult:
-    """The result of a file that verified (as the engine's ``_ok`` builds it), built directly."""
-    result = _NEW(FileResult)
-    shown = f"{size} B" if size < 1000 else f"{size / 1000:.2f} KB" if size < 1000_000 else human_size(size)
-    _SET(result, "__dict__", {
-        "path": entry.path, "component": entry.component, "required": required, "status": OK, "diagnosis": "ok",
-        "message": f"ok ({shown}, {'+'.join(digests)}{', cached' if cached else ''})",
-        "expected": {"size": entry.size, **entry.digests} if entry.size is not None else dict(entry.digests),
-        "actual": {"size": size, **digests}, "remedy": None, "cached": cached})
-    return result
-
-
-def _templates(manifest: Any, all_digests: bool) -> dict[str, tuple]:
-    """Per manifest file, what a cache hit needs: the digests to compare and the result (a
-    hit's result is the same every time the file is unchanged); filled as files are met."""
-    return per_manifest(manifest, (id(manifest), all_digests), dict)
-
-
-def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) -> tuple | list[Any]:
-    """Put in ``results`` every entry its folder index answers; return the others, in order
-    (``entries`` itself when the index holds no record to look at)."""
-    view = checker.cache
-    records = view.records if type(view) is FolderView and view.believed else None
-    if not records:
-        return entries  # itself: batches() knows then that nothing was answered
-    rest = []
-    lstat, is_reg = os.lstat, stat.S_ISREG
-    oldest, newest = view.oldest_ns, view.newest_ns
-    plain_dirs = checker.plain_dirs
-    memo = _templates(checker.manifest, checker.all_digests)
-    checked = per_manifest(checker.manifest, (id(checker.manifest), checker.all_digests, "hits"), dict)
-    _, paths, raw_paths, relative_paths = full_paths(checker.manifest, entries, checker.root_text)
-    roots, link_folders = checker.roots, checker.link_folders
-    # stat'ed relative to the open model folder: the path's folders are not walked again per file
-    fd = checker.root_fd
-    stat_at = os.stat
-    for entry, path, raw, rel in zip(entries, paths, raw_paths, relative_paths):
-        relative = entry.path
-        if "/" in relative and relative.rpartition("/")[0] not in plain_dirs:
-            checker.plain_file(relative)  # learns the folder, once
-            if relative.rpartition("/")[0] not in plain_dirs:
-                rest.append(entry)
-                continue
-        record = records.get(path)
-        if record is not None:
-            try:
-                st = lstat(raw) if fd is None else stat_at(rel, dir_fd=fd, follow_symlinks=False)
-            except OSError:
-                rest.append(entry)
-                continue
-        else:  # a link (a Hugging Face cache snapshot's) has its target's record
-            linked = linked_file(path, roots, link_folders)
-            record = None if linked is None else records.get(linked[0])
-            if record is None:
-                rest.append(entry)
-                continue
-            st = linked[1]
-        known = checked.get(relative)
-        if known is not None and known[0] is record:  # this record object was checked before
-            _, key, stored, result = known
-            if (key == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev) and is_reg(st.st_mode)
-                    and oldest <= stored <= newest):
-                results[relative] = result
-            else:
-                rest.append(entry)
-            continue
-        wanted, fields, _, _ = _held(memo, checker, entry)
-        size = st.st_size
-        try:
-            dev, ino, rsize, mtime, ctime, stored, digests = record
-            if not (is_reg(st.st_mode) and (entry.size is None or entry.size == size) and ino == st.st_ino
-                    and rsize == size and mtime == st.st_mtime_ns and ctime == st.st_ctime_ns and dev == st.st_dev
-                    and type(stored) is int and oldest <= stored <= newest):
-                rest.append(entry)
-                continue
-            # equal to the manifest's value: a valid digest, and the one expected
-            for algorithm, value in wanted.items():
-                if digests.get(algorithm) != value:
-                    break
-            else:
-                if fields is None:  # no size in the manifest: the message says the size found
-                    result = ok_result(entry, checker.manifest.components[entry.component].required, size,
-                                       dict(wanted), True)
-                else:
-                    result = fields  # the same every time: one object, read-only mappings
-                    # the index's records are never changed in place: while this record object is
-                    # the folder's, a hit needs only its stat key, its age and the file's type
-                    checked[relative] = (record, (ino, rsize, mtime, ctime, dev), stored, result)
-                results[relative] = result
-                continue
-        except Exception:  # a malformed record: the general lookup drops it
-            pass
-        rest.append(entry)
-    return rest
-
-
-def _held(memo: dict[str, tuple], checker: Any, entry: Any) -> tuple:
-    """``entry``'s :func:`_template`, made the first time a verify of its manifest meets it."""
-    held = memo.get(entry.path)
-    if held is None:
-        held = memo[entry.path] = _template(checker, entry)
-    return held
-
-
-def _template(checker: Any, entry: Any) -> tuple[dict[str, str], FileResult | None, FileResult | None, str | None]:
-    """The digests to compare; the result of a cache hit and the result of a read that
-    verified (frozen, their mappings read-only, so the reports of every verify share them);
-    the sha256 when it is the only digest to compare."""
-    wanted = {a: entry.expected_digest(a) for a in checker.algorithms_for(entry)}
-    only = wanted["sha256"] if len(wanted) == 1 and "sha256" in wanted else None
-    if entry.size is None:
-        return wanted, None, None, only
-    required = checker.manifest.components[entry.component].required
-    return wanted, _frozen(ok_result(entry, required, entry.size, dict(wanted), True)), \
-        _frozen(ok_result(entry, required, entry.size, dict(wanted), False)), only
-
-
-def _frozen(result: FileResult) -> FileResult:
-    """``result`` with read-only mappings: one object every verify that finds the file unchanged shares."""
-    _SET(result, "expected", MappingProxyType(result.expected))
-    _SET(result, "actual", MappingProxyType(result.actual))
-    return result
 
 
 def batches(checker: Any, order: ManifestOrder, results: dict[str, FileResult]) -> Iterator[list[Any]]:
@@ -308,7 +174,7 @@ def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -
     # (fstat) is looked up among the cache's entries, then, read and verified, stored as the
     # record of that key: the bytes hashed are that file's, and a later change, or another file
     # renamed into its place, changes the key.
-    memo = _templates(checker.manifest, checker.all_digests)
+    memo = templates(checker.manifest, checker.all_digests)
     root_fd, progress = checker.root_fd, checker.progress
     cache = checker.cache
     store, lookup = (cache.store, cache.lookup) if type(cache) is FolderView else (None, None)
@@ -320,7 +186,7 @@ def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -
     try:
         for entry in batch:
             name, size = entry.path, entry.size
-            held = memo.get(name) or _held(memo, checker, entry)
+            held = memo.get(name) or template_of(memo, checker, entry)
             try:
                 fd = open_(name, _O_READ, dir_fd=root_fd)  # no link followed, no blocking on a FIFO
             except OSError:
@@ -364,7 +230,7 @@ def _read_linked(checker: Any, batch: Linked, results: dict[str, FileResult]) ->
     moved since it was opened: :func:`_moved_folders`); with the folder index, its stat key
     (``fstat``) looked up and a verified read stored under the blob's path, as the general
     read stores it. Anything unusual goes to the general checks."""
-    memo = _templates(checker.manifest, checker.all_digests)
+    memo = templates(checker.manifest, checker.all_digests)
     progress, cache = checker.progress, checker.cache
     store, lookup = (cache.store, cache.lookup) if type(cache) is FolderView else (None, None)
     buf = spare_buffer()
@@ -374,7 +240,7 @@ def _read_linked(checker: Any, batch: Linked, results: dict[str, FileResult]) ->
     try:
         for entry, dir_fd, name, real in batch:
             size = entry.size
-            held = memo.get(entry.path) or _held(memo, checker, entry)
+            held = memo.get(entry.path) or template_of(memo, checker, entry)
             if dir_fd in moved:
                 again.append(entry)
                 continue

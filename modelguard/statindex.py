@@ -63,21 +63,26 @@ class FolderView:
         top = os.path.abspath(folder)
         self.name = hashlib.sha256(top.encode("utf-8", "surrogateescape")).hexdigest() + ".idx"
         self.prefix = top.rstrip(os.sep) + os.sep  # the engine's paths: this folder's, already absolute
-        self.records: dict[str, Any] = {}
         self.believed = not cache.rehash  # rehash: no record or entry believed (those of files not read kept)
         now = time.time_ns()  # records stored within [oldest, newest] have not expired (statcache's rule)
         self.oldest_ns, self.newest_ns = now - int(cache.max_age_s * 1e9), now + 60 * 10**9
         self.started_ns = now  # before any read of this verify: the racy window counts from here
         self.touched: set[str] = set()  # paths whose record this verify added, replaced or dropped
         self.dir_fd: int | None = None
+        # the decoded index the records were copied from (shared by the verifies that read the
+        # same bytes, never changed): while this verify has changed none of its records (touched
+        # is empty), each record is the very object ``source`` holds under its path
+        self.source: dict[str, Any] = {}
         try:
             self.dir_fd = cache.store_fd(create=False)
             if self.dir_fd is not None:
-                self.records = self._read()
+                self.source = self._read()
         except Exception:  # anything odd is an empty index
-            self.records = {}
+            self.source = {}
+        self.records = dict(self.source)
 
     def _read(self) -> dict[str, Any]:
+        """The index's records as decoded (shared: not to be changed), or {}."""
         try:
             fd = os.open(self.name, _O_READ, dir_fd=self.dir_fd)
         except OSError:
@@ -100,7 +105,7 @@ class FolderView:
         data = b"".join(chunks)
         last = _DECODED.get(self.name)
         if last is not None and last[0] == data:  # the same bytes as last read: the same records
-            return dict(last[1])
+            return last[1]
         import json
 
         doc = json.loads(data)
@@ -109,7 +114,7 @@ class FolderView:
         if len(_DECODED) >= 4:
             _DECODED.clear()
         _DECODED[self.name] = (data, doc["files"])
-        return dict(doc["files"])
+        return doc["files"]
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
         real = path if type(path) is str and path.startswith(self.prefix) else os.path.abspath(os.fspath(path))
@@ -192,7 +197,7 @@ class FolderView:
                 return
             self.dir_fd = dir_fd
             try:
-                now = self._read()
+                now = dict(self._read())
             except Exception:  # anything odd is an empty index
                 now = {}
             mine = self.records

@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                               "modelguard.hashing", "modelguard.pieces", "modelguard.statcache", "modelguard.statindex",
                               "modelguard.hflisting", "modelguard.lockfile"),
     "verify engine": ("modelguard.report", "modelguard.diagnosis", "modelguard.engine", "modelguard.pickle_gate", "modelguard.pickle_containers",
-                      "modelguard.safety", "modelguard.quickpath", "modelguard.readplan"),
+                      "modelguard.safety", "modelguard.quickpath", "modelguard.indexhits", "modelguard.readplan"),
     "resolution": ("modelguard.resolve",),
     "features": ("modelguard.verifying", "modelguard.policy", "modelguard.randominit", "modelguard.importhooks",
                  "modelguard.overlap", "modelguard.preload", "modelguard.guard", "modelguard.hooks", "modelguard.hub",

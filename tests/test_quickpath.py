@@ -440,3 +440,71 @@ def test_a_blob_folder_moved_out_after_it_was_opened_is_not_read_from(tmp_path, 
     assert {r.path: r.diagnosis for r in linked} == dict.fromkeys((r.path for r in linked), "symlink_escape")
     for r in linked:
         assert r.message.startswith(f"links outside the model directory (to {outside}{os.sep}"), r.message
+
+
+def test_a_warm_verify_by_an_earlier_verify_s_plan_still_checks_every_file(tmp_path, model, monkeypatch):
+    # A verify that answered the files from a decoded index keeps what it found (indexhits'
+    # plan); a later verify reading the same index bytes answers a file by it with the file's
+    # stat key and type alone. Every change still shows: the plan is no answer for a file that
+    # changed, and one that no longer matches goes the general way.
+    from modelguard import indexhits
+
+    manifest, directory = model
+    cache = warm_cache(tmp_path, manifest, directory)  # its second verify made the plan
+    looked_up: list[str] = []
+    answer = indexhits._answer
+
+    def counting(checker, entries, *rest):
+        looked_up.extend(e.path for e in entries)
+        return answer(checker, entries, *rest)
+
+    monkeypatch.setattr(indexhits, "_answer", counting)
+    report = verify(manifest, directory, cache=cache)
+    assert report.ok and all(r.cached for r in report.files)
+    assert looked_up == []  # every file answered by the plan: no record looked up
+    data = FILES["part-1.bin"]
+    (directory / "part-1.bin").write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])  # same size
+    os.utime(directory / "part-0.bin", ns=(1, 1))  # same bytes, other mtime: read again
+    (directory / "part-3.bin").unlink()
+    (directory / "part-4.bin").unlink()
+    (directory / "part-4.bin").mkdir()
+    (directory / "sub").rename(directory / "real-sub")
+    (directory / "sub").symlink_to("real-sub")  # its folder now a link: not answered from the plan
+    report = verify(manifest, directory, cache=cache)
+    assert looked_up == []
+    assert {r.path: (r.diagnosis, r.cached) for r in report.files} == {
+        "part-0.bin": ("ok", False), "part-1.bin": ("digest_mismatch", False), "part-2.bin": ("ok", True),
+        "part-3.bin": ("missing", False), "part-4.bin": ("not_a_file", False), "tokenizer.json": ("ok", True),
+        "sub/config.json": ("ok", False)}
+
+
+def test_a_plan_answers_only_from_the_index_it_was_made_from(tmp_path, model, monkeypatch):
+    # Another verify's index (other bytes: here one record fewer) is looked up record by record;
+    # a cache whose records have expired answers nothing, whatever plan was made before.
+    from modelguard import indexhits
+
+    manifest, directory = model
+    cache = warm_cache(tmp_path, manifest, directory)
+    looked_up: list[str] = []
+    answer = indexhits._answer
+
+    def counting(checker, entries, *rest):
+        looked_up.extend(e.path for e in entries)
+        return answer(checker, entries, *rest)
+
+    monkeypatch.setattr(indexhits, "_answer", counting)
+    assert all(r.cached for r in verify(manifest, directory, cache=cache).files) and looked_up == []
+    index = next(cache.entries.glob("*.idx"))
+    document = json.loads(index.read_bytes())
+    del document["files"][str(directory.resolve() / "part-2.bin")]
+    index.write_text(json.dumps(document))
+    report = verify(manifest, directory, cache=cache)
+    assert sorted(looked_up) == sorted(FILES)  # the new index's records, each looked up
+    assert [r.path for r in report.files if not r.cached] == ["part-2.bin"] and report.ok
+    looked_up.clear()
+    assert all(r.cached for r in verify(manifest, directory, cache=cache).files)  # the index it wrote: a plan
+    looked_up.clear()
+    expired = StatCache(cache.root, racy_window_ns=0, index_settle_ns=0, max_age_s=1e-9)
+    report = verify(manifest, directory, cache=expired)
+    assert report.ok and not any(r.cached for r in report.files)
+    assert sorted(looked_up) == sorted(FILES)
