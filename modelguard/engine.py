@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import UsageError
-from .fs import (access_detail, containing_roots, file_type_name, human_size, linked_file, opened_path, walk_files,
+from .fs import (access_detail, containing_roots, file_type_name, human_size, linked_file, opened_path,
                  within, zero_region)
 from .diagnosis import wrong_size
 from .hflisting import remedy as download_again
@@ -26,6 +26,7 @@ from .manifest import DIGEST_ALGORITHMS, FileEntry, Manifest
 from .pieces import CHUNKED
 from .quickpath import batches, read_batch
 from .readplan import manifest_order
+from .unlisted import unlisted_files
 from .remedy import fetch_command
 from .report import FAILED, OK, SKIPPED, FileResult, VerifyReport, new_file_result
 from .sniff import SNIFF_BYTES, article, first_line, parse_lfs_pointer, sniff_error_page
@@ -68,6 +69,7 @@ class _Checker:
         self.remedy = remedy
         self.progress = progress
         self.listing: list[os.DirEntry] | None = None  # the model folder's entries, when listed
+        self.listing_stat: os.stat_result | None = None  # the folder's stat, taken before
         # the reader threads, the cores they run on and the sizes of the big files they read
         # (hashing.worth_a_pipeline)
         self.readers, self.cores, self.big = 1, 1, ()
@@ -161,6 +163,7 @@ class _Checker:
         if self.root_fd is None:
             return frozenset()
         try:
+            self.listing_stat = os.fstat(self.root_fd)
             with os.scandir(self.root_fd) as listing:
                 self.listing = list(listing)
         except OSError:
@@ -426,14 +429,9 @@ def verify_directory(
         # small regular file straight in the folder goes to a reader as the folder's listing names it
         extra: list[tuple[str, ...]] = [()]
 
-        def unlisted() -> None:
-            # files the manifest does not list, looked for while the readers read; the folder
-            # still open (its listing's entries look up a link relative to it), and listed once
-            # when regular_names listed it (before the small files' reads: a file made later in
-            # the verify is not seen, as one made just after it would not be)
+        def unlisted() -> None:  # while the readers read; the folder still open (its listing's entries need it)
             if components is None:
-                extra[0] = tuple(rel for rel in walk_files(root, known=order.paths, top=checker.listing)
-                                 if rel not in order.paths)
+                extra[0] = unlisted_files(checker, root, order.paths)
 
         run_parallel(batches(checker, order, results), lambda batch: read_batch(checker, batch, results),
                      workers=workers, thread_name="modelguard-verify", meanwhile=unlisted)

@@ -136,22 +136,30 @@ IGNORED_SUFFIXES = (".lock", ".incomplete")
 
 
 def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
-               known: frozenset[str] | set[str] = frozenset(), top: Iterable[os.DirEntry] | None = None) -> list[str]:
+               known: frozenset[str] | set[str] = frozenset(), top: Iterable[os.DirEntry] | None = None,
+               top_stat: os.stat_result | None = None, folders: list | None = None) -> list[str]:
     """Relative POSIX paths of the files under ``directory``, sorted; tool folders, lock files
     and partial downloads skipped, linked folders not followed. ``regular_only`` also skips
     what is not (a link to) a regular file: dangling links, FIFOs, devices. Paths in ``known``
     are left out (a folder among them is still entered), before any other work on them.
-    ``top``: the entries of ``directory`` itself, when the caller listed it already."""
+    ``top``: the entries of ``directory`` itself, when the caller listed it already (and
+    ``top_stat``, its stat taken before). ``folders``: a list to append, per folder listed,
+    ``(its relative path with a trailing slash, '' for directory, its stat taken before it was
+    listed)``; the stat is None for a folder that could not be listed."""
     # os.walk(followlinks=False) by hand, one scandir per folder: a warm verify lists the folder
     # each time, and os.walk's per-entry generator steps cost more than the listing.
     out: list[str] = []
     pending = [(os.fspath(directory), "")]
     while pending:
         current, prefix = pending.pop()
+        st = None
         try:
             if top is not None and not prefix:
+                st = top_stat
                 entries = list(top)
             else:
+                if folders is not None:  # directory itself may be reached through a link
+                    st = os.lstat(current) if prefix else os.stat(current)
                 with os.scandir(current) as listing:
                     entries = list(listing)
             # a listed name is entered only when it is a real folder (a link is never entered):
@@ -159,7 +167,11 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
             found = [e for e in entries if prefix + e.name not in known or e.is_dir(follow_symlinks=False)] \
                 if known else entries
         except OSError:
+            st = None
             continue
+        finally:
+            if folders is not None:
+                folders.append((prefix, st))
         for entry in found:
             name = entry.name
             try:

@@ -39,7 +39,7 @@ _MAX_INDEX_BYTES = 64 << 20
 # The records of the indexes last decoded, by name, with the bytes they were decoded from: a
 # verify still reads its index (opened and checked as always) and decodes it only when its bytes
 # differ. Records are never changed in place (a verify replaces or drops them in its own copy).
-_DECODED: dict[str, tuple[bytes, dict[str, Any]]] = {}
+_DECODED: dict[str, tuple[bytes, dict[str, Any], Any]] = {}
 _O_READ = (os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
            | getattr(os, "O_CLOEXEC", 0))
 
@@ -73,25 +73,29 @@ class FolderView:
         # same bytes, never changed): while this verify has changed none of its records (touched
         # is empty), each record is the very object ``source`` holds under its path
         self.source: dict[str, Any] = {}
+        # the record of the folder's listing (modelguard.unlisted), as decoded; the one this
+        # verify made, to be written by finish
+        self.listing: Any = None
+        self.new_listing: list | None = None
         try:
             self.dir_fd = cache.store_fd(create=False)
             if self.dir_fd is not None:
-                self.source = self._read()
+                self.source, self.listing = self._read()
         except Exception:  # anything odd is an empty index
-            self.source = {}
+            self.source, self.listing = {}, None
         self.records = dict(self.source)
 
-    def _read(self) -> dict[str, Any]:
-        """The index's records as decoded (shared: not to be changed), or {}."""
+    def _read(self) -> tuple[dict[str, Any], Any]:
+        """The index's records as decoded (shared: not to be changed), or {}; and its listing record."""
         try:
             fd = os.open(self.name, _O_READ, dir_fd=self.dir_fd)
         except OSError:
-            return {}
+            return {}, None
         try:
             st = os.fstat(fd)
             if (not stat.S_ISREG(st.st_mode) or not owned_by_us(st) or st.st_mode & 0o022
                     or st.st_size > _MAX_INDEX_BYTES):
-                return {}
+                return {}, None
             chunks = []
             left = st.st_size + 1
             while left > 0:
@@ -105,16 +109,16 @@ class FolderView:
         data = b"".join(chunks)
         last = _DECODED.get(self.name)
         if last is not None and last[0] == data:  # the same bytes as last read: the same records
-            return last[1]
+            return last[1], last[2]
         import json
 
         doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
-            return {}
+            return {}, None
         if len(_DECODED) >= 4:
             _DECODED.clear()
-        _DECODED[self.name] = (data, doc["files"])
-        return doc["files"]
+        _DECODED[self.name] = (data, doc["files"], doc.get("listing"))
+        return doc["files"], doc.get("listing")
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
         real = path if type(path) is str and path.startswith(self.prefix) else os.path.abspath(os.fspath(path))
@@ -183,11 +187,24 @@ class FolderView:
         self.records[real] = [*key, time.time_ns(), dict(sorted(merged.items()))]
         self.touched.add(real)
 
+    def remember_listing(self, key: str, extra: Iterable[str], folders: list[tuple[str, Any]]) -> None:
+        """Keep, to be written by :meth:`finish`, what a search for the files the manifest
+        (``key``) does not list found: ``extra``, in the folders ``folders`` (``(relative
+        folder, its stat taken before it was listed)``, each). Skipped when a folder could not
+        be listed or was modified within the cache's racy window before this verify began (a
+        change later in the same timestamp tick would leave its key unchanged)."""
+        keys = []
+        for prefix, st in folders:
+            if st is None or self.started_ns - max(st.st_mtime_ns, st.st_ctime_ns) < self.cache.racy_window_ns:
+                return
+            keys.append([prefix, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns])
+        self.new_listing = [key, time.time_ns(), list(extra), keys]
+
     def finish(self) -> None:
         """Write the index when this verify added or dropped records: its own changes applied to
         the index as it is now, so what another verify of the folder wrote meanwhile stays (a
         record it dropped is not put back, one it added is not lost). Never raises."""
-        if not self.touched:
+        if not self.touched and (self.new_listing is None or not self.records):  # a listing alone: no index
             return
         try:
             import json
@@ -197,9 +214,10 @@ class FolderView:
                 return
             self.dir_fd = dir_fd
             try:
-                now = dict(self._read())
+                now, listing = self._read()
+                now = dict(now)
             except Exception:  # anything odd is an empty index
-                now = {}
+                now, listing = {}, None
             mine = self.records
             for path in self.touched:
                 if path in mine:
@@ -207,9 +225,13 @@ class FolderView:
                 else:
                     now.pop(path, None)
             self.records = now
-            data = json.dumps({"format": FORMAT, "files": now}, separators=(",", ":")).encode()
+            document = {"format": FORMAT, "files": now}
+            listing = self.new_listing if self.new_listing is not None else listing
+            if listing is not None:
+                document["listing"] = listing
+            data = json.dumps(document, separators=(",", ":")).encode()
             if len(data) <= _MAX_INDEX_BYTES:
                 replace_private_file(dir_fd, self.name, data)
-                self.touched = set()
+                self.touched, self.new_listing = set(), None
         except Exception:
             return
