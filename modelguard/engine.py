@@ -168,7 +168,7 @@ class _Checker:
                 self.listing = list(listing)
         except OSError:
             return frozenset()
-        return frozenset(e.name for e in self.listing if e.is_file(follow_symlinks=False))
+        return frozenset([e.name for e in self.listing if e.is_file(follow_symlinks=False)])
 
     def plain_file(self, relative: str) -> tuple[str, os.stat_result] | None:
         """``(resolved path, stat)`` of a regular file reached from the resolved model
