@@ -442,23 +442,31 @@ def test_a_blob_folder_moved_out_after_it_was_opened_is_not_read_from(tmp_path, 
         assert r.message.startswith(f"links outside the model directory (to {outside}{os.sep}"), r.message
 
 
-def test_a_warm_verify_by_an_earlier_verify_s_plan_still_checks_every_file(tmp_path, model, monkeypatch):
+@pytest.fixture
+def looked_up(monkeypatch) -> list[str]:
+    """The paths whose index records a verify looked up one by one (indexhits._answer),
+    not answered by an earlier verify's plan."""
+    from modelguard import indexhits
+
+    paths: list[str] = []
+    answer = indexhits._answer
+
+    def counting(checker, entries, *rest):
+        paths.extend(e.path for e in entries)
+        return answer(checker, entries, *rest)
+
+    monkeypatch.setattr(indexhits, "_answer", counting)
+    return paths
+
+
+def test_a_warm_verify_by_an_earlier_verify_s_plan_still_checks_every_file(tmp_path, model, looked_up):
     # A verify that answered the files from a decoded index keeps what it found (indexhits'
     # plan); a later verify reading the same index bytes answers a file by it with the file's
     # stat key and type alone. Every change still shows: the plan is no answer for a file that
     # changed, and one that no longer matches goes the general way.
-    from modelguard import indexhits
-
     manifest, directory = model
     cache = warm_cache(tmp_path, manifest, directory)  # its second verify made the plan
-    looked_up: list[str] = []
-    answer = indexhits._answer
-
-    def counting(checker, entries, *rest):
-        looked_up.extend(e.path for e in entries)
-        return answer(checker, entries, *rest)
-
-    monkeypatch.setattr(indexhits, "_answer", counting)
+    looked_up.clear()
     report = verify(manifest, directory, cache=cache)
     assert report.ok and all(r.cached for r in report.files)
     assert looked_up == []  # every file answered by the plan: no record looked up
@@ -478,21 +486,12 @@ def test_a_warm_verify_by_an_earlier_verify_s_plan_still_checks_every_file(tmp_p
         "sub/config.json": ("ok", False)}
 
 
-def test_a_plan_answers_only_from_the_index_it_was_made_from(tmp_path, model, monkeypatch):
+def test_a_plan_answers_only_from_the_index_it_was_made_from(tmp_path, model, looked_up):
     # Another verify's index (other bytes: here one record fewer) is looked up record by record;
     # a cache whose records have expired answers nothing, whatever plan was made before.
-    from modelguard import indexhits
-
     manifest, directory = model
     cache = warm_cache(tmp_path, manifest, directory)
-    looked_up: list[str] = []
-    answer = indexhits._answer
-
-    def counting(checker, entries, *rest):
-        looked_up.extend(e.path for e in entries)
-        return answer(checker, entries, *rest)
-
-    monkeypatch.setattr(indexhits, "_answer", counting)
+    looked_up.clear()
     assert all(r.cached for r in verify(manifest, directory, cache=cache).files) and looked_up == []
     index = next(cache.entries.glob("*.idx"))
     document = json.loads(index.read_bytes())
