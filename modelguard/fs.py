@@ -137,7 +137,8 @@ IGNORED_SUFFIXES = (".lock", ".incomplete")
 
 def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
                known: frozenset[str] | set[str] = frozenset(), top: Iterable[os.DirEntry] | None = None,
-               top_stat: os.stat_result | None = None, folders: list | None = None) -> list[str]:
+               top_stat: os.stat_result | None = None, folders: list | None = None,
+               links: list | None = None) -> list[str]:
     """Relative POSIX paths of the files under ``directory``, sorted; tool folders, lock files
     and partial downloads skipped, linked folders not followed. ``regular_only`` also skips
     what is not (a link to) a regular file: dangling links, FIFOs, devices. Paths in ``known``
@@ -145,7 +146,9 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
     ``top``: the entries of ``directory`` itself, when the caller listed it already (and
     ``top_stat``, its stat taken before). ``folders``: a list to append, per folder listed,
     ``(its relative path with a trailing slash, '' for directory, its stat taken before it was
-    listed)``; the stat is None for a folder that could not be listed."""
+    listed)``; the stat is None for a folder that could not be listed. ``links``: a list to
+    append, per link met that is not skipped by its name, ``(its relative path, whether it
+    leads to a folder)``: what the search makes of it depends on its target, not its folder."""
     # os.walk(followlinks=False) by hand, one scandir per folder: a warm verify lists the folder
     # each time, and os.walk's per-entry generator steps cost more than the listing.
     out: list[str] = []
@@ -178,6 +181,13 @@ def walk_files(directory: str | os.PathLike[str], *, regular_only: bool = False,
                 is_dir = entry.is_dir()
             except OSError:
                 is_dir = False
+            if links is not None and name not in IGNORED_NAMES and not name.endswith(IGNORED_SUFFIXES):
+                try:
+                    linked = entry.is_symlink()
+                except OSError:
+                    linked = True  # its type checked again, as a link's
+                if linked:
+                    links.append((prefix + name, is_dir))
             if is_dir:  # a linked folder is not entered
                 if name not in IGNORED_NAMES and not entry.is_symlink():
                     pending.append((current + os.sep + name, f"{prefix}{name}/"))

@@ -27,8 +27,11 @@ def per_manifest(manifest: Any, key: tuple, make: Callable[[], Any]) -> Any:
     held = _MEMO.get(key)
     if held is not None and held[0]() is manifest:
         return held[1]
-    if len(_MEMO) >= 48:  # a few kinds per manifest (templates, orders, hits)
-        _MEMO.clear()
+    if len(_MEMO) >= 48:  # a few kinds per manifest (templates, orders, hits, plans): those of manifests gone first
+        for gone in [k for k, (ref, _) in list(_MEMO.items()) if ref() is None]:
+            _MEMO.pop(gone, None)
+        if len(_MEMO) >= 48:
+            _MEMO.clear()
     value = make()
     _MEMO[key] = (weakref.ref(manifest), value)
     return value

@@ -187,10 +187,13 @@ class FolderView:
         self.records[real] = [*key, time.time_ns(), dict(sorted(merged.items()))]
         self.touched.add(real)
 
-    def remember_listing(self, key: str, extra: Iterable[str], folders: list[tuple[str, Any]]) -> None:
+    def remember_listing(self, key: str, extra: Iterable[str], folders: list[tuple[str, Any]],
+                         links: Iterable[tuple[str, bool]] = ()) -> None:
         """Keep, to be written by :meth:`finish`, what a search for the files the manifest
         (``key``) does not list found: ``extra``, in the folders ``folders`` (``(relative
-        folder, its stat taken before it was listed)``, each). Skipped when a folder could not
+        folder, its stat taken before it was listed)``, each), with the links it met (``(relative
+        path, whether it led to a folder)``, each: a change of a link's target shows in no
+        folder's stat, only in what the link leads to). Skipped when a folder could not
         be listed or was modified within the cache's racy window before this verify began (a
         change later in the same timestamp tick would leave its key unchanged)."""
         keys = []
@@ -198,7 +201,7 @@ class FolderView:
             if st is None or self.started_ns - max(st.st_mtime_ns, st.st_ctime_ns) < self.cache.racy_window_ns:
                 return
             keys.append([prefix, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns])
-        self.new_listing = [key, time.time_ns(), list(extra), keys]
+        self.new_listing = [key, time.time_ns(), list(extra), keys, [[rel, bool(folder)] for rel, folder in links]]
 
     def finish(self) -> None:
         """Write the index when this verify added or dropped records: its own changes applied to

@@ -11,8 +11,11 @@ found is kept as the index's listing record, under the set of paths the manifest
 the stat key (device, inode, modification and change times) of every folder it listed, each
 taken before the folder was listed: creating, removing or renaming anything in a folder
 changes its times. A later verify of the same manifest answers from the record when each
-folder still has its key (one stat per folder, none per file), the record has not expired
-and the verify believes the index (not ``rehash``); otherwise it lists the folders again. As
+folder still has its key (one stat per folder, none per file), each link the search met
+still leads to a folder or not as it did (a link to a folder is neither entered nor reported,
+and its target can change with no folder of the model changing: one stat per link), the
+record has not expired and the verify believes the index (not ``rehash``); otherwise it
+lists the folders again. As
 with a file's record, no folder modified within the cache's racy window before the verify
 began is recorded (a change later in the same timestamp tick would leave its key unchanged).
 One record per index: verifies of one folder against manifests that list other paths replace
@@ -35,7 +38,7 @@ _FORMAT = "listing-1"  # changes with the rules of the search (skipped names, li
 def unlisted_files(checker: Any, root: str | os.PathLike[str], known: frozenset[str]) -> tuple[str, ...]:
     """The relative paths of the files under ``root`` (sorted) that are not in ``known``."""
     view = checker.cache
-    key = folders = None
+    key = folders = links = None
     if type(view) is FolderView:
         manifest = checker.manifest
         held = per_manifest(manifest, (id(manifest), "listing key", id(known)), lambda: (known, _key(known)))
@@ -44,11 +47,11 @@ def unlisted_files(checker: Any, root: str | os.PathLike[str], known: frozenset[
             found = _recorded(view, key, os.fspath(root))
             if found is not None:
                 return found
-        folders = []
+        folders, links = [], []
     found = tuple(rel for rel in walk_files(root, known=known, top=checker.listing, top_stat=checker.listing_stat,
-                                            folders=folders) if rel not in known)
+                                            folders=folders, links=links) if rel not in known)
     if folders is not None:
-        view.remember_listing(key, found, folders)
+        view.remember_listing(key, found, folders, links)
     return found
 
 
@@ -59,19 +62,24 @@ def _key(known: frozenset[str]) -> str:
 
 
 def _recorded(view: FolderView, key: str, base: str) -> tuple[str, ...] | None:
-    """The index's listing record's files, when it was made for ``key``, has not expired and
-    every folder it lists still has its stat key; else None."""
+    """The index's listing record's files, when it was made for ``key``, has not expired,
+    every folder it lists still has its stat key and every link it met still leads to a folder
+    or not as it did; else None."""
     try:
-        recorded_key, stored, extra, folders = view.listing
+        recorded_key, stored, extra, folders, links = view.listing
         if (recorded_key != key or type(stored) is not int or not view.oldest_ns <= stored <= view.newest_ns
-                or not folders or folders[0][0] != ""):
+                or type(folders) is not list or not folders or folders[0][0] != "" or type(extra) is not list
+                or type(links) is not list):
             return None
         for prefix, dev, ino, mtime, ctime in folders:
             st = os.lstat(base + os.sep + prefix[:-1].replace("/", os.sep)) if prefix else os.stat(base)
             if (not stat.S_ISDIR(st.st_mode)
                     or (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != (dev, ino, mtime, ctime)):
                 return None
+        for rel, to_folder in links:  # a link to a folder is neither entered nor reported: its target decides
+            if os.path.isdir(base + os.sep + rel.replace("/", os.sep)) is not to_folder:
+                return None
         found = tuple(extra)
         return found if all(type(rel) is str for rel in found) else None
-    except (OSError, TypeError, ValueError):  # a malformed record: the folders are listed again
+    except Exception:  # a malformed record (any shape a damaged index holds): the folders are listed again
         return None

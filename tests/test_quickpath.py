@@ -507,3 +507,29 @@ def test_a_plan_answers_only_from_the_index_it_was_made_from(tmp_path, model, lo
     report = verify(manifest, directory, cache=expired)
     assert report.ok and not any(r.cached for r in report.files)
     assert sorted(looked_up) == sorted(FILES)
+
+
+def test_a_plan_outlives_the_verifies_of_manifests_no_longer_held(tmp_path, model, monkeypatch):
+    # what a verify works out once per manifest is dropped first for manifests gone (a process
+    # verifying many models in turn keeps the plans of those it still holds)
+    from modelguard import indexhits
+
+    manifest, directory = model
+    cache = warm_cache(tmp_path, manifest, directory)
+    looked_up: list[str] = []
+    answer = indexhits._answer
+
+    def counting(checker, entries, *rest):
+        looked_up.extend(e.path for e in entries)
+        return answer(checker, entries, *rest)
+
+    monkeypatch.setattr(indexhits, "_answer", counting)
+    assert all(r.cached for r in verify(manifest, directory, cache=cache).files) and looked_up == []
+    for i in range(20):  # other manifests, each verified and let go
+        other = {f"other-{i}.bin": FILES["part-0.bin"]}
+        (tmp_path / f"other-{i}").mkdir()
+        (tmp_path / f"other-{i}" / f"other-{i}.bin").write_bytes(other[f"other-{i}.bin"])
+        assert verify(parse_manifest_text(manifest_text(other), "other.yaml"), tmp_path / f"other-{i}",
+                      cache=cache).ok
+    looked_up.clear()
+    assert all(r.cached for r in verify(manifest, directory, cache=cache).files) and looked_up == []

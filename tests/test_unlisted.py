@@ -170,7 +170,10 @@ def test_another_manifest_a_rehash_or_an_expired_record_lists_the_folders_again(
 
 
 @pytest.mark.parametrize("record", ["garbage", None, ["k", 1, ["x"], []], ["k", "when", [], [["", 1, 2, 3, 4]]],
-                                    "same key, a file name that is no string", "same key, root not first"])
+                                    "same key, a file name that is no string", "same key, root not first",
+                                    "same key, folders a mapping", "same key, an empty folder key",
+                                    "same key, files a string", "same key, a folder's name a list",
+                                    "same key, links a mapping"])
 def test_a_malformed_listing_record_is_listed_again_not_believed(tmp_path, model, walks, record):
     manifest, directory = model
     cache = cache_at(tmp_path)
@@ -182,8 +185,76 @@ def test_a_malformed_listing_record_is_listed_again_not_believed(tmp_path, model
         record = [good[0], good[1], [1, 2], good[3]]
     elif record == "same key, root not first":
         record = [good[0], good[1], ["forged.txt"], good[3][1:] + good[3][:1]]
+    elif record == "same key, folders a mapping":
+        record = [good[0], good[1], [], {"0": good[3][0]}]
+    elif record == "same key, an empty folder key":
+        record = [good[0], good[1], [], [[]]]
+    elif record == "same key, files a string":
+        record = [good[0], good[1], "notes.txt", *good[3:]]
+    elif record == "same key, a folder's name a list":
+        record = [good[0], good[1], [], [good[3][0], [["sub"], *good[3][1][1:]]]]
+    elif record == "same key, links a mapping":
+        record = [*good[:4], {"0": ["x", True]}]
     document["listing"] = record
     index.write_text(json.dumps(document))
     report = verify(manifest, directory, cache=cache)
     assert report.extra_files == ("notes.txt", "sub/extra.py") and report.ok
     assert len(walks) == 2
+
+
+def link_target_to_file(directory: Path) -> None:
+    # the unlisted link's folder target becomes a file: no folder of the model changed
+    (directory.parent / "target").rmdir()
+    (directory.parent / "target").write_bytes(b"a file a loader would read")
+
+
+def link_target_to_folder(directory: Path) -> None:
+    (directory.parent / "target").unlink()
+    (directory.parent / "target").mkdir()
+
+
+def link_target_removed(directory: Path) -> None:
+    (directory.parent / "target").rmdir()
+
+
+LINKED = ("notes.txt", "pytorch_model.bin", "sub/deeper/weights", "sub/extra.py")
+UNLINKED = ("notes.txt", "sub/extra.py")
+
+
+@pytest.mark.parametrize("first, change, after", [("folder", link_target_to_file, LINKED),
+                                                  ("file", link_target_to_folder, UNLINKED),
+                                                  ("folder", link_target_removed, LINKED)])
+def test_an_unlisted_link_whose_target_changes_type_shows_in_the_next_verify(tmp_path, model, walks, first,
+                                                                              change, after):
+    # a link to a folder is neither entered nor reported, a link to anything else is reported:
+    # the answer depends on the target, which no stat of the model's folders shows
+    manifest, directory = model
+    target = directory.parent / "target"
+    target.mkdir() if first == "folder" else target.write_bytes(b"x")
+    for link in (directory / "pytorch_model.bin", directory / "sub" / "deeper" / "weights"):
+        link.symlink_to(target)
+    cache = cache_at(tmp_path)
+    for _ in range(2):
+        before = verify(manifest, directory, cache=cache, strict_extra=True).extra_files
+    assert before == verify(manifest, directory, cache=False).extra_files
+    change(directory)
+    fresh = verify(manifest, directory, cache=False, strict_extra=True)
+    assert fresh.extra_files == after != before
+    assert fresh.summary() == f"FAILED: local/tiny: {len(after)} file(s) not in the manifest"
+    for _ in range(2):
+        report = verify(manifest, directory, cache=cache, strict_extra=True)
+        assert report.extra_files == fresh.extra_files and report.ok is fresh.ok
+        assert report.summary() == fresh.summary()
+    assert len(walks) == 4  # two without the cache; listed again once the target changed, then answered
+
+
+def test_a_listing_record_with_an_unlisted_link_is_still_answered_while_its_target_keeps_its_type(tmp_path, model,
+                                                                                                  walks):
+    manifest, directory = model
+    (directory.parent / "target").mkdir()
+    (directory / "linked").symlink_to(directory.parent / "target")
+    (directory / "readme.md").symlink_to(directory / "notes.txt")
+    cache = cache_at(tmp_path)
+    for _ in range(3):
+        assert verify(manifest, directory, cache=cache).extra_files == ("notes.txt", "readme.md", "sub/extra.py")
+    assert len(walks) == 1
