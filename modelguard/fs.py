@@ -88,6 +88,32 @@ def _real_folder(start: str, head: str, roots: Iterable[Path]) -> str | None:
     return folder if within(folder, roots) else None
 
 
+# Linux file system types (statfs f_type) that change a folder's mtime and ctime whenever an
+# entry is created, removed or renamed in it, by whoever does it: local disks and memory (ext2-4,
+# xfs, btrfs, tmpfs, ramfs, overlay, zfs, f2fs, bcachefs). Not network or FUSE file systems: an
+# object store mounted through FUSE may keep a folder's times, and NFS caches them.
+FOLDER_TIMES_KEPT = frozenset({0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x858458F6, 0x794C7630, 0x2FC12FC1,
+                               0xF2F52010, 0xCA451A4E})
+
+
+def file_system_type(path: str | os.PathLike[str]) -> int | None:
+    """The type of the file system ``path`` is on, as Linux ``statfs`` gives it (``f_type``,
+    the first field of ``struct statfs``); None on other systems or when it cannot be told."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    buf = ctypes.create_string_buffer(512)  # struct statfs: 120 bytes on 64-bit Linux
+    try:
+        if ctypes.CDLL(None, use_errno=True).statfs(os.fsencode(path), buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
 def opened_path(fd: int) -> Path | None:
     """The real path of the open file ``fd`` (Linux /proc), or None where it cannot be told."""
     try:

@@ -36,6 +36,7 @@ from .statcache import DIGEST_LENGTHS as _LENGTHS, HEX as _HEX, StatCache, valid
 
 FORMAT = 1
 _MAX_INDEX_BYTES = 64 << 20
+_LISTINGS = 4  # listing records an index keeps (modelguard.unlisted), one per set of listed paths
 # The records of the indexes last decoded, by name, with the bytes they were decoded from: a
 # verify still reads its index (opened and checked as always) and decodes it only when its bytes
 # differ. Records are never changed in place (a verify replaces or drops them in its own copy).
@@ -73,20 +74,20 @@ class FolderView:
         # same bytes, never changed): while this verify has changed none of its records (touched
         # is empty), each record is the very object ``source`` holds under its path
         self.source: dict[str, Any] = {}
-        # the record of the folder's listing (modelguard.unlisted), as decoded; the one this
-        # verify made, to be written by finish
-        self.listing: Any = None
+        # the records of the folder's listing (modelguard.unlisted) by the key of the listed
+        # paths, as decoded; the one this verify made, to be written by finish
+        self.listings: Any = None
         self.new_listing: list | None = None
         try:
             self.dir_fd = cache.store_fd(create=False)
             if self.dir_fd is not None:
-                self.source, self.listing = self._read()
+                self.source, self.listings = self._read()
         except Exception:  # anything odd is an empty index
-            self.source, self.listing = {}, None
+            self.source, self.listings = {}, None
         self.records = dict(self.source)
 
     def _read(self) -> tuple[dict[str, Any], Any]:
-        """The index's records as decoded (shared: not to be changed), or {}; and its listing record."""
+        """The index's records as decoded (shared: not to be changed), or {}; and its listing records."""
         try:
             fd = os.open(self.name, _O_READ, dir_fd=self.dir_fd)
         except OSError:
@@ -117,8 +118,8 @@ class FolderView:
             return {}, None
         if len(_DECODED) >= 4:
             _DECODED.clear()
-        _DECODED[self.name] = (data, doc["files"], doc.get("listing"))
-        return doc["files"], doc.get("listing")
+        _DECODED[self.name] = (data, doc["files"], doc.get("listings"))
+        return doc["files"], doc.get("listings")
 
     def lookup(self, path: Any, st: os.stat_result, algorithms: Iterable[str]) -> dict[str, str] | None:
         real = path if type(path) is str and path.startswith(self.prefix) else os.path.abspath(os.fspath(path))
@@ -217,10 +218,10 @@ class FolderView:
                 return
             self.dir_fd = dir_fd
             try:
-                now, listing = self._read()
+                now, listings = self._read()
                 now = dict(now)
             except Exception:  # anything odd is an empty index
-                now, listing = {}, None
+                now, listings = {}, None
             mine = self.records
             for path in self.touched:
                 if path in mine:
@@ -229,12 +230,22 @@ class FolderView:
                     now.pop(path, None)
             self.records = now
             document = {"format": FORMAT, "files": now}
-            listing = self.new_listing if self.new_listing is not None else listing
-            if listing is not None:
-                document["listing"] = listing
+            listings = dict(listings) if type(listings) is dict else {}
+            if self.new_listing is not None:
+                listings[self.new_listing[0]] = self.new_listing
+                if len(listings) > _LISTINGS:  # the newest kept (a malformed one first to go)
+                    listings = dict(sorted(listings.items(), key=_stored)[-_LISTINGS:])
+            if listings:
+                document["listings"] = listings
             data = json.dumps(document, separators=(",", ":")).encode()
             if len(data) <= _MAX_INDEX_BYTES:
                 replace_private_file(dir_fd, self.name, data)
                 self.touched, self.new_listing = set(), None
         except Exception:
             return
+
+
+def _stored(item: tuple[str, Any]) -> int:
+    """When a listing record (``(key, record)``) was stored; -1 for a malformed one."""
+    record = item[1]
+    return record[1] if type(record) is list and len(record) > 1 and type(record[1]) is int else -1

@@ -15,11 +15,12 @@ folder still has its key (one stat per folder, none per file), each link the sea
 still leads to a folder or not as it did (a link to a folder is neither entered nor reported,
 and its target can change with no folder of the model changing: one stat per link), the
 record has not expired and the verify believes the index (not ``rehash``); otherwise it
-lists the folders again. As
-with a file's record, no folder modified within the cache's racy window before the verify
-began is recorded (a change later in the same timestamp tick would leave its key unchanged).
-One record per index: verifies of one folder against manifests that list other paths replace
-each other's.
+lists the folders again. As with a file's record, no folder modified within the cache's racy
+window before the verify began is recorded (a change later in the same timestamp tick would
+leave its key unchanged), and no folder on a file system that may keep a folder's times when
+its entries change (a network or FUSE file system: only local disk and memory file systems
+are trusted, :data:`~modelguard.fs.FOLDER_TIMES_KEPT`). An index keeps the records of the
+last four manifests (sets of listed paths) verified against the folder.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import os
 import stat
 from typing import Any
 
-from .fs import walk_files
+from .fs import FOLDER_TIMES_KEPT, file_system_type, walk_files
 from .readplan import per_manifest
 from .statindex import FolderView
 
 _FORMAT = "listing-1"  # changes with the rules of the search (skipped names, links)
+_KEPT_BY_DEVICE: dict[int, bool] = {}  # device -> whether its file system keeps folder times (_times_kept)
 
 
 def unlisted_files(checker: Any, root: str | os.PathLike[str], known: frozenset[str]) -> tuple[str, ...]:
@@ -50,9 +52,28 @@ def unlisted_files(checker: Any, root: str | os.PathLike[str], known: frozenset[
         folders, links = [], []
     found = tuple(rel for rel in walk_files(root, known=known, top=checker.listing, top_stat=checker.listing_stat,
                                             folders=folders, links=links) if rel not in known)
-    if folders is not None:
+    if folders is not None and _times_kept(os.fspath(root), folders):
         view.remember_listing(key, found, folders, links)
     return found
+
+
+def _times_kept(base: str, folders: list[tuple[str, Any]]) -> bool:
+    """Whether each of ``folders`` (as :func:`~modelguard.fs.walk_files` gives them) is on a
+    file system that changes a folder's times whenever an entry is made, removed or renamed in
+    it (:data:`~modelguard.fs.FOLDER_TIMES_KEPT`; told once per device)."""
+    for prefix, st in folders:
+        if st is None:
+            return False
+        kept = _KEPT_BY_DEVICE.get(st.st_dev)
+        if kept is None:
+            if len(_KEPT_BY_DEVICE) >= 64:
+                _KEPT_BY_DEVICE.clear()
+            kept = _KEPT_BY_DEVICE[st.st_dev] = (
+                file_system_type(base + os.sep + prefix[:-1].replace("/", os.sep) if prefix else base)
+                in FOLDER_TIMES_KEPT)
+        if not kept:
+            return False
+    return True
 
 
 def _key(known: frozenset[str]) -> str:
@@ -66,7 +87,7 @@ def _recorded(view: FolderView, key: str, base: str) -> tuple[str, ...] | None:
     every folder it lists still has its stat key and every link it met still leads to a folder
     or not as it did; else None."""
     try:
-        recorded_key, stored, extra, folders, links = view.listing
+        recorded_key, stored, extra, folders, links = view.listings[key]
         if (recorded_key != key or type(stored) is not int or not view.oldest_ns <= stored <= view.newest_ns
                 or type(folders) is not list or not folders or folders[0][0] != "" or type(extra) is not list
                 or type(links) is not list):

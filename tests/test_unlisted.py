@@ -53,13 +53,29 @@ def walks(monkeypatch):
     return count
 
 
+REAL_TIMES_KEPT = unlisted._times_kept
+
+
+@pytest.fixture(autouse=True)
+def folder_times_kept(monkeypatch):
+    """The tests' folders taken as on a file system that changes a folder's times whenever its
+    entries change (whatever file system the machine's temporary folder is on; the real check
+    of the file system is tested on its own below)."""
+    monkeypatch.setattr(unlisted, "_times_kept", lambda base, folders: all(st is not None for _, st in folders))
+
+
 def cache_at(tmp_path, **kw) -> StatCache:
     return StatCache(tmp_path / "mgcache", racy_window_ns=0, index_settle_ns=0, **kw)
 
 
 def listing_of(cache: StatCache):
+    """The index's one listing record (None when it has none)."""
     (index,) = cache.entries.glob("*.idx")
-    return json.loads(index.read_text()).get("listing")
+    listings = json.loads(index.read_text()).get("listings")
+    if listings is None:
+        return None
+    (record,) = listings.values()
+    return record
 
 
 def test_a_warm_verify_answers_the_unlisted_files_without_listing_a_folder(tmp_path, model, walks):
@@ -160,27 +176,83 @@ def test_another_manifest_a_rehash_or_an_expired_record_lists_the_folders_again(
     fewer = manifest_of({k: v for k, v in FILES.items() if k != "config.json"})
     assert verify(fewer, directory, cache=cache).extra_files == ("config.json", "notes.txt", "sub/extra.py")
     assert len(walks) == 3
-    assert verify(manifest, directory, cache=cache).extra_files == ("notes.txt", "sub/extra.py")
-    assert len(walks) == 4  # the other manifest's record replaced this one's
-    assert verify(manifest, directory, cache=cache).extra_files == ("notes.txt", "sub/extra.py")
-    assert len(walks) == 4
+    for _ in range(2):  # the two manifests' records side by side
+        assert verify(manifest, directory, cache=cache).extra_files == ("notes.txt", "sub/extra.py")
+        assert verify(fewer, directory, cache=cache).extra_files == ("config.json", "notes.txt", "sub/extra.py")
+    assert len(walks) == 3
     expired = StatCache(cache.root, racy_window_ns=0, index_settle_ns=0, max_age_s=1e-9)
     assert verify(manifest, directory, cache=expired).extra_files == ("notes.txt", "sub/extra.py")
+    assert len(walks) == 4
+
+
+def test_an_index_keeps_the_listing_records_of_the_last_four_manifests(tmp_path, model, walks):
+    manifest, directory = model
+    cache = cache_at(tmp_path)
+    names = sorted(FILES)
+    manifests = [manifest] + [manifest_of({k: v for k, v in FILES.items() if k != name}) for name in names]
+    left_out = [()] + [(name,) for name in names]
+    for each in manifests:  # five manifests: the first one's record is the oldest, dropped
+        verify(each, directory, cache=cache)
     assert len(walks) == 5
+    (index,) = cache.entries.glob("*.idx")
+    assert len(json.loads(index.read_text())["listings"]) == 4
+    for each, extra in zip(manifests[1:], left_out[1:]):
+        assert verify(each, directory, cache=cache).extra_files == tuple(sorted(["notes.txt", "sub/extra.py", *extra]))
+    assert len(walks) == 5
+    assert verify(manifest, directory, cache=cache).extra_files == ("notes.txt", "sub/extra.py")
+    assert len(walks) == 6
+
+
+def test_a_folder_on_a_file_system_that_may_keep_its_times_gets_no_listing_record(tmp_path, model, walks,
+                                                                                   monkeypatch):
+    # a FUSE mount of an object store may keep a folder's times when a file is added to it
+    from modelguard import fs
+
+    manifest, directory = model
+    monkeypatch.setattr(unlisted, "_times_kept", REAL_TIMES_KEPT)
+    monkeypatch.setattr(unlisted, "_KEPT_BY_DEVICE", {})
+    asked: list[str] = []
+    monkeypatch.setattr(unlisted, "file_system_type", lambda path: asked.append(path) or 0x65735546)  # FUSE
+    cache = cache_at(tmp_path)
+    for _ in range(2):
+        assert verify(manifest, directory, cache=cache).extra_files == ("notes.txt", "sub/extra.py")
+    assert len(walks) == 2 and listing_of(cache) is None
+    assert asked == [os.fspath(directory)]  # once per device
+    (directory / "sub" / "added.bin").write_bytes(b"x")  # what such a mount would hide from the folder's times
+    assert verify(manifest, directory, cache=cache).extra_files == ("notes.txt", "sub/added.bin", "sub/extra.py")
+    assert fs.FOLDER_TIMES_KEPT.isdisjoint({0x65735546, 0x6969, 0xFF534D42})  # FUSE, NFS, CIFS
+
+
+def test_the_file_system_type_is_the_one_statfs_reports(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from modelguard import fs
+
+    if not sys.platform.startswith("linux"):
+        assert fs.file_system_type(tmp_path) is None
+        return
+    told = subprocess.run([shutil.which("stat") or "stat", "-f", "-c", "%t", os.fspath(tmp_path)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert fs.file_system_type(tmp_path) == int(told, 16)
+    assert fs.file_system_type(tmp_path / "missing") is None
+    assert fs.file_system_type("/proc") == 0x9FA0  # procfs: not a file system whose folder times are kept
+    assert 0x9FA0 not in fs.FOLDER_TIMES_KEPT
 
 
 @pytest.mark.parametrize("record", ["garbage", None, ["k", 1, ["x"], []], ["k", "when", [], [["", 1, 2, 3, 4]]],
                                     "same key, a file name that is no string", "same key, root not first",
                                     "same key, folders a mapping", "same key, an empty folder key",
                                     "same key, files a string", "same key, a folder's name a list",
-                                    "same key, links a mapping"])
+                                    "same key, links a mapping", "listings a list"])
 def test_a_malformed_listing_record_is_listed_again_not_believed(tmp_path, model, walks, record):
     manifest, directory = model
     cache = cache_at(tmp_path)
     verify(manifest, directory, cache=cache)
     (index,) = cache.entries.glob("*.idx")
     document = json.loads(index.read_text())
-    good = document["listing"]
+    (good,) = document["listings"].values()
     if record == "same key, a file name that is no string":
         record = [good[0], good[1], [1, 2], good[3]]
     elif record == "same key, root not first":
@@ -195,7 +267,7 @@ def test_a_malformed_listing_record_is_listed_again_not_believed(tmp_path, model
         record = [good[0], good[1], [], [good[3][0], [["sub"], *good[3][1][1:]]]]
     elif record == "same key, links a mapping":
         record = [*good[:4], {"0": ["x", True]}]
-    document["listing"] = record
+    document["listings"] = {good[0]: record} if record != "listings a list" else [good]
     index.write_text(json.dumps(document))
     report = verify(manifest, directory, cache=cache)
     assert report.extra_files == ("notes.txt", "sub/extra.py") and report.ok
