@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator
 from .fs import linked_file, opened_path
 from .hashing import big_files, keep_buffer, new_hasher, spare_buffer
 from .indexhits import cached_hits, template_of, templates
-from .readplan import BATCH_BYTES, BATCH_FILES, ManifestOrder, small_and_straight_in
+from .readplan import BATCH_BYTES, BATCH_FILES, ManifestOrder, Planned, per_manifest, small_and_straight_in
 from .report import FileResult
 from .statcache import NoCache
 from .statindex import FolderView
@@ -169,6 +169,10 @@ def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -
         for item in batch:  # the general read: it diagnoses what it finds
             results[item[0].path] = checker.read_and_compare(*item)
         return
+    if type(batch) is Planned and type(checker.cache) is NoCache and checker.progress is None:
+        items = _plain_items(checker, batch)
+        if items is not None:
+            return _read_plain(checker, items, results)
     # Entries the listing named regular files straight in the folder. With the cache's folder
     # index (which cached_hits found holds no record that answers): the opened file's stat key
     # (fstat) is looked up among the cache's entries, then, read and verified, stored as the
@@ -215,6 +219,58 @@ def read_batch(checker: Any, batch: list[Any], results: dict[str, FileResult]) -
                     store(prefix + name, st, held[0])
                 if progress is not None:
                     progress(size)
+            else:
+                again.append(entry)
+    finally:
+        keep_buffer(buf)
+    for entry in again:  # anything unusual: the general checks diagnose it from the file itself
+        results[entry.path] = checker.check(entry)
+
+
+def _plain_items(checker: Any, batch: Planned) -> tuple | None:
+    """Per file of ``batch``, what :func:`_read_plain` needs: ``(entry, name, size, size + 1,
+    the result of a read that verified, the sha256 expected)``, worked out once per manifest
+    and batch; None when a file is compared by other digests."""
+    manifest = checker.manifest
+    plans = per_manifest(manifest, (id(manifest), checker.all_digests, "plain reads"), dict)
+    held = plans.get(id(batch))
+    if held is None or held[0] is not batch:  # the value holds the batch: no other list has its id
+        memo = templates(manifest, checker.all_digests)
+        items: list | None = []
+        for entry in batch:
+            _, _, verified, sha256 = template_of(memo, checker, entry)
+            if sha256 is None or verified is None:
+                items = None
+                break
+            items.append((entry, entry.path, entry.size, entry.size + 1, verified, sha256))
+        held = plans[id(batch)] = (batch, None if items is None else tuple(items))
+    return held[1]
+
+
+def _read_plain(checker: Any, items: tuple, results: dict[str, FileResult]) -> None:
+    """:func:`read_batch`'s loop with no cache and no progress to report, each file compared by
+    its sha256: between the system calls, nothing but what a file needs (with two readers, any
+    Python work one does holds the other back)."""
+    root_fd = checker.root_fd
+    open_, preadv, close, sha256 = os.open, os.preadv, os.close, hashlib.sha256
+    buf = spare_buffer()
+    view = memoryview(buf)
+    again = []
+    try:
+        for entry, name, size, more, verified, expected in items:
+            try:
+                fd = open_(name, _O_READ, dir_fd=root_fd)  # no link followed, no blocking on a FIFO
+            except OSError:
+                again.append(entry)
+                continue
+            try:  # one byte more than the size: a file that grew returns it (a folder or FIFO raises)
+                got = preadv(fd, [view[:more]], 0)
+            except OSError:
+                got = -1
+            finally:
+                close(fd)
+            if got == size and sha256(view[:size]).hexdigest() == expected:
+                results[name] = verified
             else:
                 again.append(entry)
     finally:

@@ -37,6 +37,11 @@ def per_manifest(manifest: Any, key: tuple, make: Callable[[], Any]) -> Any:
     return value
 
 
+class Planned(list):
+    """A batch of a manifest's small files straight in the folder (:attr:`ManifestOrder.small`):
+    the same list every verify of the manifest, so what a reader works out for it once holds."""
+
+
 class ManifestOrder(NamedTuple):
     """A manifest's files (or those of some of its components) in the orders a verify uses,
     worked out once."""
@@ -55,7 +60,7 @@ class ManifestOrder(NamedTuple):
     def of(cls, entries: Iterable[Any]) -> ManifestOrder:
         entries = tuple(entries)
         by_size = tuple(sorted(entries, key=lambda e: -(e.size or 0)))
-        large, rest, small, batch, batch_bytes = [], [], [], [], 0
+        large, rest, small, batch, batch_bytes = [], [], [], Planned(), 0
         for e in by_size:
             if not small_and_straight_in(e):
                 (large if (e.size or 0) > SMALL_BYTES else rest).append(e)
@@ -64,7 +69,7 @@ class ManifestOrder(NamedTuple):
             batch_bytes += e.size
             if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_FILES:
                 small.append(batch)
-                batch, batch_bytes = [], 0
+                batch, batch_bytes = Planned(), 0
         if batch:
             small.append(batch)
         return cls(by_size, tuple(sorted(e.path for e in entries)), frozenset(e.path for e in entries),

@@ -533,3 +533,31 @@ def test_a_plan_outlives_the_verifies_of_manifests_no_longer_held(tmp_path, mode
                       cache=cache).ok
     looked_up.clear()
     assert all(r.cached for r in verify(manifest, directory, cache=cache).files) and looked_up == []
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_failed_read_never_passes_on_the_bytes_of_the_file_read_before_it(tmp_path, monkeypatch, kind):
+    # Two files with the same bytes are read one after the other into one buffer; the second,
+    # swapped for what cannot be read after the listing, must not verify on what the buffer
+    # still holds from the first.
+    from modelguard import engine
+
+    twins = {"a.bin": b"same bytes " * 400, "b.bin": b"same bytes " * 400}
+    directory = tmp_path / "twins"
+    directory.mkdir()
+    for name, data in twins.items():
+        (directory / name).write_bytes(data)
+    manifest = parse_manifest_text(manifest_text(twins), "twins.yaml")
+    listed = engine._Checker.regular_names
+
+    def listing_then_swap(checker):
+        names = listed(checker)
+        (directory / "b.bin").unlink()
+        (directory / "b.bin").mkdir() if kind == "folder" else os.mkfifo(directory / "b.bin")
+        return names
+
+    monkeypatch.setattr(engine._Checker, "regular_names", listing_then_swap)
+    report = verify(manifest, directory, cache=False, max_workers=1)
+    assert report.result("a.bin").diagnosis == "ok"
+    assert report.result("b.bin").diagnosis == "not_a_file", report.result("b.bin").message
+    assert not report.ok
