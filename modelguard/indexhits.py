@@ -65,10 +65,10 @@ def cached_hits(checker: Any, entries: tuple, results: dict[str, FileResult]) ->
     manifest = checker.manifest
     plans = per_manifest(manifest, (id(manifest), checker.all_digests, "plans", checker.root_text), dict)
     plan = plans.get(id(entries))
+    checked = per_manifest(manifest, (id(manifest), checker.all_digests, "hits"), dict)
     if (plan is not None and plan.source is view.source and plan.entries is entries and not view.touched
             and checker.root_fd is not None and view.oldest_ns <= plan.oldest and plan.newest <= view.newest_ns):
-        return _replay(checker, plan, view, records, results)
-    checked = per_manifest(manifest, (id(manifest), checker.all_digests, "hits"), dict)
+        return _replay(checker, plan, view, records, checked, results)
     rest = _answer(checker, entries, view, records, checked, results)
     if view.source and not view.touched:
         plans[id(entries)] = _Plan.of(checker, entries, view.source, checked)
@@ -79,12 +79,14 @@ class _Plan(NamedTuple):
     """What a verify found answering ``entries`` from the decoded index ``source``: per file
     its index record held the expected digests under (in ``entries``' order), ``(entry, its
     path relative to the model folder, encoded, its folder or None, the record's stat key, the
-    hit's result)``, else ``(entry, None, None, None, None)``; the oldest and newest time
-    those records were stored."""
+    hit's result)``, else ``(entry, None, None, None, None)``; those others, in order (one
+    sequence every replay hands :func:`_answer`, so its paths are made once too); the oldest and
+    newest time those records were stored."""
 
     source: dict
     entries: tuple
     files: tuple
+    others: tuple
     oldest: int
     newest: int
 
@@ -99,19 +101,20 @@ class _Plan(NamedTuple):
                 stored.append(known[2])
             else:
                 files.append((entry, None, None, None, None))
-        return cls(source, entries, tuple(files), min(stored, default=0), max(stored, default=0))
+        others = tuple(file[0] for file in files if file[1] is None)
+        return cls(source, entries, tuple(files), others, min(stored, default=0), max(stored, default=0))
 
 
-def _replay(checker: Any, plan: _Plan, view: FolderView, records: dict, results: dict[str, FileResult]) -> list[Any]:
+def _replay(checker: Any, plan: _Plan, view: FolderView, records: dict, checked: dict,
+            results: dict[str, FileResult]) -> list[Any]:
     """:func:`cached_hits` by ``plan``: the verify's records are the plan's (the same decoded
     index, none changed), each held the expected digests when the plan was made and none has
     expired; a file the plan holds is answered when its ``lstat`` gives the record's key and a
     regular file, every other goes through :func:`_answer`."""
-    rest, others = [], []
+    rest = []
     fd, plain_dirs, is_reg, stat_at = checker.root_fd, checker.plain_dirs, stat.S_ISREG, os.stat
     for entry, rel, folder, key, result in plan.files:
-        if rel is None:
-            others.append(entry)
+        if rel is None:  # one of plan.others
             continue
         if folder is not None and folder not in plain_dirs:
             checker.plain_file(entry.path)  # learns the folder, once
@@ -127,9 +130,8 @@ def _replay(checker: Any, plan: _Plan, view: FolderView, records: dict, results:
             results[entry.path] = result
         else:
             rest.append(entry)
-    if others:
-        checked = per_manifest(checker.manifest, (id(checker.manifest), checker.all_digests, "hits"), dict)
-        rest += _answer(checker, tuple(others), view, records, checked, results)
+    if plan.others:
+        rest += _answer(checker, plan.others, view, records, checked, results)
         if len(rest) > 1:  # in the order given (largest first, for the readers)
             place = {id(e): i for i, e in enumerate(plan.entries)}
             rest.sort(key=lambda e: place[id(e)])

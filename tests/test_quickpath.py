@@ -509,21 +509,12 @@ def test_a_plan_answers_only_from_the_index_it_was_made_from(tmp_path, model, lo
     assert sorted(looked_up) == sorted(FILES)
 
 
-def test_a_plan_outlives_the_verifies_of_manifests_no_longer_held(tmp_path, model, monkeypatch):
+def test_a_plan_outlives_the_verifies_of_manifests_no_longer_held(tmp_path, model, looked_up):
     # what a verify works out once per manifest is dropped first for manifests gone (a process
     # verifying many models in turn keeps the plans of those it still holds)
-    from modelguard import indexhits
-
     manifest, directory = model
     cache = warm_cache(tmp_path, manifest, directory)
-    looked_up: list[str] = []
-    answer = indexhits._answer
-
-    def counting(checker, entries, *rest):
-        looked_up.extend(e.path for e in entries)
-        return answer(checker, entries, *rest)
-
-    monkeypatch.setattr(indexhits, "_answer", counting)
+    looked_up.clear()
     assert all(r.cached for r in verify(manifest, directory, cache=cache).files) and looked_up == []
     for i in range(20):  # other manifests, each verified and let go
         other = {f"other-{i}.bin": FILES["part-0.bin"]}
@@ -561,3 +552,20 @@ def test_a_failed_read_never_passes_on_the_bytes_of_the_file_read_before_it(tmp_
     assert report.result("a.bin").diagnosis == "ok"
     assert report.result("b.bin").diagnosis == "not_a_file", report.result("b.bin").message
     assert not report.ok
+
+
+def test_a_plan_with_a_link_outlives_many_warm_verifies(tmp_path, model, looked_up):
+    # the files a plan does not answer (here a link, followed every time) are looked up by one
+    # sequence the plan holds: each warm verify adds nothing to what is kept per manifest, so
+    # the plan is never dropped to make room, however many verifies follow
+    manifest, directory = model
+    (directory / "stash").mkdir()
+    os.replace(directory / "part-2.bin", directory / "stash" / "part-2.bin")
+    (directory / "part-2.bin").symlink_to(Path("stash") / "part-2.bin")
+    cache = warm_cache(tmp_path, manifest, directory)
+    assert all(r.cached for r in verify(manifest, directory, cache=cache).files)  # the plan is made
+    for _ in range(60):
+        looked_up.clear()
+        report = verify(manifest, directory, cache=cache)
+        assert report.ok and all(r.cached for r in report.files)
+        assert looked_up == ["part-2.bin"]  # the link alone: every other file answered by the plan
