@@ -79,9 +79,9 @@ class _Plan(NamedTuple):
     """What a verify found answering ``entries`` from the decoded index ``source``: per file
     its index record held the expected digests under (in ``entries``' order), ``(entry, its
     path relative to the model folder, encoded, its folder or None, the record's stat key, the
-    hit's result)``, else ``(entry, None, None, None, None)``; those others, in order (one
-    sequence every replay hands :func:`_answer`, so its paths are made once too); the oldest and
-    newest time those records were stored."""
+    hit's result)``; the other files, in order (one sequence every replay hands
+    :func:`_answer`, so its paths are made once too); the oldest and newest time those records
+    were stored."""
 
     source: dict
     entries: tuple
@@ -93,16 +93,15 @@ class _Plan(NamedTuple):
     @classmethod
     def of(cls, checker: Any, entries: tuple, source: dict, checked: dict) -> "_Plan":
         _, paths, _, relative_paths = full_paths(checker.manifest, entries, checker.root_text)
-        files, stored = [], []
+        files, others, stored = [], [], []
         for entry, path, rel in zip(entries, paths, relative_paths):
             known = checked.get(entry.path)
             if known is not None and source.get(path) is known[0]:  # this index's record, checked
                 files.append((entry, rel, entry.path.rpartition("/")[0] or None, known[1], known[3]))
                 stored.append(known[2])
             else:
-                files.append((entry, None, None, None, None))
-        others = tuple(file[0] for file in files if file[1] is None)
-        return cls(source, entries, tuple(files), others, min(stored, default=0), max(stored, default=0))
+                others.append(entry)
+        return cls(source, entries, tuple(files), tuple(others), min(stored, default=0), max(stored, default=0))
 
 
 def _replay(checker: Any, plan: _Plan, view: FolderView, records: dict, checked: dict,
@@ -114,8 +113,6 @@ def _replay(checker: Any, plan: _Plan, view: FolderView, records: dict, checked:
     rest = []
     fd, plain_dirs, is_reg, stat_at = checker.root_fd, checker.plain_dirs, stat.S_ISREG, os.stat
     for entry, rel, folder, key, result in plan.files:
-        if rel is None:  # one of plan.others
-            continue
         if folder is not None and folder not in plain_dirs:
             checker.plain_file(entry.path)  # learns the folder, once
             if folder not in plain_dirs:
